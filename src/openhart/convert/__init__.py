@@ -1,0 +1,1 @@
+"""Conversion from the official HART release layout."""

@@ -1,0 +1,61 @@
+"""Image files <-> tensors: loading with resize and center crop, PNG writing without partial files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from .serialization import atomic_path
+
+
+def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """Read an image file as RGB, resize its short side to `size`, center-crop to a square.
+
+    Returns:
+        (1, 3, size, size) float32 in [-1, 1].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read {path} as an image ({error})") from error
+    return pil_to_tensor(center_crop(image, size))
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the short side is `size` (bicubic, antialiased), then crop the center square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=None)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> (1, 3, H, W) float32 in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) images in [0, 1] -> PIL images, rounded to the nearest 8-bit level."""
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return [Image.fromarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
+
+
+def save_png(image: Image.Image, path: str | os.PathLike,
+             text: dict[str, str] | None = None) -> None:
+    """Write a PNG with optional text metadata; the file appears only once fully written."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)

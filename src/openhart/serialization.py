@@ -1,0 +1,161 @@
+"""Reading and writing weight files: safe loading, strict key checks, and atomic writes.
+
+`.bin`/`.pt` files are read with `torch.load(weights_only=True)`, so pickled code is never run.
+Every write goes to a temporary file in the target folder, is fsynced, then renamed into place,
+so an interrupted write never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A weight or config file is missing, unreadable, or does not fit the model."""
+
+
+# ----- reading -------------------------------------------------------------------------------------
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a `.safetensors` or `.bin`/`.pt`/`.pth` file, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weight file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot read {path}: the safetensors file is truncated or corrupt ({error}); "
+                "re-download or re-convert it"
+            ) from error
+    if path.suffix in (".bin", ".pt", ".pth"):
+        return _read_torch_file(path)
+    raise CheckpointError(f"unsupported weight file {path}: expected .safetensors, .bin, .pt or .pth")
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds pickled objects other than plain tensors, and "
+            f"openhart never runs pickled code ({str(error).splitlines()[0]}). Convert it to "
+            "safetensors with the tool that wrote it"
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"cannot read {path}: the file is truncated or corrupt ({str(error).splitlines()[0]}); "
+            "re-download it"
+        ) from error
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"cannot parse {path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+# ----- strict loading ------------------------------------------------------------------------------
+
+def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load `state_dict` into `module` strictly: every key present, none extra, every shape right.
+
+    Tensors are cast to the dtype of the module's own tensors. A module built on the meta device
+    receives the loaded tensors themselves (no second copy).
+    Raises:
+        CheckpointError: naming the offending key(s), `source` and the expected shape.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k}: file has {tuple(state_dict[k].shape)}, model expects {tuple(expected[k].shape)}"
+        for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(
+            f"{k} (expected shape {tuple(expected[k].shape)})" for k in missing[:8]
+        ) + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected[:8])
+                        + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
+    if wrong:
+        problems.append("shape mismatches: " + "; ".join(wrong[:8]))
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match the model built from its config: " + " | ".join(problems)
+        )
+    on_meta = any(t.is_meta for t in expected.values())
+    cast = {k: v.to(dtype=expected[k].dtype) if v.is_floating_point() else v
+            for k, v in state_dict.items()}
+    module.load_state_dict(cast, strict=True, assign=on_meta)
+
+
+# ----- atomic writing ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=metadata)
