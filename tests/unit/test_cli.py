@@ -1,0 +1,78 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from openhart import __version__
+from openhart.cli import main
+
+from ..conftest import HART_TINY
+
+SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "sample.png"
+
+
+def test_help_and_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["reconstruct", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "openhart reconstruct assets/sample.png" in out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "reconstruct" in capsys.readouterr().out
+
+
+def test_reconstruct_with_official_tokenizer(tmp_path, capsys):
+    image = tmp_path / "photo.jpg"
+    shutil.copy(SAMPLE, tmp_path / "src.png")
+    Image.open(tmp_path / "src.png").convert("RGB").save(image)
+    assert main(["reconstruct", str(image), "--tokenizer", str(HART_TINY / "tokenizer")]) == 0
+    out = capsys.readouterr().out
+    assert "continuous path: PSNR" in out and "discrete path: PSNR" in out
+    for name in ("continuous", "discrete"):
+        with Image.open(tmp_path / f"photo.recon-{name}.png") as recon:
+            assert recon.size == (128, 128) and recon.mode == "RGB"
+
+
+def test_reconstruct_random_preset_says_so(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    image = tmp_path / "small.png"
+    Image.open(SAMPLE).resize((64, 64)).save(image)
+    assert main(["reconstruct", str(image), "--out-dir", str(out_dir), "--size", "64"]) == 0
+    assert "RANDOM weights" in capsys.readouterr().out
+    assert sorted(p.name for p in out_dir.iterdir()) == ["small.recon-continuous.png",
+                                                         "small.recon-discrete.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["reconstruct", "missing.png"], "image not found: missing.png"),
+    (["reconstruct", str(SAMPLE), "--tokenizer", "/nonexistent"], "tokenizer folder not found"),
+    (["reconstruct", str(SAMPLE), "--size", "100"], "cannot take 100x100"),
+    (["reconstruct", str(SAMPLE), "--out-dir", "/nonexistent"], "output folder does not exist"),
+    (["reconstruct", str(SAMPLE), "--device", "tpu"], "unknown device"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_not_an_image(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("hello")
+    assert main(["reconstruct", str(bad), "--tokenizer", str(HART_TINY)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "openhart", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "reconstruct" in result.stdout

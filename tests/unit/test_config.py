@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from openhart.config import (
+    TokenizerConfig,
+    config_from_dict,
+    config_to_dict,
+    tokenizer_hart_1024,
+    tokenizer_small,
+    tokenizer_tiny,
+)
+
+
+@pytest.mark.parametrize("preset", [tokenizer_hart_1024, tokenizer_small, tokenizer_tiny])
+def test_json_round_trip(preset):
+    config = preset()
+    text = json.dumps(config_to_dict(config))
+    assert config_from_dict(TokenizerConfig, json.loads(text)) == config
+
+
+def test_released_tokenizer_geometry():
+    config = tokenizer_hart_1024()
+    assert config.downsample_factor == 16
+    assert config.image_size == 1024
+    assert config.num_scales == 14
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(ValueError, match=r"unknown TokenizerConfig field\(s\) \['vocab'\]"):
+        config_from_dict(TokenizerConfig, {"vocab": 10})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"vocab_size": "8"}, "vocab_size must be int"),
+    ({"patch_nums": 4}, "patch_nums must be a list"),
+    ({"normalize_codes": 1}, "normalize_codes must be bool"),
+    ({"vocab_size": True}, "vocab_size must be int"),
+])
+def test_wrong_types_are_rejected(data, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(TokenizerConfig, data)
+
+
+def test_int_is_accepted_for_float():
+    assert config_from_dict(TokenizerConfig, {"phi_ratio": 1}).phi_ratio == 1.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"patch_nums": (1, 3, 2)}, "strictly increasing"),
+    ({"patch_nums": ()}, "non-empty"),
+    ({"base_channels": 40}, "multiple of 32"),
+    ({"vocab_size": 0}, "vocab_size must be >= 1"),
+    ({"phi_ratio": 1.5}, r"phi_ratio must be in \[0, 1\]"),
+    ({"quant_conv_kernel": 2}, "odd"),
+    ({"num_phi": -1}, "num_phi"),
+    ({"channel_mult": ()}, "channel_mult"),
+])
+def test_inconsistent_values_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TokenizerConfig(**kwargs)
+
+
+def test_config_is_frozen_and_keyword_only():
+    config = TokenizerConfig()
+    with pytest.raises(AttributeError):
+        config.vocab_size = 3
+    with pytest.raises(TypeError):
+        TokenizerConfig(4096)
