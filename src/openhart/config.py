@@ -96,6 +96,196 @@ class TokenizerConfig:
         return len(self.patch_nums)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """HART's next-scale transformer as released (spec section 3): llama blocks, text prefix.
+
+    Args:
+        embed_dim: model width C.
+        depth: number of blocks.
+        num_heads: attention heads (head_dim = embed_dim / num_heads, a multiple of 4 for 2-D RoPE).
+        mlp_ratio: SwiGLU hidden = int(C * mlp_ratio * 2 / 3 + 255) // 256 * 256.
+        context_tokens: text prefix length T (prompts are padded or truncated to it).
+        context_dim: width D of the text encoder features.
+        use_context_norm: RMSNorm on the text features before `context_embed`.
+        norm_eps: epsilon of every RMSNorm.
+        rope_theta: RoPE base.
+        patch_nums: scale sides, small to large (must equal the tokenizer's).
+        latent_channels: tokenizer latent width Cv.
+        vocab_size: codebook size V.
+    """
+
+    embed_dim: int = 1536
+    depth: int = 24
+    num_heads: int = 24
+    mlp_ratio: float = 4.0
+    context_tokens: int = 300
+    context_dim: int = 1536
+    use_context_norm: bool = True
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    patch_nums: tuple[int, ...] = HART_1024_PATCH_NUMS
+    latent_channels: int = 32
+    vocab_size: int = 4096
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for field in ("embed_dim", "depth", "num_heads", "context_tokens", "context_dim",
+                      "latent_channels", "vocab_size"):
+            if getattr(self, field) < 1:
+                _fail(name, f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.embed_dim % self.num_heads:
+            _fail(name, f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.head_dim % 4:
+            _fail(name, f"head_dim = embed_dim / num_heads must be a multiple of 4 for the 2-D RoPE, "
+                  f"got {self.head_dim}")
+        if len(self.patch_nums) < 2 or any(a >= b for a, b in zip(self.patch_nums, self.patch_nums[1:])):
+            _fail(name, f"patch_nums must be at least 2 strictly increasing sides, got {self.patch_nums}")
+        if self.patch_nums[0] != 1:
+            _fail(name, f"the first scale must be 1x1 (it is predicted from the text), got {self.patch_nums[0]}")
+        if self.mlp_ratio <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
+            _fail(name, "mlp_ratio, norm_eps and rope_theta must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio * 2 / 3 + 255) // 256 * 256
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.patch_nums)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """L = sum of pn**2 over the scales."""
+        return sum(pn * pn for pn in self.patch_nums)
+
+    @property
+    def sequence_length(self) -> int:
+        """T + L - 1: the text prefix predicts the first (1x1) scale."""
+        return self.context_tokens + self.num_image_tokens - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionHeadConfig:
+    """HART's residual diffusion head: an MLP with AdaLN blocks (spec section 4, MAR's design).
+
+    Args:
+        width: hidden width of the MLP.
+        depth: number of AdaLN residual blocks.
+        latent_channels: width of the residual tokens it models (Cv).
+        cond_dim: width of the per-token condition (the transformer width C).
+        num_train_timesteps: steps of the cosine schedule it was trained on.
+        residual_scale: the head models residual / residual_scale (official `vae_scale`).
+        sampling_steps: default number of respaced sampling steps.
+    """
+
+    width: int = 1024
+    depth: int = 6
+    latent_channels: int = 32
+    cond_dim: int = 1536
+    num_train_timesteps: int = 1000
+    residual_scale: float = 0.6
+    sampling_steps: int = 8
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for field in ("width", "depth", "latent_channels", "cond_dim", "num_train_timesteps",
+                      "sampling_steps"):
+            if getattr(self, field) < 1:
+                _fail(name, f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.sampling_steps > self.num_train_timesteps:
+            _fail(name, f"sampling_steps ({self.sampling_steps}) cannot exceed num_train_timesteps")
+        if self.residual_scale <= 0:
+            _fail(name, f"residual_scale must be positive, got {self.residual_scale}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HARTConfig:
+    """A whole HART model: tokenizer, transformer and residual diffusion head (weights only)."""
+
+    tokenizer: TokenizerConfig
+    transformer: TransformerConfig
+    head: DiffusionHeadConfig
+
+    def __post_init__(self) -> None:
+        tok, tf, head = self.tokenizer, self.transformer, self.head
+        checks = [
+            (tok.patch_nums == tf.patch_nums, f"tokenizer patch_nums {tok.patch_nums} != "
+             f"transformer patch_nums {tf.patch_nums}"),
+            (tok.vocab_size == tf.vocab_size, f"tokenizer vocab_size {tok.vocab_size} != "
+             f"transformer vocab_size {tf.vocab_size}"),
+            (tok.latent_channels == tf.latent_channels == head.latent_channels,
+             f"latent_channels differ: tokenizer {tok.latent_channels}, transformer "
+             f"{tf.latent_channels}, head {head.latent_channels}"),
+            (head.cond_dim == tf.embed_dim, f"head cond_dim {head.cond_dim} != transformer "
+             f"embed_dim {tf.embed_dim}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                _fail(type(self).__name__, message)
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.image_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    """Runtime knobs of text-to-image sampling; defaults are the official scripts' (spec 3.12).
+
+    Args:
+        cfg_scale: classifier-free guidance; scale si uses t = cfg_scale * si / (K - 1), and the
+            last scale (and the diffusion head) reuse (K - 2) / (K - 1).
+        top_k: keep the k most likely codes at every scale; None uses the official per-scale
+            schedule `scale_top_k` (the official code ignores its own `top_k` argument); 0 disables.
+        scale_top_k: official top-k before / from `top_k_switch_scale` on.
+        top_k_switch_scale: first scale that uses `scale_top_k[1]`.
+        top_p: nucleus sampling threshold; 0 disables.
+        smooth: Gumbel-softmax smoothing of the code embeddings (`more_smooth`, on in the scripts).
+        head_steps: diffusion steps of the residual head; None uses the model's default (8).
+        head_temperature: noise temperature of the residual head's sampler.
+        maskgit_iters: MaskGIT iterations over the last scale (1 = all tokens at once).
+        use_residual: add the diffusion head's continuous residual (False = discrete-only images).
+    """
+
+    cfg_scale: float = 4.5
+    top_k: int | None = None
+    scale_top_k: tuple[int, ...] = (600, 300)
+    top_k_switch_scale: int = 7
+    top_p: float = 0.0
+    smooth: bool = True
+    head_steps: int | None = None
+    head_temperature: float = 1.0
+    maskgit_iters: int = 1
+    use_residual: bool = True
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if not self.cfg_scale >= 0:
+            _fail(name, f"cfg_scale must be >= 0 (0 = no guidance), got {self.cfg_scale}")
+        if self.top_k is not None and self.top_k < 0:
+            _fail(name, f"top_k must be >= 0 (0 = off) or None (official schedule), got {self.top_k}")
+        if len(self.scale_top_k) != 2 or min(self.scale_top_k) < 0:
+            _fail(name, f"scale_top_k must be two values >= 0, got {self.scale_top_k}")
+        if not 0.0 <= self.top_p < 1.0:
+            _fail(name, f"top_p must be in [0, 1) (0 = off), got {self.top_p}")
+        if self.head_steps is not None and self.head_steps < 1:
+            _fail(name, f"head_steps must be >= 1, got {self.head_steps}")
+        if not self.head_temperature >= 0:
+            _fail(name, f"head_temperature must be >= 0, got {self.head_temperature}")
+        if self.maskgit_iters < 1:
+            _fail(name, f"maskgit_iters must be >= 1, got {self.maskgit_iters}")
+
+    def top_k_at(self, si: int) -> int:
+        if self.top_k is not None:
+            return self.top_k
+        return self.scale_top_k[0] if si < self.top_k_switch_scale else self.scale_top_k[1]
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain JSON-ready dict of a (nested) config dataclass; tuples become lists."""
 
@@ -167,3 +357,22 @@ def tokenizer_tiny() -> TokenizerConfig:
         patch_nums=(1, 2, 3, 4, 6, 8, 16),
         num_phi=4,
     )
+
+
+def hart_0p7b_1024() -> HARTConfig:
+    """The released HART-0.7B-1024px (spec sections 1.2-1.3)."""
+    return HARTConfig(tokenizer=TokenizerConfig(), transformer=TransformerConfig(),
+                      head=DiffusionHeadConfig())
+
+
+def hart_tiny() -> HARTConfig:
+    """A tiny 64px HART for unit tests (random weights)."""
+    tokenizer = tokenizer_tiny()
+    transformer = TransformerConfig(
+        embed_dim=64, depth=2, num_heads=4, context_tokens=6, context_dim=32,
+        patch_nums=tokenizer.patch_nums, latent_channels=tokenizer.latent_channels,
+        vocab_size=tokenizer.vocab_size,
+    )
+    head = DiffusionHeadConfig(width=48, depth=2, latent_channels=tokenizer.latent_channels,
+                               cond_dim=transformer.embed_dim)
+    return HARTConfig(tokenizer=tokenizer, transformer=transformer, head=head)

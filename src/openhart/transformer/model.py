@@ -1,0 +1,155 @@
+"""HART's next-scale transformer: text prefix + multi-scale image tokens, llama blocks.
+
+Paper section 3.2; spec section 3. Two paths over the same weights: `forward` (teacher forcing
+over all scales with a block-causal mask, for training) and `forward_scale` (one scale against an
+explicit KV cache, for sampling). `tests/unit/test_transformer.py` checks that they agree.
+
+Shape legend: B batch, K scales, L image tokens over all scales, l tokens at one scale, T text
+tokens, S = T + L - 1 sequence length, C model width, Cv latent channels, V codebook size,
+D text feature width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..common import RMSNorm, TimestepEmbedding
+from ..config import TransformerConfig
+from .kv_cache import KVCache
+from .layers import AdaLNHeadNorm, Block
+from .rope import image_positions, image_rope, text_rope
+
+
+@dataclass
+class TeacherForcingOutput:
+    """Attributes:
+        logits: (B, L, V) fp32; row 0 predicts scale 0 (read at the last text slot), then scale si
+            occupies rows [sum_{j<si} pn_j**2, +pn_si**2) in raster order.
+        hidden: (B, S, C) output of the last block (before the head norm).
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class HARTTransformer(nn.Module):
+    """The released HART transformer (no per-block AdaLN; text conditioning through the prefix)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        C = config.embed_dim
+        self.context_norm = (RMSNorm(config.context_dim, config.norm_eps)
+                             if config.use_context_norm else nn.Identity())
+        self.context_embed = nn.Linear(config.context_dim, C)
+        self.word_embed = nn.Linear(config.latent_channels, C)
+        self.level_embed = TimestepEmbedding(C)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.head_norm = AdaLNHeadNorm(C, C, config.norm_eps)
+        self.head = nn.Linear(C, config.vocab_size)
+        self.diffusion_cond_norm = RMSNorm(C, config.norm_eps)
+
+    # ----- embeddings --------------------------------------------------------------------------
+
+    def embed_context(self, context_BTD: torch.Tensor) -> torch.Tensor:
+        """Text features (B, T, D) -> prefix tokens and head condition (B, T, C)."""
+        return self.context_embed(self.context_norm(context_BTD))
+
+    def level_embedding(self, si: int | torch.Tensor) -> torch.Tensor:
+        """Embedding of level(s) si (0 = text, s = scale s), (C,) or (N, C)."""
+        levels = torch.as_tensor(si, device=self.head.weight.device).reshape(-1)
+        embedding = self.level_embed(levels)
+        return embedding[0] if isinstance(si, int) else embedding
+
+    def embed_scale_input(self, x_BlCv: torch.Tensor, si: int) -> torch.Tensor:
+        """Latent map of scale si (B, l, Cv) -> input tokens (B, l, C)."""
+        return self.word_embed(x_BlCv.to(self.word_embed.weight.dtype)) + self.level_embedding(si)
+
+    # ----- positions -----------------------------------------------------------------------------
+
+    def text_rope(self, position_ids_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return text_rope(position_ids_BT, self.config.head_dim, self.config.rope_theta)
+
+    def scale_rope(self, si: int, position_ids_BT: torch.Tensor,
+                   token_idx_Bl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables of scale si >= 1 (optionally of a subset of its tokens, (B, l) indices)."""
+        positions = image_positions(self.config.patch_nums, si, position_ids_BT[:, -1])
+        if token_idx_Bl is not None:
+            positions = torch.gather(positions.expand(token_idx_Bl.shape[0], -1, -1), 1,
+                                     token_idx_Bl[..., None].expand(-1, -1, 2))
+        return image_rope(positions, self.config.head_dim, self.config.rope_theta)
+
+    # ----- teacher forcing -----------------------------------------------------------------------
+
+    def forward(self, context_BTD: torch.Tensor, position_ids_BT: torch.Tensor,
+                inputs_BLCv: torch.Tensor) -> TeacherForcingOutput:
+        """All scales at once with the block-causal mask (spec 3.7).
+
+        Args:
+            context_BTD: text features (B, T, D).
+            position_ids_BT: text position ids (B, T), cumsum(mask) - 1.
+            inputs_BLCv: teacher-forcing input of scales 1..K-1, (B, L - 1, Cv).
+        """
+        cfg = self.config
+        T = cfg.context_tokens
+        cond_BTC = self.embed_context(context_BTD)
+        levels_S = self.sequence_levels(context_BTD.device)
+        x_BSC = torch.cat([cond_BTC, self.word_embed(inputs_BLCv.to(cond_BTC.dtype))], dim=1)
+        x_BSC = x_BSC + self.level_embedding(torch.arange(cfg.num_scales, device=levels_S.device))[levels_S]
+        rope = self._sequence_rope(position_ids_BT)
+        mask_SS = levels_S[:, None] >= levels_S[None, :]
+        for i, block in enumerate(self.blocks):
+            x_BSC = block(x_BSC, rope, attn_mask=mask_SS, layer=i)
+        return TeacherForcingOutput(logits=self.logits(x_BSC[:, T - 1:], cond_BTC), hidden=x_BSC)
+
+    def sequence_levels(self, device: torch.device) -> torch.Tensor:
+        """(S,) level id of every position: 0 for text, s for the tokens of scale s >= 1."""
+        cfg = self.config
+        counts = [cfg.context_tokens] + [pn * pn for pn in cfg.patch_nums[1:]]
+        return torch.repeat_interleave(torch.arange(cfg.num_scales, device=device),
+                                       torch.tensor(counts, device=device))
+
+    def _sequence_rope(self, position_ids_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tables = [self.text_rope(position_ids_BT)]
+        tables += [self.scale_rope(si, position_ids_BT) for si in range(1, self.config.num_scales)]
+        B = position_ids_BT.shape[0]
+        cos = torch.cat([c.expand(B, -1, -1) for c, _ in tables], dim=1)
+        sin = torch.cat([s.expand(B, -1, -1) for _, s in tables], dim=1)
+        return cos, sin
+
+    # ----- cached, one scale at a time --------------------------------------------------------------
+
+    def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        cfg = self.config
+        return KVCache.allocate(cfg.depth, batch, cfg.num_heads, cfg.sequence_length,
+                                cfg.head_dim, device, dtype)
+
+    def forward_scale(self, x_BlC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                      cache: KVCache) -> torch.Tensor:
+        """Run the blocks on one scale's tokens, attending to the cache; append them to it."""
+        for i, block in enumerate(self.blocks):
+            x_BlC = block(x_BlC, rope, cache=cache, layer=i)
+        cache.advance(x_BlC.shape[1])
+        return x_BlC
+
+    # ----- outputs -------------------------------------------------------------------------------------
+
+    def logits(self, hidden_BlC: torch.Tensor, cond_BTC: torch.Tensor) -> torch.Tensor:
+        """Code logits (B, l, V) in fp32 from last-block states and the text condition."""
+        return self.head(self.head_norm(hidden_BlC, cond_BTC)).float()
+
+    def diffusion_condition(self, hidden_BlC: torch.Tensor, codes_BlCv: torch.Tensor) -> torch.Tensor:
+        """Per-token condition of the residual head: norm(hidden + word_embed(code vectors))."""
+        return self.diffusion_cond_norm(hidden_BlC + self.word_embed(codes_BlCv.to(hidden_BlC.dtype)))
+
+    def scale_slices(self) -> Sequence[slice]:
+        """Row ranges of each scale in the (B, L, ...) logits of `forward`."""
+        slices, start = [], 0
+        for pn in self.config.patch_nums:
+            slices.append(slice(start, start + pn * pn))
+            start += pn * pn
+        return slices
