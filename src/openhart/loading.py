@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .config import TokenizerConfig, config_from_dict, config_to_dict
+from .config import HARTConfig, TokenizerConfig, config_from_dict, config_to_dict
 from .convert import official
+from .model import HARTModel
 from .serialization import (
     CheckpointError,
     load_into,
@@ -28,6 +29,10 @@ from .tokenizer import HybridTokenizer
 
 FORMAT_VERSION = 1
 TOKENIZER_MODEL_TYPE = "openhart.tokenizer"
+MODEL_TYPE = "openhart.hart"
+# Official llm weight files: raw weights in order of preference, then the EMA weights.
+OFFICIAL_LLM_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+OFFICIAL_EMA_NAME = "ema_model.bin"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # Official weight files in order of preference.
@@ -121,3 +126,90 @@ def _first_existing(folder: Path, names: tuple[str, ...]) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise CheckpointError(f"no weights in {folder}: expected one of {list(names)}")
+
+
+# ----- whole models ----------------------------------------------------------------------------------
+
+def load_model(path: str | os.PathLike, *, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None, weights: str = "auto") -> HARTModel:
+    """Load a HART model (tokenizer, transformer, diffusion head) strictly, in eval mode.
+
+    Args:
+        path: an openhart model folder, an official release folder (with `llm/` and
+            `tokenizer/`), or the official `llm/` folder itself.
+        device, dtype: where and in which floating dtype to put the weights (default CPU, fp32).
+        weights: official folders only: "ema" (`llm/ema_model.bin`), "raw" (`model.safetensors`
+            or `pytorch_model.bin`) or "auto" (EMA when present, as the official scripts do).
+    """
+    if weights not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder not found: {folder}" if not folder.exists() else
+                              f"{folder} is a file; pass the model folder")
+    data = read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else {}
+    if data.get("model_type") == MODEL_TYPE:
+        config, state, source = _read_own_model(folder, data)
+    else:
+        if official.is_official_llm_config(data):  # the llm/ folder itself was given
+            folder = folder.parent
+        config, state, source = _read_official_model(folder, weights)
+    with torch.device("meta"):
+        model = HARTModel(config)
+    load_into(model, state, source)
+    return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+
+
+def save_model(model: HARTModel, path: str | os.PathLike) -> Path:
+    """Write `model` as an openhart folder (config.json + model.safetensors), atomically."""
+    config = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION,
+              "config": config_to_dict(model.config)}
+    return _save_folder(path, config, model.state_dict(), MODEL_TYPE)
+
+
+def _read_own_model(folder: Path, data: dict) -> tuple[HARTConfig, dict, str]:
+    try:
+        config = config_from_dict(HARTConfig, data.get("config", {}))
+    except ValueError as error:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from error
+    weights = _first_existing(folder, (WEIGHTS_NAME,))
+    return config, read_state_dict(weights), str(weights)
+
+
+def _read_official_model(folder: Path, weights: str) -> tuple[HARTConfig, dict, str]:
+    llm, tok = folder / "llm", folder / "tokenizer"
+    if not (llm / CONFIG_NAME).is_file() or not (tok / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"{folder} is not a model folder: expected an openhart folder (config.json with "
+            f"model_type {MODEL_TYPE!r}) or the official layout with llm/config.json and "
+            "tokenizer/config.json (e.g. hart-0.7b-1024px/)"
+        )
+    llm_data, tok_data = read_json(llm / CONFIG_NAME), read_json(tok / CONFIG_NAME)
+    if not official.is_official_llm_config(llm_data):
+        raise CheckpointError(f"{llm / CONFIG_NAME} has model_type {llm_data.get('model_type')!r}, "
+                              f"expected {official.LLM_MODEL_TYPE!r}")
+    if not official.is_official_tokenizer_config(tok_data):
+        raise CheckpointError(f"{tok / CONFIG_NAME} has model_type {tok_data.get('model_type')!r}, "
+                              f"expected one of {sorted(official.TOKENIZER_MODEL_TYPES)}")
+    try:
+        config = official.hart_config_from_official(llm_data, tok_data)
+    except ValueError as error:
+        raise CheckpointError(f"{llm / CONFIG_NAME}: {error}") from error
+    llm_weights = _official_llm_weights(llm, weights)
+    tok_weights = _first_existing(tok, OFFICIAL_WEIGHT_NAMES)
+    state = official.convert_llm_state_dict(
+        read_state_dict(llm_weights, skip=lambda k: k == "attn_bias_for_masking"), str(llm_weights))
+    tokenizer_state = official.convert_tokenizer_state_dict(
+        read_state_dict(tok_weights, skip=lambda k: k.startswith("disc.")),
+        tok_data["model_type"], str(tok_weights))
+    state.update({f"tokenizer.{k}": v for k, v in tokenizer_state.items()})
+    return config, state, f"{llm_weights} + {tok_weights}"
+
+
+def _official_llm_weights(llm: Path, weights: str) -> Path:
+    ema = llm / OFFICIAL_EMA_NAME
+    if weights == "ema" or (weights == "auto" and ema.is_file()):
+        if not ema.is_file():
+            raise CheckpointError(f"weights='ema' was asked for but {ema} does not exist")
+        return ema
+    return _first_existing(llm, OFFICIAL_LLM_WEIGHT_NAMES)

@@ -13,12 +13,12 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 
@@ -28,27 +28,39 @@ class CheckpointError(ValueError):
 
 # ----- reading -------------------------------------------------------------------------------------
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a `.safetensors` or `.bin`/`.pt`/`.pth` file, on the CPU."""
+def read_state_dict(path: str | os.PathLike,
+                    skip: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a `.safetensors` or `.bin`/`.pt`/`.pth` file, on the CPU.
+
+    Keys for which `skip(key)` is true are never read into memory (safetensors are read key by
+    key; `.bin` files are memory-mapped, so a skipped tensor's pages are never touched).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weight file not found: {path}")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if skip is None or not skip(k)}
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(
                 f"cannot read {path}: the safetensors file is truncated or corrupt ({error}); "
                 "re-download or re-convert it"
             ) from error
     if path.suffix in (".bin", ".pt", ".pth"):
-        return _read_torch_file(path)
+        state = _read_torch_file(path)
+        return {k: v for k, v in state.items() if skip is None or not skip(k)}
     raise CheckpointError(f"unsupported weight file {path}: expected .safetensors, .bin, .pt or .pth")
 
 
 def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(error):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"refusing to load {path}: it holds pickled objects other than plain tensors, and "

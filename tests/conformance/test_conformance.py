@@ -54,3 +54,159 @@ def test_tokenizer(case: GoldenCase):
     case.check("tok.var_input", tokenizer.teacher_forcing_input(tokens.indices))
 
     case.assert_covered("tok.")
+
+
+# ----- transformer, diffusion head, full inference ------------------------------------------------
+
+from openhart.config import SamplingConfig  # noqa: E402
+from openhart.diffusion import DiffusionNoise, DiffusionSchedule  # noqa: E402
+from openhart.diffusion.sampler import guided_prediction, posterior_step, reverse_steps  # noqa: E402
+from openhart.loading import load_model  # noqa: E402
+from openhart.sampling import generate  # noqa: E402
+from openhart.text.positions import position_ids_from_mask  # noqa: E402
+
+KNOWN_GROUPS = ("ctx.", "tok.", "tf.", "diff.", "inf.")
+
+
+@pytest.fixture(scope="module")
+def model(case: GoldenCase):
+    return load_model(case.root)
+
+
+def _margin(logits: torch.Tensor) -> torch.Tensor:
+    top2 = logits.topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def test_case_holds_only_known_groups(case: GoldenCase):
+    unknown = [k for k in case.tensors if not k.startswith(KNOWN_GROUPS)]
+    assert not unknown, f"{case.name}: tensors of unknown groups, not checked by this suite: {unknown}"
+
+
+def test_context(case: GoldenCase):
+    case.check("ctx.position_ids", position_ids_from_mask(case.input("ctx.mask")))
+    case.input("ctx.context")
+    case.assert_covered("ctx.")
+
+
+@torch.no_grad()
+def test_teacher_forcing(case: GoldenCase, model):
+    tf = model.transformer
+    context, positions = case.tensors["ctx.context"], case.tensors["ctx.position_ids"]
+    inputs = case.input("tok.var_input")
+    case.check("tf.block_input", tf.embed_sequence(tf.embed_context(context), inputs))
+    out = tf(context, positions, inputs)
+    case.check("tf.block_out", out.hidden)
+    case.check("tf.logits", out.logits)
+    last = tf.scale_slices()[-1]
+    idx = out.logits[:, last].argmax(dim=-1)
+    case.check("tf.last_scale_idx_argmax", idx)
+    case.check("tf.last_scale_margin", _margin(out.logits[:, last]))
+    pre_norm = out.hidden[:, -idx.shape[1]:] + tf.word_embed(model.tokenizer.quantizer.codebook(idx))
+    case.check("tf.diffusion_z_pre_norm", pre_norm)
+    case.check("tf.diffusion_z", tf.diffusion_condition(out.hidden[:, -idx.shape[1]:],
+                                                        model.tokenizer.quantizer.codebook(idx)))
+    case.assert_covered("tf.")
+
+
+@torch.no_grad()
+def test_diffusion_head(case: GoldenCase, model):
+    head = model.head
+    Cv = head.config.latent_channels
+    case.check("diff.net.out", head(case.input("diff.net.x"), case.input("diff.net.t"),
+                                    case.input("diff.net.c")))
+    # CFG on eps: the head sees the conditional x twice; variance values stay per half.
+    x, t, c = case.input("diff.cfgnet.x"), case.input("diff.cfgnet.t"), case.input("diff.cfgnet.c")
+    g = case.input("diff.cfgnet.cfg_scale").item()
+    n = len(x) // 2
+    eps, _ = guided_prediction(head, x[:n], t, c, g)
+    raw = head(torch.cat([x[:n], x[:n]]), t, c)
+    case.check("diff.cfgnet.out", torch.cat([torch.cat([eps, eps]), raw[:, Cv:]], dim=1))
+
+    schedule = DiffusionSchedule.cosine(head.config.num_train_timesteps, head.config.sampling_steps)
+    case.check("diff.schedule.betas", schedule.betas)
+    case.check("diff.schedule.timestep_map", schedule.timestep_map)
+    for name in ("sample_cfg", "sample_nocfg"):
+        _check_diffusion_sampler(case, head, schedule, name)
+    case.assert_covered("diff.")
+
+
+def _check_diffusion_sampler(case: GoldenCase, head, schedule, name: str):
+    cfg = case.input(f"diff.{name}.cfg").item()
+    z = case.input(f"diff.{name}.z")
+    guidance = None if cfg == 1.0 else cfg  # the official head samples unguided at exactly 1.0
+    initial = case.input(f"diff.{name}.noise_init")
+    draws = case.input(f"diff.{name}.noise_steps")
+    n = len(initial)
+    steps = list(reverse_steps(head, z, schedule, guidance=guidance,
+                               noise=DiffusionNoise(initial, [d[:n] for d in draws])))
+    trace = {"x_in": [s.x_in for s in steps], "pred_x0": [s.pred_x0 for s in steps],
+             "x_out": [s.x_out for s in steps]}
+    if guidance is not None:
+        # The official sampler also carries the unconditional half of x along (it never feeds back
+        # into the conditional half): replay it with the same steps to check those rows too.
+        uncond = _replay_unconditional_half(head, schedule, z, guidance, initial, draws, steps)
+        trace = {k: [torch.cat([a, b]) for a, b in zip(trace[k], uncond[k])] for k in trace}
+    rows = trace["x_in"][0].shape[0]
+    case.check(f"diff.{name}.timesteps", torch.tensor([[s.index] * rows for s in steps]))
+    case.check(f"diff.{name}.x_in_steps", torch.stack(trace["x_in"]))
+    case.check(f"diff.{name}.pred_xstart_steps", torch.stack(trace["pred_x0"]))
+    case.check(f"diff.{name}.sample_steps", torch.stack(trace["x_out"]))
+    case.check(f"diff.{name}.out", trace["x_out"][-1] * head.config.residual_scale)
+
+
+def _replay_unconditional_half(head, schedule, z, guidance, initial, draws, steps):
+    n, Cv = len(initial), initial.shape[1]
+    x, out = initial, {"x_in": [], "pred_x0": [], "x_out": []}
+    for k, step in enumerate(steps):
+        t = schedule.timestep_map[step.index].expand(2 * n)
+        eps, _ = guided_prediction(head, step.x_in, t, z, guidance)
+        var_uncond = head(torch.cat([step.x_in, step.x_in]), t, z)[n:, Cv:]
+        noise = draws[k][n:] if step.index > 0 else None
+        pred_x0, x_next = posterior_step(schedule.coefficients(step.index, x.device), x, eps,
+                                         var_uncond, noise, 1.0)
+        out["x_in"].append(x)
+        out["pred_x0"].append(pred_x0)
+        out["x_out"].append(x_next)
+        x = x_next
+    return out
+
+
+@torch.no_grad()
+def test_inference(case: GoldenCase, model):
+    tf = model.transformer
+    context = case.input("ctx.context")
+    positions = case.input("ctx.position_ids")
+    cfg = case.input("inf.cfg").item()
+    case.input("inf.g_seed")  # seeds only the official Gumbel/multinomial generator: no effect here
+    orders = case.input("inf.maskgit_orders")  # one MaskGIT round: the order has no effect
+    assert torch.equal(orders.sort(dim=1).values, torch.arange(orders.shape[1]).expand_as(orders))
+
+    uncond = torch.zeros_like(context)
+    block_in = tf.embed_context(torch.cat([context, uncond])) + tf.level_embedding(0)
+    case.check("inf.block_in.0", block_in)
+
+    K = tf.config.num_scales
+    records = []
+    noise = DiffusionNoise(case.input("inf.diff.noise_init"),
+                           list(case.input("inf.diff.noise_steps_cond_half")))
+    # Argmax selection (top_k=1) makes the official Gumbel smoothing exactly one-hot.
+    out = generate(model, context, positions, SamplingConfig(cfg_scale=cfg, top_k=1, smooth=True),
+                   torch.Generator().manual_seed(0), diffusion_noise=noise, on_scale=records.append)
+    assert [r.si for r in records] == list(range(K))
+    for r in records:
+        case.check(f"inf.block_out.{r.si}", r.hidden)
+        case.check(f"inf.logits.{r.si}", r.logits)
+        case.check(f"inf.idx.{r.si}", r.indices)
+        case.check(f"inf.margin.{r.si}", _margin(r.logits))
+        if r.si < K - 1:
+            case.check(f"inf.h_BChw.{r.si}", r.h)
+            case.check(f"inf.fhat.{r.si}", r.f_hat)
+            case.check(f"inf.next_map.{r.si}", r.next_map)
+    last = records[-1]
+    case.check("inf.diff.cfg", torch.tensor([cfg * (K - 2) / (K - 1)]))
+    case.check("inf.diff.z", last.diffusion_cond.flatten(0, 1))
+    case.check("inf.diff.out_cond_half", last.residual.flatten(0, 1))
+    case.check("inf.fhat_final", out.latent)
+    case.check("inf.image", out.images)
+    case.assert_covered("inf.")

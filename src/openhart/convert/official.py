@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..config import TokenizerConfig
+from ..config import DiffusionHeadConfig, HARTConfig, TokenizerConfig, TransformerConfig
 from ..serialization import CheckpointError
 
 # model_type values of official tokenizer folders, and the key prefix of the autoencoder weights.
@@ -148,4 +148,127 @@ def convert_tokenizer_state_dict(state_dict: Mapping[str, torch.Tensor], model_t
     if bad:
         raise CheckpointError(f"{source} has key(s) outside the official tokenizer layout: "
                          f"{bad[:8]}{' ...' if len(bad) > 8 else ''}")
+    return converted
+
+
+# ----- transformer + diffusion head (the `llm/` folder) ---------------------------------------------
+
+LLM_MODEL_TYPE = "hart_transformer_t2i"
+
+# Switches of HARTForT2IConfig that must have the released value (openhart implements that one).
+_LLM_REQUIRED = {
+    "attn_type": "llama", "mlp_type": "llama", "disable_aln": True, "shared_aln": False,
+    "attn_l2_norm": False, "use_cross_attn": False, "use_timestep_embed": True, "sampler": "iddpm",
+}
+# Fields that only steer training, kernels or unused code paths.
+_LLM_IGNORED_FIELDS = frozenset({
+    "drop_rate", "attn_drop_rate", "drop_path_rate", "cond_drop_rate", "diffusion_batch_mul",
+    "flash_if_available", "fused_if_available", "sep_aln_pooling_mode", "context_norm_scale",
+    "vae_path", "diffusion_head_repeats",
+})
+_LLM_FIELD_MAP = {
+    "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio",
+    "context_token": "context_tokens", "context_dim": "context_dim",
+    "use_context_norm": "use_context_norm", "norm_eps": "norm_eps", "patch_nums": "patch_nums",
+}
+_LLM_KEY_RULES = [
+    (r"^lvl_embed\.mlp\.0\.", "transformer.level_embed.linear_1."),
+    (r"^lvl_embed\.mlp\.2\.", "transformer.level_embed.linear_2."),
+    (r"^blocks\.(\d+)\.attn\.qkv_proj\.", r"transformer.blocks.\1.attn.qkv."),
+    (r"^blocks\.(\d+)\.attn\.(q_bias|v_bias)$", r"transformer.blocks.\1.attn.\2"),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"transformer.blocks.\1.attn.out."),
+    (r"^blocks\.(\d+)\.ffn\.(gate|up|down)_proj\.", r"transformer.blocks.\1.mlp.\2."),
+    (r"^blocks\.(\d+)\.ln_wo_grad\.", r"transformer.blocks.\1.norm."),
+    (r"^head_nm\.ln_wo_grad\.", "transformer.head_norm.norm."),
+    (r"^head_nm\.ada_lin\.1\.", "transformer.head_norm.modulation."),
+    (r"^decoder_norm\.", "transformer.diffusion_cond_norm."),
+    (r"^(word_embed|context_embed|context_norm|head)\.", r"transformer.\1."),
+    (r"^diffloss\.net\.time_embed\.mlp\.0\.", "head.time_embed.linear_1."),
+    (r"^diffloss\.net\.time_embed\.mlp\.2\.", "head.time_embed.linear_2."),
+    (r"^diffloss\.net\.(cond_embed|input_proj)\.", r"head.\1."),
+    (r"^diffloss\.net\.res_blocks\.(\d+)\.in_ln\.", r"head.blocks.\1.norm."),
+    (r"^diffloss\.net\.res_blocks\.(\d+)\.mlp\.0\.", r"head.blocks.\1.fc1."),
+    (r"^diffloss\.net\.res_blocks\.(\d+)\.mlp\.2\.", r"head.blocks.\1.fc2."),
+    (r"^diffloss\.net\.res_blocks\.(\d+)\.adaLN_modulation\.1\.", r"head.blocks.\1.modulation."),
+    (r"^diffloss\.net\.final_layer\.adaLN_modulation\.1\.", "head.final.modulation."),
+    (r"^diffloss\.net\.final_layer\.linear\.", "head.final.linear."),
+]
+# Buffers of the official checkpoint that openhart recomputes (or that are zero by construction).
+LLM_SKIPPED_KEYS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
+
+
+def is_official_llm_config(data: Mapping) -> bool:
+    return data.get("model_type") == LLM_MODEL_TYPE
+
+
+def hart_config_from_official(llm: Mapping, tokenizer: Mapping) -> HARTConfig:
+    """Translate the official `llm/config.json` and `tokenizer/config.json` into a HARTConfig.
+
+    Raises:
+        ValueError: for unknown fields, and for switches other than the release's.
+    """
+    known = set(_LLM_FIELD_MAP) | set(_LLM_REQUIRED) | _LLM_IGNORED_FIELDS | HF_GENERIC_FIELDS
+    known |= {"diff_width", "diff_depth", "num_sampling_steps", "context_token"}
+    unknown = sorted(k for k in llm if k not in known and not k.startswith("_"))
+    if unknown:
+        raise ValueError(f"unknown field(s) in the official llm config: {unknown}")
+    for field, released in _LLM_REQUIRED.items():
+        if field in llm and llm[field] != released:
+            raise ValueError(f"{field}={llm[field]!r} is not supported: openhart implements the "
+                             f"released architecture ({field}={released!r})")
+    if int(llm.get("context_token", 0)) < 1:
+        raise ValueError("context_token must be >= 1: class-conditional HART (no text prefix) "
+                         "is not supported")
+    steps = str(llm.get("num_sampling_steps", "8"))
+    if not steps.isdigit():
+        raise ValueError(f"num_sampling_steps={steps!r} is not supported: expected a step count")
+    tok = tokenizer_config_from_official(tokenizer)
+    kwargs = {ours: llm[theirs] for theirs, ours in _LLM_FIELD_MAP.items() if theirs in llm}
+    kwargs["patch_nums"] = tuple(kwargs.get("patch_nums", tok.patch_nums))
+    transformer = TransformerConfig(latent_channels=tok.latent_channels, vocab_size=tok.vocab_size,
+                                    **kwargs)
+    head = DiffusionHeadConfig(width=int(llm.get("diff_width", 1024)),
+                               depth=int(llm.get("diff_depth", 6)),
+                               latent_channels=tok.latent_channels, cond_dim=transformer.embed_dim,
+                               sampling_steps=int(steps))
+    return HARTConfig(tokenizer=tok, transformer=transformer, head=head)
+
+
+def llm_key_from_official(key: str) -> str | None:
+    """openhart key (prefixed `transformer.` or `head.`) of an official llm key; None if skipped.
+
+    Raises:
+        KeyError: for a key outside the official layout.
+    """
+    if LLM_SKIPPED_KEYS.match(key):
+        return None
+    for pattern, replacement in _LLM_KEY_RULES:
+        ours, count = re.subn(pattern, replacement, key)
+        if count:
+            return ours
+    raise KeyError(key)
+
+
+def convert_llm_state_dict(state_dict: Mapping[str, torch.Tensor], source: str
+                           ) -> dict[str, torch.Tensor]:
+    """Rename an official llm state dict; check the skipped buffers hold what they must.
+
+    Raises:
+        CheckpointError: naming keys outside the layout, or a non-zero `zero_k_bias`.
+    """
+    converted, bad = {}, []
+    for key, tensor in state_dict.items():
+        try:
+            ours = llm_key_from_official(key)
+        except KeyError:
+            bad.append(key)
+            continue
+        if ours is not None:
+            converted[ours] = tensor
+        elif key.endswith("zero_k_bias") and bool(tensor.any()):
+            raise CheckpointError(f"{source}: {key} is not all zeros; openhart's attention has no "
+                                  "key bias, so this checkpoint cannot be loaded faithfully")
+    if bad:
+        raise CheckpointError(f"{source} has key(s) outside the official llm layout: "
+                              f"{bad[:8]}{' ...' if len(bad) > 8 else ''}")
     return converted

@@ -94,17 +94,22 @@ class HARTTransformer(nn.Module):
             position_ids_BT: text position ids (B, T), cumsum(mask) - 1.
             inputs_BLCv: teacher-forcing input of scales 1..K-1, (B, L - 1, Cv).
         """
-        cfg = self.config
-        T = cfg.context_tokens
         cond_BTC = self.embed_context(context_BTD)
-        levels_S = self.sequence_levels(context_BTD.device)
-        x_BSC = torch.cat([cond_BTC, self.word_embed(inputs_BLCv.to(cond_BTC.dtype))], dim=1)
-        x_BSC = x_BSC + self.level_embedding(torch.arange(cfg.num_scales, device=levels_S.device))[levels_S]
+        x_BSC = self.embed_sequence(cond_BTC, inputs_BLCv)
+        levels_S = self.sequence_levels(x_BSC.device)
         rope = self._sequence_rope(position_ids_BT)
         mask_SS = levels_S[:, None] >= levels_S[None, :]
         for i, block in enumerate(self.blocks):
             x_BSC = block(x_BSC, rope, attn_mask=mask_SS, layer=i)
+        T = self.config.context_tokens
         return TeacherForcingOutput(logits=self.logits(x_BSC[:, T - 1:], cond_BTC), hidden=x_BSC)
+
+    def embed_sequence(self, cond_BTC: torch.Tensor, inputs_BLCv: torch.Tensor) -> torch.Tensor:
+        """Block input (B, S, C): [text prefix ; word_embed(inputs)] + level embeddings."""
+        levels_S = self.sequence_levels(cond_BTC.device)
+        x_BSC = torch.cat([cond_BTC, self.word_embed(inputs_BLCv.to(cond_BTC.dtype))], dim=1)
+        levels = torch.arange(self.config.num_scales, device=levels_S.device)
+        return x_BSC + self.level_embedding(levels)[levels_S]
 
     def sequence_levels(self, device: torch.device) -> torch.Tensor:
         """(S,) level id of every position: 0 for text, s for the tokens of scale s >= 1."""

@@ -1,0 +1,21 @@
+"""The three networks of a HART model in one module, so they share one state dict and one load."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .config import HARTConfig
+from .diffusion.head import DiffusionHead
+from .tokenizer import HybridTokenizer
+from .transformer.model import HARTTransformer
+
+
+class HARTModel(nn.Module):
+    """Hybrid tokenizer + next-scale transformer + residual diffusion head."""
+
+    def __init__(self, config: HARTConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = HybridTokenizer(config.tokenizer)
+        self.transformer = HARTTransformer(config.transformer)
+        self.head = DiffusionHead(config.head)

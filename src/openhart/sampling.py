@@ -1,0 +1,237 @@
+"""Text-to-image sampling with HART, readable top to bottom (paper section 3.2-3.3, spec 3.12).
+
+1. Double the batch for classifier-free guidance: [prompt ; unconditional] text features.
+2. Predict the codes scale by scale with the KV cache. Scale 0 is read at the last text slot.
+   Guided logits (1 + t) * cond - t * uncond with t = cfg * si / (K - 1); top-k / top-p; one
+   multinomial draw; optional Gumbel smoothing of the code embedding; accumulate f_hat and
+   downsample it to the next scale's input.
+3. The last scale: MaskGIT iterations (one by default) predict its codes, and the residual
+   diffusion head samples the continuous residual of every predicted token.
+4. Decode f_hat + last codes + residual with the tokenizer to pixels in [0, 1].
+
+Every random draw comes from the one `generator` argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .config import SamplingConfig
+from .diffusion.sampler import DiffusionNoise, sample_residual
+from .diffusion.schedule import DiffusionSchedule
+from .model import HARTModel
+
+# Gumbel-softmax temperature of the smoothed code embedding: max(0.27 (1 - 0.95 r), 0.005),
+# r = si / (K - 1) (MaskGIT-style annealing in the official sampler).
+GUMBEL_TAU_START = 0.27
+GUMBEL_TAU_DECAY = 0.95
+GUMBEL_TAU_MIN = 0.005
+
+
+@dataclass
+class ScaleRecord:
+    """What one step of the scale loop produced (for progress display and stage-by-stage tests).
+
+    `hidden` is the last-block output of the doubled batch; `logits` the guided ones (B, l, V);
+    `h` the code embedding map (B, Cv, pn, pn) (last scale: codes + residual tokens, (B, l, Cv)).
+    """
+
+    si: int
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    indices: torch.Tensor
+    h: torch.Tensor
+    f_hat: torch.Tensor | None = None
+    next_map: torch.Tensor | None = None
+    diffusion_cond: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class SampleOutput:
+    """Attributes:
+        images: (B, 3, H, W) in [0, 1], fp32.
+        latent: final f_hat (B, Cv, pK, pK) fed to the decoder.
+        indices: codes of every scale, scale si (B, pn**2).
+    """
+
+    images: torch.Tensor
+    latent: torch.Tensor
+    indices: list[torch.Tensor]
+
+
+@torch.no_grad()
+def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch.Tensor,
+             sampling: SamplingConfig, generator: torch.Generator | None = None, *,
+             uncond_context_BTD: torch.Tensor | None = None,
+             uncond_position_ids_BT: torch.Tensor | None = None,
+             diffusion_noise: DiffusionNoise | None = None,
+             on_scale: Callable[[ScaleRecord], None] | None = None) -> SampleOutput:
+    """Generate images from text features.
+
+    Args:
+        context_BTD: text encoder features (B, T, D), padded slots included.
+        position_ids_BT: their position ids (cumsum(mask) - 1).
+        sampling: guidance, top-k/top-p, smoothing, head steps, MaskGIT iterations.
+        generator: source of every random draw (same generator state and device, same image).
+        uncond_context_BTD, uncond_position_ids_BT: the unconditional (negative) branch; zeros
+            with zero positions by default, as the official sampler does.
+        diffusion_noise: explicit noise for the residual head (tests); drawn from `generator`
+            otherwise.
+        on_scale: called after every scale with its `ScaleRecord`.
+    """
+    tf, quantizer = model.transformer, model.tokenizer.quantizer
+    patch_nums = tf.config.patch_nums
+    K, B = len(patch_nums), context_BTD.shape[0]
+    dtype = tf.head.weight.dtype
+
+    # 1. the doubled batch [cond ; uncond] and its prefix
+    if uncond_context_BTD is None:
+        uncond_context_BTD = torch.zeros_like(context_BTD)
+        uncond_position_ids_BT = torch.zeros_like(position_ids_BT)
+    context = torch.cat([context_BTD, uncond_context_BTD]).to(dtype)
+    position_ids = torch.cat([position_ids_BT, uncond_position_ids_BT])
+    cond_BTC = tf.embed_context(context)
+    cache = tf.new_cache(2 * B, context.device, dtype)
+    x_BlC = cond_BTC + tf.level_embedding(0)
+    rope = tf.text_rope(position_ids)
+    f_hat = quantizer.codebook.weight.new_zeros(B, quantizer.config.latent_channels,
+                                                patch_nums[-1], patch_nums[-1])
+    indices = []
+
+    # 2. scales 0 .. K-2
+    for si in range(K - 1):
+        ratio = si / (K - 1)
+        hidden = tf.forward_scale(x_BlC, rope, cache)
+        logits = guided_logits(tf.logits(hidden[:, -1:] if si == 0 else hidden, cond_BTC),
+                               sampling.cfg_scale * ratio)
+        idx_Bl, h_BlCv = select_codes(logits, quantizer.codebook.weight, sampling, si, ratio, generator)
+        h_BChw = rearrange(h_BlCv, "b (h w) c -> b c h w", h=patch_nums[si])
+        f_hat, next_map = quantizer.next_scale_input(si, f_hat, h_BChw, patch_nums)
+        indices.append(idx_Bl)
+        if on_scale is not None:
+            on_scale(ScaleRecord(si=si, hidden=hidden, logits=logits, indices=idx_Bl, h=h_BChw,
+                                 f_hat=f_hat, next_map=next_map))
+        x_BlC = tf.embed_scale_input(rearrange(next_map, "b c h w -> b (h w) c"), si + 1).repeat(2, 1, 1)
+        rope = tf.scale_rope(si + 1, position_ids)
+
+    # 3. the last scale: MaskGIT over its tokens, plus the residual diffusion
+    guidance = sampling.cfg_scale * (K - 2) / (K - 1)  # the official loop's last ratio is reused
+    tokens, last_idx = sample_last_scale(model, x_BlC, cond_BTC, position_ids, cache, sampling,
+                                         guidance, generator, diffusion_noise, on_scale)
+    indices.append(last_idx)
+    f_hat = f_hat + rearrange(tokens, "b (h w) c -> b c h w", h=patch_nums[-1])
+
+    # 4. decode
+    images = (model.tokenizer.decode_latent(f_hat).float() + 1) / 2
+    return SampleOutput(images=images, latent=f_hat, indices=indices)
+
+
+def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Tensor,
+                      position_ids: torch.Tensor, cache, sampling: SamplingConfig, guidance: float,
+                      generator: torch.Generator | None, diffusion_noise: DiffusionNoise | None,
+                      on_scale: Callable[[ScaleRecord], None] | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predict the last scale's codes (and residuals) in `maskgit_iters` rounds.
+
+    Returns:
+        tokens (B, l, Cv): code embedding (+ residual) of every position; codes (B, l).
+    """
+    tf, quantizer, head = model.transformer, model.tokenizer.quantizer, model.head
+    K = tf.config.num_scales
+    ratio = (K - 2) / (K - 1)
+    B, l = x_2BlC.shape[0] // 2, x_2BlC.shape[1]
+    Cv = quantizer.config.latent_channels
+    tokens = x_2BlC.new_zeros(B, l, Cv, dtype=quantizer.codebook.weight.dtype)
+    codes = torch.zeros(B, l, dtype=torch.long, device=x_2BlC.device)
+    schedule = DiffusionSchedule.cosine(head.config.num_train_timesteps,
+                                        sampling.head_steps or head.config.sampling_steps)
+    for positions_Bn in maskgit_rounds(B, l, sampling.maskgit_iters, generator, x_2BlC.device):
+        both = positions_Bn.repeat(2, 1)
+        x = torch.gather(x_2BlC, 1, both[..., None].expand(-1, -1, x_2BlC.shape[-1]))
+        hidden = tf.forward_scale(x, tf.scale_rope(K - 1, position_ids, both), cache)
+        logits = guided_logits(tf.logits(hidden, cond_BTC), guidance)
+        idx_Bn, h_BnCv = select_codes(logits, quantizer.codebook.weight, sampling, K - 1, ratio, generator)
+        record = ScaleRecord(si=K - 1, hidden=hidden, logits=logits, indices=idx_Bn, h=h_BnCv)
+        if sampling.use_residual:
+            diffusion_cond = tf.diffusion_condition(hidden, quantizer.codebook(idx_Bn).repeat(2, 1, 1))
+            residual = sample_residual(head, diffusion_cond.flatten(0, 1), schedule, guidance=guidance,
+                                       generator=generator, temperature=sampling.head_temperature,
+                                       noise=diffusion_noise).reshape(B, -1, Cv)
+            h_BnCv = h_BnCv + residual.to(h_BnCv.dtype)
+            record.diffusion_cond, record.residual = diffusion_cond, residual
+        tokens.scatter_(1, positions_Bn[..., None].expand(-1, -1, Cv), h_BnCv)
+        codes.scatter_(1, positions_Bn, idx_Bn)
+        if on_scale is not None:
+            record.h = h_BnCv
+            on_scale(record)
+    return tokens, codes
+
+
+def maskgit_rounds(B: int, l: int, iterations: int, generator: torch.Generator | None,
+                   device: torch.device) -> list[torch.Tensor]:
+    """Token positions (B, n_round) predicted in each MaskGIT round, raster-ordered per round.
+
+    Round k leaves floor(l * cos(pi/2 * (k+1) / iterations)) tokens (at least one, while any
+    remain) for later rounds, following a random order per sample; one round predicts all.
+    """
+    if iterations == 1:
+        return [torch.arange(l, device=device).expand(B, -1)]
+    rng_device = generator.device if generator is not None else device
+    orders = torch.stack([torch.randperm(l, generator=generator, device=rng_device)
+                          for _ in range(B)]).to(device)
+    masked, rounds = l, []
+    for step in range(iterations):
+        keep = math.floor(l * math.cos(math.pi / 2 * (step + 1) / iterations))
+        keep = 0 if step == iterations - 1 else max(1, min(masked - 1, keep))
+        positions = orders[:, keep:masked]
+        rounds.append(positions.sort(dim=1).values)
+        masked = keep
+    return rounds
+
+
+def guided_logits(logits_2BlV: torch.Tensor, t: float) -> torch.Tensor:
+    """(1 + t) * cond - t * uncond over the two halves of the batch."""
+    cond, uncond = logits_2BlV.chunk(2)
+    return (1 + t) * cond - t * uncond
+
+
+def filter_logits(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """A copy of the logits with codes outside the top-k / top-p set at -inf."""
+    V = logits_BlV.shape[-1]
+    if 0 < top_k < V:
+        kth = logits_BlV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        logits_BlV = logits_BlV.masked_fill(logits_BlV < kth, -math.inf)
+    if top_p > 0:
+        sorted_logits, order = logits_BlV.sort(dim=-1, descending=False)
+        remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        remove[..., -1:] = False  # always keep the most likely code
+        logits_BlV = logits_BlV.masked_fill(remove.scatter(-1, order, remove), -math.inf)
+    return logits_BlV
+
+
+def select_codes(logits_BlV: torch.Tensor, codebook_VC: torch.Tensor, sampling: SamplingConfig,
+                 si: int, ratio: float, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one code per token and its embedding (Gumbel-smoothed when `sampling.smooth`).
+
+    Returns:
+        codes (B, l) int64, embeddings (B, l, Cv) in the codebook's dtype.
+    """
+    B, l, V = logits_BlV.shape
+    filtered = filter_logits(logits_BlV, sampling.top_k_at(si), sampling.top_p)
+    probs = filtered.softmax(dim=-1).reshape(-1, V)
+    idx_Bl = torch.multinomial(probs, 1, generator=generator).reshape(B, l)
+    if not sampling.smooth:
+        return idx_Bl, F.embedding(idx_Bl, codebook_VC)
+    tau = max(GUMBEL_TAU_START * (1 - ratio * GUMBEL_TAU_DECAY), GUMBEL_TAU_MIN)
+    gumbels = -torch.empty_like(filtered).exponential_(generator=generator).log()
+    weights = ((filtered * (1 + ratio) + gumbels) / tau).softmax(dim=-1)
+    return idx_Bl, (weights @ codebook_VC.float()).to(codebook_VC.dtype)

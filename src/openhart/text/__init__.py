@@ -1,0 +1,1 @@
+"""Text encoders that turn prompts into the transformer's prefix features."""
