@@ -25,3 +25,27 @@ def tiny_tokenizer() -> HybridTokenizer:
 def tiny_images() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+
+
+@pytest.fixture
+def tiny_model():
+    from openhart.config import hart_tiny
+    from openhart.model import HARTModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = HARTModel(hart_tiny()).eval()
+        with torch.no_grad():
+            model.tokenizer.quantizer.codebook.weight.mul_(3.0)
+            for p in model.head.parameters():  # the default init zeroes the output layer
+                p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture
+def tiny_context():
+    g = torch.Generator().manual_seed(2)
+    context = torch.randn(2, 6, 32, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    positions = torch.cumsum(mask.long(), 1) - 1
+    return context, positions
