@@ -6,6 +6,8 @@ Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr), 1 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,12 +15,13 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import tokenizer_small
-from .device import resolve_device
+from .config import config_to_dict, tokenizer_small
+from .device import resolve_device, resolve_dtype
 from .eval.metrics import psnr
 from .images import load_image, save_png, to_pil
-from .loading import load_tokenizer
-from .serialization import CheckpointError
+from .loading import load_model, load_tokenizer, save_model
+from .serialization import atomic_path
+from .text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
 from .tokenizer import HybridTokenizer
 
 EXIT_BAD_INPUT = 2
@@ -51,8 +54,181 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"openhart {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_generate(commands)
+    _add_convert(commands)
     _add_reconstruct(commands)
     return parser
+
+
+# ----- generate ------------------------------------------------------------------------------------
+
+GENERATE_EXAMPLES = """\
+examples:
+  openhart generate "a red fox in snow" --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct --out fox.png
+  openhart generate "a lighthouse at dusk" --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct \\
+      --seed 7 --cfg 4.5 --num-images 4 --out lighthouse.png      # writes lighthouse-000.png ... -003.png
+  openhart generate --prompts-file prompts.txt --model my-model --text-encoder my-encoder --out out/img.png
+  openhart generate "a red apple" --model tests/fixtures/conformance/hart-tiny --text-encoder random --out apple.png
+      tiny random checkpoint and random text encoder: shows the pipeline, not quality
+"""
+
+
+def _add_generate(commands) -> None:
+    p = commands.add_parser(
+        "generate", help="text-to-image: generate PNGs from prompts",
+        description="Generate images from text prompts with a HART model. The prompt, seed, "
+                    "settings and model name are written into each PNG's text metadata.",
+        epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts")
+    p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
+    p.add_argument("--model", type=Path, required=True,
+                   help="model folder: the official release (with llm/ and tokenizer/) or openhart's")
+    p.add_argument("--text-encoder", required=True,
+                   help="local Hugging Face text encoder folder (e.g. Qwen2-VL-1.5B-Instruct), or "
+                        "'random' for a seeded random encoder (demo only)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output PNG; with several images, -000, -001, ... are added to the name")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.5)")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    p.add_argument("--negative-prompt", default=None,
+                   help="text for the unconditional branch (default: HART's zero features)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="top-k at every scale (default: official 600 for scales < 7, then 300)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default off)")
+    p.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=None,
+                   help="Gumbel smoothing of code embeddings (default on, as the official scripts)")
+    p.add_argument("--head-steps", type=int, default=None,
+                   help="diffusion steps of the residual head (default 8)")
+    p.add_argument("--maskgit-iters", type=int, default=None,
+                   help="MaskGIT iterations on the last scale (default 1)")
+    p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                   help="official folders: EMA or raw llm weights (default: EMA when present)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default fp32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .pipeline import HARTPipeline
+
+    prompts = list(args.prompts)
+    if args.prompts_file is not None:
+        if not args.prompts_file.is_file():
+            raise UsageError(f"prompts file not found: {args.prompts_file}")
+        prompts += [line.strip() for line in args.prompts_file.read_text(encoding="utf-8").splitlines()
+                    if line.strip()]
+    if not prompts:
+        raise UsageError("no prompt given: pass PROMPT arguments or --prompts-file")
+    if args.out.suffix.lower() != ".png":
+        raise UsageError(f"--out must name a .png file, got {args.out}")
+    if not args.out.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {args.out.parent}")
+    if args.num_images < 1:
+        raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
+                                        dtype=dtype, weights=args.weights)
+    sampling = pipe.resolve_sampling(
+        None, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
+        head_steps=args.head_steps, maskgit_iters=args.maskgit_iters)
+    with _scale_progress(pipe, args.quiet) as on_scale:
+        out = pipe(prompts, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
+                   sampling=sampling, seed=args.seed, on_scale=on_scale)
+    paths = _output_paths(args.out, len(out.images))
+    for i, (image, prompt, path) in enumerate(zip(out.images, out.prompts, paths)):
+        save_png(image, path, {
+            "prompt": prompt,
+            "negative_prompt": args.negative_prompt or "",
+            "seed": str(out.seed),
+            "model": pipe.name,
+            "openhart": json.dumps({"version": __version__, "index": i, "seed": out.seed,
+                                    "model": str(args.model), "text_encoder": str(args.text_encoder),
+                                    "dtype": args.dtype, "sampling": config_to_dict(out.sampling)}),
+        })
+        print(f"{path}  seed {out.seed}  {prompt!r}")
+    return 0
+
+
+def _output_paths(out: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(count)]
+
+
+class _scale_progress:
+    """A tqdm bar over the scales on stderr; silent with --quiet or when stderr is not a TTY."""
+
+    def __init__(self, pipe, quiet: bool):
+        self.total = pipe.model.config.transformer.num_scales
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc="scales", unit="scale", file=sys.stderr, leave=False)
+        return lambda record: self.bar.update(1)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----- convert -------------------------------------------------------------------------------------
+
+CONVERT_EXAMPLES = """\
+examples:
+  openhart convert hart-0.7b-1024px hart-0.7b-openhart
+  openhart convert hart-0.7b-1024px hart-0.7b-bf16 --dtype bf16 --system-prompt hart_system_prompt.txt
+"""
+
+
+def _add_convert(commands) -> None:
+    p = commands.add_parser(
+        "convert", help="convert a model folder (e.g. the official release) to openhart's layout",
+        description="Read SRC (official release folder with llm/ and tokenizer/, or an openhart "
+                    "folder) and write DST as openhart's config.json + model.safetensors; then "
+                    "load DST back and check every tensor.",
+        epilog=CONVERT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", type=Path, help="source model folder")
+    p.add_argument("dst", type=Path, help="destination folder (must not exist unless --overwrite)")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 weights (default fp32)")
+    p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                   help="official llm weights: EMA or raw (default: EMA when present)")
+    p.add_argument("--system-prompt", type=Path, default=None,
+                   help=f"copy this file into DST as {SYSTEM_PROMPT_FILE} (the official system prompt)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing DST")
+    p.set_defaults(handler=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    dtype = resolve_dtype(args.dtype)
+    if args.dst.exists() and not args.overwrite:
+        raise UsageError(f"{args.dst} already exists; choose a new folder or pass --overwrite")
+    if args.system_prompt is not None and not args.system_prompt.is_file():
+        raise UsageError(f"system prompt file not found: {args.system_prompt}")
+    model = load_model(args.src, dtype=dtype, weights=args.weights)
+    save_model(model, args.dst)
+    prompt_source = args.system_prompt or (args.src / SYSTEM_PROMPT_FILE)
+    if prompt_source.is_file():
+        with atomic_path(args.dst / SYSTEM_PROMPT_FILE) as tmp:
+            shutil.copyfile(prompt_source, tmp)
+        load_system_prompt(args.dst)  # warns if it is not the official text
+    reloaded = load_model(args.dst, dtype=dtype)
+    expected = model.state_dict()
+    for key, tensor in reloaded.state_dict().items():
+        if not torch.equal(tensor, expected[key]):
+            raise RuntimeError(f"verification failed: {key} differs after reloading {args.dst}")
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.dst} ({params / 1e6:.1f}M parameters, {args.dtype}); reloaded and verified "
+          f"{len(expected)} tensors")
+    return 0
 
 
 # ----- reconstruct -------------------------------------------------------------------------------

@@ -76,3 +76,63 @@ def test_not_an_image(tmp_path, capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "openhart", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "reconstruct" in result.stdout
+
+
+def _generate(tmp_path, *extra):
+    return main(["generate", "a red apple", "--model", str(HART_TINY), "--text-encoder", "random",
+                 "--out", str(tmp_path / "img.png"), "--quiet", *extra])
+
+
+def test_generate_writes_png_with_metadata(tmp_path, capsys):
+    assert _generate(tmp_path, "--seed", "5", "--cfg", "3") == 0
+    with Image.open(tmp_path / "img.png") as image:
+        assert image.size == (128, 128)
+        assert image.text["prompt"] == "a red apple" and image.text["seed"] == "5"
+        assert '"cfg_scale": 3.0' in image.text["openhart"]
+    first = (tmp_path / "img.png").read_bytes()
+    assert _generate(tmp_path, "--seed", "5", "--cfg", "3") == 0
+    assert (tmp_path / "img.png").read_bytes() == first, "same seed must give a byte-identical PNG"
+
+
+def test_generate_several_images_and_prompts_file(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("flag: Japan\n\nred apple\n")
+    assert main(["generate", "--prompts-file", str(prompts), "--model", str(HART_TINY),
+                 "--text-encoder", "random", "--out", str(tmp_path / "g.png"), "--num-images", "2",
+                 "--quiet", "--seed", "0"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("g-*.png")) == [f"g-00{i}.png" for i in range(4)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "x", "--model", "/nonexistent", "--text-encoder", "random", "--out", "o.png"],
+     "model folder not found"),
+    (["generate", "x", "--model", str(HART_TINY), "--text-encoder", "random", "--out", "/nonexistent/o.png"],
+     "output folder does not exist"),
+    (["generate", "--model", str(HART_TINY), "--text-encoder", "random", "--out", "o.png"],
+     "no prompt given"),
+    (["generate", "x", "--model", str(HART_TINY), "--text-encoder", "random", "--out", "o.jpg"],
+     "must name a .png"),
+    (["generate", "x", "--model", str(HART_TINY), "--text-encoder", "random", "--out", "o.png",
+      "--top-k", "-3"], "top_k must be an integer >= 0"),
+    (["generate", "x", "--model", str(HART_TINY), "--text-encoder", "random", "--out", "o.png",
+      "--dtype", "int8"], "unknown dtype"),
+])
+def test_generate_bad_input(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_convert_round_trip(tmp_path, capsys):
+    dst = tmp_path / "converted"
+    assert main(["convert", str(HART_TINY), str(dst), "--dtype", "bf16"]) == 0
+    assert "reloaded and verified" in capsys.readouterr().out
+    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors"]
+    assert main(["convert", str(HART_TINY), str(dst)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    out = tmp_path / "from-converted.png"
+    assert main(["generate", "a", "--model", str(dst), "--text-encoder", "random", "--out", str(out),
+                 "--quiet", "--dtype", "bf16"]) == 0
+    assert out.is_file()
