@@ -1,15 +1,38 @@
 """openhart: an open, device-agnostic, trainable implementation of HART (arXiv 2410.10812)."""
 
-from .config import TokenizerConfig
-from .loading import load_tokenizer, save_tokenizer
+from .config import (
+    DiffusionHeadConfig,
+    HARTConfig,
+    SamplingConfig,
+    TokenizerConfig,
+    TransformerConfig,
+)
+from .convert import convert_official_checkpoint
+from .diffusion import DiffusionHead
+from .loading import load_model, load_tokenizer, save_model, save_tokenizer
+from .model import HARTModel
+from .pipeline import HARTPipeline, PipelineOutput
 from .tokenizer import HybridTokenizer, HybridTokens
+from .transformer import HARTTransformer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiffusionHead",
+    "DiffusionHeadConfig",
+    "HARTConfig",
+    "HARTModel",
+    "HARTPipeline",
+    "HARTTransformer",
     "HybridTokenizer",
     "HybridTokens",
+    "PipelineOutput",
+    "SamplingConfig",
     "TokenizerConfig",
+    "TransformerConfig",
+    "convert_official_checkpoint",
+    "load_model",
     "load_tokenizer",
+    "save_model",
     "save_tokenizer",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +18,8 @@ from .config import config_to_dict, tokenizer_small
 from .device import resolve_device, resolve_dtype
 from .eval.metrics import psnr
 from .images import load_image, save_png, to_pil
-from .loading import load_model, load_tokenizer, save_model
-from .serialization import atomic_path
-from .text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
+from .loading import load_tokenizer
+from .text.encoder import SYSTEM_PROMPT_FILE
 from .tokenizer import HybridTokenizer
 
 EXIT_BAD_INPUT = 2
@@ -208,26 +206,16 @@ def _add_convert(commands) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_official_checkpoint
+
     dtype = resolve_dtype(args.dtype)
     if args.dst.exists() and not args.overwrite:
         raise UsageError(f"{args.dst} already exists; choose a new folder or pass --overwrite")
     if args.system_prompt is not None and not args.system_prompt.is_file():
         raise UsageError(f"system prompt file not found: {args.system_prompt}")
-    model = load_model(args.src, dtype=dtype, weights=args.weights)
-    save_model(model, args.dst)
-    prompt_source = args.system_prompt or (args.src / SYSTEM_PROMPT_FILE)
-    if prompt_source.is_file():
-        with atomic_path(args.dst / SYSTEM_PROMPT_FILE) as tmp:
-            shutil.copyfile(prompt_source, tmp)
-        load_system_prompt(args.dst)  # warns if it is not the official text
-    reloaded = load_model(args.dst, dtype=dtype)
-    expected = model.state_dict()
-    for key, tensor in reloaded.state_dict().items():
-        if not torch.equal(tensor, expected[key]):
-            raise RuntimeError(f"verification failed: {key} differs after reloading {args.dst}")
-    params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.dst} ({params / 1e6:.1f}M parameters, {args.dtype}); reloaded and verified "
-          f"{len(expected)} tensors")
+    dst = convert_official_checkpoint(args.src, args.dst, dtype=dtype, weights=args.weights,
+                                      system_prompt_file=args.system_prompt, overwrite=args.overwrite)
+    print(f"wrote {dst} ({args.dtype}); reloaded it and verified every tensor")
     return 0
 
 

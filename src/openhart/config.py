@@ -365,6 +365,19 @@ def hart_0p7b_1024() -> HARTConfig:
                       head=DiffusionHeadConfig())
 
 
+def hart_0p7b(size: int = 1024) -> HARTConfig:
+    """The 0.7B architecture at 256, 512 or 1024 px: the released scales up to size / 16."""
+    side = size // 16
+    if size % 16 or side not in HART_1024_PATCH_NUMS:
+        sizes = [p * 16 for p in HART_1024_PATCH_NUMS if p >= 4]
+        raise ValueError(f"size must be one of {sizes}, got {size}")
+    patch_nums = HART_1024_PATCH_NUMS[: HART_1024_PATCH_NUMS.index(side) + 1]
+    config = hart_0p7b_1024()
+    return HARTConfig(tokenizer=dataclasses.replace(config.tokenizer, patch_nums=patch_nums),
+                      transformer=dataclasses.replace(config.transformer, patch_nums=patch_nums),
+                      head=config.head)
+
+
 def hart_tiny() -> HARTConfig:
     """A tiny 64px HART for unit tests (random weights)."""
     tokenizer = tokenizer_tiny()

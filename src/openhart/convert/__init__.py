@@ -1,1 +1,48 @@
-"""Conversion from the official HART release layout."""
+"""Conversion of model folders (the official HART release in particular) to openhart's layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..serialization import atomic_path
+
+
+def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *,
+                                dtype: torch.dtype = torch.float32, weights: str = "auto",
+                                system_prompt_file: str | os.PathLike | None = None,
+                                overwrite: bool = False) -> Path:
+    """Write `src` (official release or openhart folder) as an openhart folder, and verify it.
+
+    Args:
+        src: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/).
+        dst: new folder (or an existing one with `overwrite=True`).
+        dtype: floating dtype of the written weights.
+        weights: "auto" (EMA when present), "ema" or "raw".
+        system_prompt_file: copied into `dst` as `hart_system_prompt.txt` (default: src's, if any).
+    Returns:
+        `dst`, after reloading it and checking every tensor.
+    """
+    from ..loading import load_model, save_model
+    from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; choose a new folder or pass overwrite=True")
+    if system_prompt_file is not None and not Path(system_prompt_file).is_file():
+        raise FileNotFoundError(f"system prompt file not found: {system_prompt_file}")
+    model = load_model(src, dtype=dtype, weights=weights)
+    save_model(model, dst)
+    prompt_source = Path(system_prompt_file) if system_prompt_file else src / SYSTEM_PROMPT_FILE
+    if prompt_source.is_file():
+        with atomic_path(dst / SYSTEM_PROMPT_FILE) as tmp:
+            shutil.copyfile(prompt_source, tmp)
+        load_system_prompt(dst)  # warns if it is not the official text
+    expected = model.state_dict()
+    for key, tensor in load_model(dst, dtype=dtype).state_dict().items():
+        if not torch.equal(tensor, expected[key]):
+            raise RuntimeError(f"verification failed: {key} differs after reloading {dst}")
+    return dst

@@ -166,15 +166,20 @@ def load_system_prompt(*folders: str | os.PathLike | None) -> str | None:
 
 
 def _load_hf(path: str | os.PathLike, device, dtype):
+    import transformers
     from transformers import AutoModel, AutoTokenizer
 
     path = Path(path)
+    # transformers renamed `torch_dtype` to `dtype` in 4.56.
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
     if not (path / "config.json").is_file():
         raise ValueError(f"text encoder folder {path} has no config.json: pass a local Hugging Face "
                          "model folder (e.g. Qwen2-VL-1.5B-Instruct/)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+        model = AutoModel.from_pretrained(path, local_files_only=True,
+                                          **{dtype_kw: dtype or torch.float32})
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"cannot load the text encoder from {path}: {error}") from error
     return model.to(device or "cpu").eval(), tokenizer
