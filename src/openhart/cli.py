@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,9 @@ class UsageError(ValueError):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(format="openhart: %(levelname)s: %(message)s", level=logging.WARNING)
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

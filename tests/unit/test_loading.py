@@ -1,3 +1,4 @@
+import os
 import json
 import shutil
 
@@ -206,3 +207,13 @@ def test_own_model_round_trip(tmp_path):
     assert again.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    target = tmp_path / "x.json"
+    from openhart.serialization import write_json
+
+    write_json(target, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
