@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .config import config_to_dict, tokenizer_small
-from .device import resolve_device, resolve_dtype
+from .device import default_dtype, resolve_device, resolve_dtype
 from .eval.metrics import psnr
 from .images import load_image, save_png, to_pil
 from .loading import load_tokenizer
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_convert(commands)
     _add_reconstruct(commands)
+    _add_bench(commands)
     return parser
 
 
@@ -300,6 +301,67 @@ def random_tokenizer(seed: int) -> HybridTokenizer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return HybridTokenizer(tokenizer_small())
+
+
+# ----- bench -----------------------------------------------------------------------------------------
+
+BENCH_EXAMPLES = """\
+examples:
+  openhart bench --size 1024 --dtype bf16 --json bench-1024-bf16.json
+  openhart bench --size 1024 --dtype bf16 --low-memory          # text encoder freed after encoding
+  openhart bench --preset tiny --warmup 0 --repeats 1           # seconds, for a smoke test
+"""
+
+
+def _add_bench(commands) -> None:
+    p = commands.add_parser(
+        "bench", help="time a generation per phase against this machine's measured limits",
+        description="Build a preset with random weights (the released 0.7B transformer and "
+                    "tokenizer plus a random Qwen2 of Qwen2-1.5B size by default; nothing is "
+                    "downloaded), time text encoding, each scale, the residual diffusion and the "
+                    "decode, count FLOPs, measure the matmul peak and the exp rate in the same "
+                    "process, and print each phase against its limit and the ratio to the floor.",
+        epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", choices=("hart-0.7b", "tiny"), default="hart-0.7b")
+    p.add_argument("--size", type=int, choices=(256, 512, 1024), default=1024,
+                   help="image size of the hart-0.7b preset (default 1024)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 where the hardware has native bf16, else fp32), fp32, bf16, fp16")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch", type=int, default=1, help="prompts per generation (default 1)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="free the text encoder once the prompts are encoded")
+    p.add_argument("--text-encoder", choices=("qwen2-1.5b", "none"), default="qwen2-1.5b",
+                   help="random text encoder to time, or none (random features)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs, median reported (default 3)")
+    p.add_argument("--cfg", type=float, default=4.5, help="guidance scale (default 4.5)")
+    p.add_argument("--matmul-size", type=int, default=2048,
+                   help="side of the matmul that measures the peak (default 2048)")
+    p.add_argument("--json", type=Path, default=None, help="write the full result as JSON here")
+    p.set_defaults(handler=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from .bench import BenchSettings, format_report, run_bench, write_json
+
+    device = resolve_device(args.device)
+    dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
+    if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
+        raise UsageError("--batch and --repeats must be >= 1 and --warmup >= 0")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {args.json.parent}")
+    settings = BenchSettings(preset=args.preset, size=args.size, dtype=dtype, device=device,
+                             batch=args.batch, low_memory=args.low_memory, warmup=args.warmup,
+                             repeats=args.repeats, cfg=args.cfg, text_encoder=args.text_encoder,
+                             matmul_size=args.matmul_size)
+    result = run_bench(settings)
+    print(format_report(result))
+    if args.json is not None:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,3 +31,29 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}: use one of fp32, bf16, fp16")
     return DTYPES[name]
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively: AMX or AVX512-BF16 on CPUs, Ampere+ on CUDA."""
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware has native bf16 matmul; fp16 on other GPUs and MPS; else fp32."""
+    if has_native_bf16(device):
+        return torch.bfloat16
+    if device.type in ("cuda", "mps"):
+        return torch.float16
+    return torch.float32
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

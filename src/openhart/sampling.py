@@ -26,6 +26,7 @@ from .config import SamplingConfig
 from .diffusion.sampler import DiffusionNoise, sample_residual
 from .diffusion.schedule import DiffusionSchedule
 from .model import HARTModel
+from .timing import NullTimer, PhaseTimer
 
 # Gumbel-softmax temperature of the smoothed code embedding: max(0.27 (1 - 0.95 r), 0.005),
 # r = si / (K - 1) (MaskGIT-style annealing in the official sampler).
@@ -73,7 +74,8 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
              uncond_context_BTD: torch.Tensor | None = None,
              uncond_position_ids_BT: torch.Tensor | None = None,
              diffusion_noise: DiffusionNoise | None = None,
-             on_scale: Callable[[ScaleRecord], None] | None = None) -> SampleOutput:
+             on_scale: Callable[[ScaleRecord], None] | None = None,
+             timer: PhaseTimer | None = None) -> SampleOutput:
     """Generate images from text features.
 
     Args:
@@ -86,7 +88,9 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         diffusion_noise: explicit noise for the residual head (tests); drawn from `generator`
             otherwise.
         on_scale: called after every scale with its `ScaleRecord`.
+        timer: charged per phase ("scale_{si}", "diffusion", "decode") when given.
     """
+    timer = timer or NullTimer()
     tf, quantizer = model.transformer, model.tokenizer.quantizer
     patch_nums = tf.config.patch_nums
     K, B = len(patch_nums), context_BTD.shape[0]
@@ -116,6 +120,7 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         h_BChw = rearrange(h_BlCv, "b (h w) c -> b c h w", h=patch_nums[si])
         f_hat, next_map = quantizer.next_scale_input(si, f_hat, h_BChw, patch_nums)
         indices.append(idx_Bl)
+        timer.mark(f"scale_{si}")
         if on_scale is not None:
             on_scale(ScaleRecord(si=si, hidden=hidden, logits=logits, indices=idx_Bl, h=h_BChw,
                                  f_hat=f_hat, next_map=next_map))
@@ -125,19 +130,20 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     # 3. the last scale: MaskGIT over its tokens, plus the residual diffusion
     guidance = sampling.cfg_scale * (K - 2) / (K - 1)  # the official loop's last ratio is reused
     tokens, last_idx = sample_last_scale(model, x_BlC, cond_BTC, position_ids, cache, sampling,
-                                         guidance, generator, diffusion_noise, on_scale)
+                                         guidance, generator, diffusion_noise, on_scale, timer)
     indices.append(last_idx)
     f_hat = f_hat + rearrange(tokens, "b (h w) c -> b c h w", h=patch_nums[-1])
 
     # 4. decode
     images = (model.tokenizer.decode_latent(f_hat).float() + 1) / 2
+    timer.mark("decode")
     return SampleOutput(images=images, latent=f_hat, indices=indices)
 
 
 def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Tensor,
                       position_ids: torch.Tensor, cache, sampling: SamplingConfig, guidance: float,
                       generator: torch.Generator | None, diffusion_noise: DiffusionNoise | None,
-                      on_scale: Callable[[ScaleRecord], None] | None
+                      on_scale: Callable[[ScaleRecord], None] | None, timer: PhaseTimer | NullTimer
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict the last scale's codes (and residuals) in `maskgit_iters` rounds.
 
@@ -160,6 +166,7 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
         logits = guided_logits(tf.logits(hidden, cond_BTC), guidance)
         idx_Bn, h_BnCv = select_codes(logits, quantizer.codebook.weight, sampling, K - 1, ratio, generator)
         record = ScaleRecord(si=K - 1, hidden=hidden, logits=logits, indices=idx_Bn, h=h_BnCv)
+        timer.mark(f"scale_{K - 1}")
         if sampling.use_residual:
             diffusion_cond = tf.diffusion_condition(hidden, quantizer.codebook(idx_Bn).repeat(2, 1, 1))
             residual = sample_residual(head, diffusion_cond.flatten(0, 1), schedule, guidance=guidance,
@@ -167,6 +174,7 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
                                        noise=diffusion_noise).reshape(B, -1, Cv)
             h_BnCv = h_BnCv + residual.to(h_BnCv.dtype)
             record.diffusion_cond, record.residual = diffusion_cond, residual
+            timer.mark("diffusion")
         tokens.scatter_(1, positions_Bn[..., None].expand(-1, -1, Cv), h_BnCv)
         codes.scatter_(1, positions_Bn, idx_Bn)
         if on_scale is not None:

@@ -210,3 +210,26 @@ def test_inference(case: GoldenCase, model):
     case.check("inf.fhat_final", out.latent)
     case.check("inf.image", out.images)
     case.assert_covered("inf.")
+
+
+# ----- quality guard of the bf16 path -------------------------------------------------------------
+
+# bf16 tolerance of the teacher-forced logits against fp32 (documented in docs/performance.md):
+BF16_MAX_ABS_OVER_STD = 0.15   # max |logits_bf16 - logits_fp32| / std(logits_fp32)
+BF16_MEAN_KL = 1e-3            # mean over tokens of KL(p_fp32 || p_bf16), nats
+BF16_ARGMAX_AGREEMENT = 0.95   # fraction of tokens whose most likely code is unchanged
+
+
+@torch.no_grad()
+def test_bf16_teacher_forcing_stays_close_to_fp32(case: GoldenCase, model):
+    context, positions = case.tensors["ctx.context"], case.tensors["ctx.position_ids"]
+    inputs = case.tensors["tok.var_input"]
+    fp32 = model.transformer(context, positions, inputs).logits
+    bf16_model = load_model(case.root, dtype=torch.bfloat16)
+    bf16 = bf16_model.transformer(context.bfloat16(), positions, inputs.bfloat16()).logits
+    assert bf16.dtype == torch.float32, "logits are returned in fp32 whatever the weights"
+    assert (bf16 - fp32).abs().max() <= BF16_MAX_ABS_OVER_STD * fp32.std()
+    kl = torch.nn.functional.kl_div(bf16.log_softmax(-1), fp32.log_softmax(-1), log_target=True,
+                                    reduction="none").sum(-1).mean()
+    assert kl <= BF16_MEAN_KL
+    assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() >= BF16_ARGMAX_AGREEMENT

@@ -1,0 +1,312 @@
+"""`openhart bench`: time one text-to-image generation per phase against this machine's limits.
+
+Builds a preset with random weights (nothing is downloaded), measures the matmul peak and the exp
+rate in the same process, counts FLOPs with `torch.utils.flop_counter` (attention by the formula
+4 B H Lq Lkv d, scores B H Lq Lkv) and reports each phase's time, its achieved fraction of its
+limit and the ratio of the total time to the floor:
+
+    floor = non-attention FLOP / matmul peak + max(attention FLOP / matmul peak, scores / exp rate)
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import resource
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import HARTConfig, SamplingConfig, hart_0p7b, hart_tiny
+from .device import has_native_bf16, synchronize
+from .model import HARTModel
+from .sampling import generate
+from .text.encoder import HFPromptEncoder
+from .timing import PhaseTimer
+
+# Qwen2-1.5B's architecture (the text encoder of HART-0.7B), built with random weights.
+QWEN2_1P5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                  num_attention_heads=12, num_key_value_heads=2, rope_theta=1_000_000.0,
+                  rms_norm_eps=1e-6)
+# Rate measurements of the issue: a 2048^3 matmul, and exp over 262,144 fp32 elements.
+MATMUL_SIZE = 2048
+EXP_ELEMENTS = 262_144
+EXP_TOTAL = 2e8
+PROMPT = "a photo of a red fox sitting in fresh snow at dawn, soft light, high detail"
+
+
+@dataclass
+class BenchSettings:
+    preset: str = "hart-0.7b"
+    size: int = 1024
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+    batch: int = 1
+    low_memory: bool = False
+    warmup: int = 1
+    repeats: int = 3
+    cfg: float = 4.5
+    text_encoder: str = "qwen2-1.5b"
+    seed: int = 0
+    matmul_size: int = MATMUL_SIZE
+
+
+# ----- machine rates ---------------------------------------------------------------------------------
+
+def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, size: int = MATMUL_SIZE,
+                       repeats: int = 7, budget_s: float = 20.0) -> float:
+    """Median TFLOP/s of a size^3 matmul (fewer repeats if one takes long)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    times, spent = [], 0.0
+    while len(times) < repeats and (len(times) < 1 or spent < budget_s):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+def exp_rate(device: torch.device, numel: int = EXP_ELEMENTS, total: float = EXP_TOTAL) -> float:
+    """Elements per second of torch.exp(x, out=y) on a contiguous fp32 tensor."""
+    x = torch.randn(numel, device=device)
+    y = torch.empty_like(x)
+    torch.exp(x, out=y)
+    rounds = max(1, int(total // numel))
+    rates = []
+    for _ in range(3):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(rounds // 3 + 1):
+            torch.exp(x, out=y)
+        synchronize(device)
+        rates.append((rounds // 3 + 1) * numel / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+# ----- models with random weights ----------------------------------------------------------------------
+
+def random_fill_(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """Cheap random init for timing, in place and in the weights' dtype: N(0, 0.02) matrices
+    and convs, unit norm weights, zero biases."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.02, generator=generator)
+            elif name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return module
+
+
+def _materialize(module: torch.nn.Module, settings: BenchSettings, seed: int) -> torch.nn.Module:
+    """A module built on the meta device, allocated directly in the target dtype and device."""
+    module = module.to(dtype=settings.dtype).to_empty(device=settings.device)
+    return random_fill_(module, torch.Generator(device=settings.device).manual_seed(seed))
+
+
+def build_model(settings: BenchSettings) -> HARTModel:
+    config: HARTConfig = hart_tiny() if settings.preset == "tiny" else hart_0p7b(settings.size)
+    with torch.device("meta"):
+        model = HARTModel(config)
+    return _materialize(model, settings, settings.seed).eval()
+
+
+def build_text_encoder(settings: BenchSettings, config: HARTConfig) -> HFPromptEncoder | None:
+    """A random Qwen2 of Qwen2-1.5B's size (tiny preset: a 2-layer one) over byte tokens."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    from .text.random_encoder import byte_tokenizer
+
+    if settings.text_encoder == "none":
+        return None
+    arch = dict(QWEN2_1P5B, hidden_size=config.transformer.context_dim)
+    if settings.preset == "tiny":
+        arch.update(intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, vocab_size=300)
+    qwen_config = Qwen2Config(**arch)
+    with torch.device("meta"):
+        encoder = Qwen2Model(qwen_config)
+    encoder = _materialize(encoder, settings, settings.seed + 1)
+    # RoPE frequencies are a non-persistent buffer: rebuild it for real.
+    encoder.rotary_emb = type(encoder.rotary_emb)(config=qwen_config).to(settings.device)
+    return HFPromptEncoder(encoder, byte_tokenizer(), config.transformer.context_tokens,
+                           name=f"random Qwen2 ({settings.text_encoder})")
+
+
+# ----- one measured generation ----------------------------------------------------------------------------
+
+class _Probes:
+    """Cumulative FLOP, attention-FLOP and score counts under a FlopCounterMode."""
+
+    def __init__(self):
+        self.attention_flops = 0
+        self.scores = 0
+        self.mode = FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: self._cpu_attention,
+        })
+
+    def _cpu_attention(self, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        B, H, Lq, d = q_shape
+        Lkv = k_shape[-2]
+        self.scores += B * H * Lq * Lkv
+        flops = 4 * B * H * Lq * Lkv * d
+        self.attention_flops += flops
+        return flops
+
+    def read(self) -> dict[str, float]:
+        return {"flops": self.mode.get_total_flops(), "attention_flops": self.attention_flops,
+                "scores": self.scores}
+
+
+def run_once(model: HARTModel, make_encoder: Callable[[], HFPromptEncoder | None],
+             settings: BenchSettings, timer: PhaseTimer, probes: _Probes | None = None) -> dict:
+    """One generation: encode the prompts, then sample; phase times go to `timer`."""
+    T, D = model.config.transformer.context_tokens, model.config.transformer.context_dim
+    encoder = make_encoder()
+    timer.start()
+    if encoder is not None:
+        cond = encoder.encode([PROMPT] * settings.batch)
+        context, positions = cond.features, cond.position_ids
+    else:
+        context = torch.randn(settings.batch, T, D, device=settings.device)
+        positions = torch.arange(T, device=settings.device).expand(settings.batch, -1)
+    timer.mark("text")
+    if settings.low_memory:
+        del encoder
+        gc.collect()
+    generate(model, context, positions, SamplingConfig(cfg_scale=settings.cfg),
+             torch.Generator(device=settings.device).manual_seed(settings.seed), timer=timer)
+    return dict(timer.seconds)
+
+
+class _CountingTimer(PhaseTimer):
+    """A PhaseTimer that also charges FLOP/score counts to the phase of each mark."""
+
+    def __init__(self, device, probes: _Probes):
+        super().__init__(device)
+        self.probes = probes
+        self.counts: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._last_counts = probes.read()
+
+    def mark(self, name: str) -> None:
+        super().mark(name)
+        now = self.probes.read()
+        for key, value in now.items():
+            self.counts[name][key] += value - self._last_counts[key]
+        self._last_counts = now
+
+
+def run_bench(settings: BenchSettings) -> dict:
+    """Build, warm up, time `repeats` runs, count FLOPs once; return the JSON-ready result."""
+    logging.getLogger("openhart.text.encoder").setLevel(logging.ERROR)  # the prompt is truncated
+    torch.manual_seed(settings.seed)
+    model = build_model(settings)
+    encoder = None if settings.low_memory else build_text_encoder(settings, model.config)
+
+    def make_encoder():
+        return build_text_encoder(settings, model.config) if settings.low_memory else encoder
+
+    for _ in range(settings.warmup):
+        run_once(model, make_encoder, settings, PhaseTimer(settings.device))
+    runs = []
+    for _ in range(settings.repeats):
+        runs.append(run_once(model, make_encoder, settings, PhaseTimer(settings.device)))
+    probes = _Probes()
+    counting = _CountingTimer(settings.device, probes)
+    with probes.mode:
+        run_once(model, make_encoder, settings, counting)
+    rates = {
+        "bf16": matmul_peak_tflops(torch.bfloat16, settings.device, settings.matmul_size),
+        "fp32": matmul_peak_tflops(torch.float32, settings.device, settings.matmul_size),
+    }
+    return summarize(settings, runs, counting.counts, rates, exp_rate(settings.device))
+
+
+# ----- report ---------------------------------------------------------------------------------------
+
+def _phase_groups(phases: list[str]) -> dict[str, list[str]]:
+    groups = {"text": ["text"], "transformer": [p for p in phases if p.startswith("scale_")],
+              "diffusion": ["diffusion"], "decode": ["decode"]}
+    return {k: [p for p in v if p in phases] for k, v in groups.items()}
+
+
+def summarize(settings: BenchSettings, runs: list[dict], counts: dict, rates: dict,
+              exp_per_s: float) -> dict:
+    phases = list(runs[0])
+    median = {p: statistics.median(r[p] for r in runs) for p in phases}
+    totals = [sum(r.values()) for r in runs]
+    peak = rates["bf16"] if settings.dtype == torch.bfloat16 else rates["fp32"]
+    if settings.dtype == torch.float16 and settings.device.type != "cpu":
+        peak = rates["bf16"]
+
+    def floor(c: dict) -> float:
+        non_attention = (c["flops"] - c["attention_flops"]) / 1e12 / peak
+        attention = max(c["attention_flops"] / 1e12 / peak, c["scores"] / exp_per_s)
+        return non_attention + attention
+
+    phase_rows = {}
+    for group, members in _phase_groups(phases).items():
+        c = {k: sum(counts[m][k] for m in members) for k in ("flops", "attention_flops", "scores")}
+        seconds = sum(median[m] for m in members)
+        phase_rows[group] = {"seconds": seconds, "tflop": c["flops"] / 1e12,
+                             "attention_tflop": c["attention_flops"] / 1e12, "scores": c["scores"],
+                             "floor_s": floor(c), "fraction_of_limit": floor(c) / seconds if seconds else 0.0}
+    per_scale = {p: median[p] for p in phases if p.startswith("scale_")}
+    total = {k: sum(counts[p][k] for p in phases) for k in ("flops", "attention_flops", "scores")}
+    floor_s = floor(total)
+    total_s = statistics.median(totals)
+    return {
+        "preset": settings.preset, "size": settings.size if settings.preset != "tiny" else 64,
+        "dtype": str(settings.dtype).removeprefix("torch."), "device": str(settings.device),
+        "batch": settings.batch, "low_memory": settings.low_memory, "repeats": settings.repeats,
+        "native_bf16": has_native_bf16(settings.device),
+        "total_s": total_s, "total_s_runs": totals,
+        "phases": {k: v["seconds"] for k, v in phase_rows.items()}, "phase_details": phase_rows,
+        "per_scale_s": per_scale,
+        "flops": {k: v["tflop"] for k, v in phase_rows.items()},
+        "attention_tflop": total["attention_flops"] / 1e12, "attention_scores": total["scores"],
+        "total_tflop": total["flops"] / 1e12,
+        "peak_tflops": rates, "exp_rate": exp_per_s,
+        "floor_s": floor_s, "ratio_to_floor": total_s / floor_s if floor_s else float("inf"),
+        "achieved_tflops": total["flops"] / 1e12 / total_s,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "settings": {k: str(v) for k, v in asdict(settings).items()},
+    }
+
+
+def format_report(result: dict) -> str:
+    lines = [
+        f"openhart bench: {result['preset']} {result['size']}px {result['dtype']} on {result['device']}, "
+        f"batch {result['batch']}{', low-memory' if result['low_memory'] else ''} "
+        f"(median of {result['repeats']})",
+        f"machine: matmul peak bf16 {result['peak_tflops']['bf16']:.3g} TFLOP/s, fp32 "
+        f"{result['peak_tflops']['fp32']:.3g} TFLOP/s; exp {result['exp_rate']:.3g}/s; native bf16: "
+        f"{result['native_bf16']}",
+        f"{'phase':<12}{'seconds':>10}{'TFLOP':>10}{'attn TFLOP':>12}{'floor s':>10}{'of limit':>10}",
+    ]
+    for name, row in result["phase_details"].items():
+        lines.append(f"{name:<12}{row['seconds']:>10.3f}{row['tflop']:>10.3f}{row['attention_tflop']:>12.3f}"
+                     f"{row['floor_s']:>10.3f}{row['fraction_of_limit']:>10.1%}")
+    lines.append(f"{'total':<12}{result['total_s']:>10.3f}{result['total_tflop']:>10.3f}"
+                 f"{result['attention_tflop']:>12.3f}{result['floor_s']:>10.3f}"
+                 f"{result['floor_s'] / result['total_s']:>10.1%}")
+    lines.append(f"ratio to floor {result['ratio_to_floor']:.2f}; achieved {result['achieved_tflops']:.3g} "
+                 f"TFLOP/s; peak RSS {result['peak_rss_gib']:.2f} GiB")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path) -> None:
+    from .serialization import write_json as write
+
+    write(path, json.loads(json.dumps(result, default=str)))
