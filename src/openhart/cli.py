@@ -109,7 +109,9 @@ def _add_generate(commands) -> None:
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                    help="official folders: EMA or raw llm weights (default: EMA when present)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default fp32)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 where the hardware has native bf16 matmul, else fp32; fp16 on "
+                        "other GPUs), fp32, bf16 or fp16")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_generate)
 
@@ -131,7 +133,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"output folder does not exist: {args.out.parent}")
     if args.num_images < 1:
         raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    device = resolve_device(args.device)
+    dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
     pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
                                         dtype=dtype, weights=args.weights)
     sampling = pipe.resolve_sampling(
@@ -149,7 +152,8 @@ def run_generate(args: argparse.Namespace) -> int:
             "model": pipe.name,
             "openhart": json.dumps({"version": __version__, "index": i, "seed": out.seed,
                                     "model": str(args.model), "text_encoder": str(args.text_encoder),
-                                    "dtype": args.dtype, "sampling": config_to_dict(out.sampling)}),
+                                    "dtype": str(dtype).removeprefix("torch."),
+                                    "sampling": config_to_dict(out.sampling)}),
         })
         print(f"{path}  seed {out.seed}  {prompt!r}")
     return 0

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .config import SamplingConfig
+from .device import default_dtype
 from .images import to_pil
 from .loading import load_model
 from .model import HARTModel
@@ -88,11 +89,14 @@ class HARTPipeline:
             model_dir: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/) or an openhart folder.
             text_encoder: a local Hugging Face folder (Qwen2 gets the official HART encoding), an
                 already built encoder, or "random" for a seeded random encoder (demos only).
-            device, dtype: where and in which dtype to run (default CPU, fp32).
+            device, dtype: where and in which dtype to run (default: CPU, in bf16 where the
+                hardware multiplies bf16 natively and fp32 elsewhere).
             weights: "auto" (EMA when present), "ema" or "raw" for official folders.
             system_prompt: text prepended to every prompt of a Qwen2 encoder; by default the
                 `hart_system_prompt.txt` of the model or text-encoder folder, if any.
         """
+        device = torch.device(device or "cpu")
+        dtype = dtype or default_dtype(device)
         model = load_model(model_dir, device=device, dtype=dtype, weights=weights)
         max_length = model.config.transformer.context_tokens
         if isinstance(text_encoder, HFPromptEncoder):
