@@ -112,6 +112,8 @@ def _add_generate(commands) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 where the hardware has native bf16 matmul, else fp32; fp16 on "
                         "other GPUs), fp32, bf16 or fp16")
+    p.add_argument("--low-memory", action="store_true",
+                   help="free the text encoder once the prompts are encoded (lower peak memory)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_generate)
 
@@ -136,7 +138,7 @@ def run_generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
     pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
-                                        dtype=dtype, weights=args.weights)
+                                        dtype=dtype, weights=args.weights, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(
         None, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
         head_steps=args.head_steps, maskgit_iters=args.maskgit_iters)

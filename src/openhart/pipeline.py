@@ -7,6 +7,7 @@ re-implement any step of them.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import secrets
@@ -63,26 +64,48 @@ class HARTPipeline:
         >>> pipe("a red fox in snow", seed=0).images[0].save("fox.png")
     """
 
-    def __init__(self, model: HARTModel, text_encoder: HFPromptEncoder, *, name: str = "hart"):
-        context_dim = model.config.transformer.context_dim
-        if text_encoder.hidden_size != context_dim:
+    def __init__(self, model: HARTModel, text_encoder: HFPromptEncoder | None, *, name: str = "hart",
+                 text_encoder_loader: Callable[[], HFPromptEncoder] | None = None,
+                 low_memory: bool = False):
+        """Args:
+            model: the HART networks.
+            text_encoder: the prompt encoder (may be None with a `text_encoder_loader`).
+            text_encoder_loader: rebuilds the prompt encoder; needed by `low_memory`.
+            low_memory: free the prompt encoder once the prompts of a call are encoded, and
+                reload it for the next call (peak memory of the encoder or of the model, never
+                of both).
+        """
+        if low_memory and text_encoder_loader is None:
+            raise ValueError("low_memory needs a text_encoder_loader to reload the text encoder")
+        if text_encoder is None and text_encoder_loader is None:
+            raise ValueError("pass a text_encoder or a text_encoder_loader")
+        self.model = model.eval()
+        self.name = name
+        self.low_memory = low_memory
+        self._text_encoder_loader = text_encoder_loader
+        self.text_encoder = None
+        if text_encoder is not None:
+            self._check_text_encoder(text_encoder)
+            self.text_encoder = None if low_memory else text_encoder
+
+    def _check_text_encoder(self, encoder: HFPromptEncoder) -> None:
+        context_dim = self.model.config.transformer.context_dim
+        if encoder.hidden_size != context_dim:
             raise ValueError(
-                f"the text encoder {text_encoder.name or ''} has hidden size {text_encoder.hidden_size}, "
+                f"the text encoder {encoder.name or ''} has hidden size {encoder.hidden_size}, "
                 f"but the model expects text features of width {context_dim}; pass the text "
                 "encoder the model was trained with (Qwen2-1.5B for hart-0.7b-1024px)"
             )
-        if text_encoder.max_length != model.config.transformer.context_tokens:
-            raise ValueError(f"the text encoder pads to {text_encoder.max_length} tokens, the model "
-                             f"expects {model.config.transformer.context_tokens}")
-        self.model = model.eval()
-        self.text_encoder = text_encoder
-        self.name = name
+        if encoder.max_length != self.model.config.transformer.context_tokens:
+            raise ValueError(f"the text encoder pads to {encoder.max_length} tokens, the model "
+                             f"expects {self.model.config.transformer.context_tokens}")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, *,
                         text_encoder: str | os.PathLike | HFPromptEncoder,
                         device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                        weights: str = "auto", system_prompt: str | None = None) -> "HARTPipeline":
+                        weights: str = "auto", system_prompt: str | None = None,
+                        low_memory: bool = False) -> "HARTPipeline":
         """Load a model folder (official or openhart) and a local text encoder.
 
         Args:
@@ -94,22 +117,28 @@ class HARTPipeline:
             weights: "auto" (EMA when present), "ema" or "raw" for official folders.
             system_prompt: text prepended to every prompt of a Qwen2 encoder; by default the
                 `hart_system_prompt.txt` of the model or text-encoder folder, if any.
+            low_memory: load the text encoder for each call and free it once the prompts are
+                encoded.
         """
         device = torch.device(device or "cpu")
         dtype = dtype or default_dtype(device)
         model = load_model(model_dir, device=device, dtype=dtype, weights=weights)
         max_length = model.config.transformer.context_tokens
         if isinstance(text_encoder, HFPromptEncoder):
-            encoder = text_encoder
-        elif str(text_encoder) == RANDOM_TEXT_ENCODER:
-            encoder = random_prompt_encoder(model.config.transformer.context_dim, max_length,
-                                            device=device, dtype=dtype)
+            return cls(model, text_encoder, name=Path(model_dir).resolve().name)
+        if str(text_encoder) == RANDOM_TEXT_ENCODER:
+            def loader():
+                return random_prompt_encoder(model.config.transformer.context_dim, max_length,
+                                             device=device, dtype=dtype)
         else:
             if system_prompt is None:
                 system_prompt = load_system_prompt(model_dir, text_encoder)
-            encoder = load_prompt_encoder(text_encoder, max_length=max_length, device=device,
-                                          dtype=dtype, system_prompt=system_prompt)
-        return cls(model, encoder, name=Path(model_dir).resolve().name)
+
+            def loader():
+                return load_prompt_encoder(text_encoder, max_length=max_length, device=device,
+                                           dtype=dtype, system_prompt=system_prompt)
+        return cls(model, None if low_memory else loader(), name=Path(model_dir).resolve().name,
+                   text_encoder_loader=loader, low_memory=low_memory)
 
     @property
     def device(self) -> torch.device:
@@ -157,8 +186,18 @@ class HARTPipeline:
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None
                       ) -> tuple[PromptEmbedding, PromptEmbedding | None]:
         """Text features of the prompts and, if given, of the negative prompts."""
-        cond = self.text_encoder.encode(prompts)
-        return cond, (self.text_encoder.encode(negative_prompts) if negative_prompts else None)
+        encoder = self.text_encoder
+        if encoder is None:
+            encoder = self._text_encoder_loader()
+            self._check_text_encoder(encoder)
+        cond = encoder.encode(prompts)
+        uncond = encoder.encode(negative_prompts) if negative_prompts else None
+        if self.low_memory:
+            del encoder
+            gc.collect()
+        else:
+            self.text_encoder = encoder
+        return cond, uncond
 
     # ----- call ------------------------------------------------------------------------------------
 

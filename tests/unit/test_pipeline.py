@@ -60,3 +60,14 @@ def test_model_folder_without_llm_or_tokenizer(tmp_path):
 def test_text_encoder_width_must_match(pipe):
     with pytest.raises(ValueError, match="hidden size 16, but the model expects text features of width 48"):
         HARTPipeline(pipe.model, random_prompt_encoder(16, 8))
+
+
+def test_low_memory_mode_frees_the_encoder_and_keeps_the_images(pipe):
+    low = HARTPipeline.from_pretrained(HART_TINY, text_encoder="random", low_memory=True)
+    assert low.text_encoder is None
+    a = low("a red apple", seed=2)
+    assert low.text_encoder is None, "the encoder is freed after encoding"
+    b = pipe("a red apple", seed=2)
+    assert a.images[0].tobytes() == b.images[0].tobytes()
+    with pytest.raises(ValueError, match="needs a text_encoder_loader"):
+        HARTPipeline(pipe.model, pipe.text_encoder, low_memory=True)
