@@ -366,12 +366,12 @@ def hart_0p7b_1024() -> HARTConfig:
 
 
 def hart_0p7b(size: int = 1024) -> HARTConfig:
-    """The 0.7B architecture at 256, 512 or 1024 px: the released scales up to size / 16."""
+    """The 0.7B architecture at another resolution: the released scales below size / 16, then
+    size / 16 itself (256 px: 1..12, 16; 512 px: 1..27, 32; 1024 px: the release)."""
     side = size // 16
-    if size % 16 or side not in HART_1024_PATCH_NUMS:
-        sizes = [p * 16 for p in HART_1024_PATCH_NUMS if p >= 4]
-        raise ValueError(f"size must be one of {sizes}, got {size}")
-    patch_nums = HART_1024_PATCH_NUMS[: HART_1024_PATCH_NUMS.index(side) + 1]
+    if size % 16 or side < 2:
+        raise ValueError(f"size must be a multiple of 16 of at least 32, got {size}")
+    patch_nums = tuple(p for p in HART_1024_PATCH_NUMS if p < side) + (side,)
     config = hart_0p7b_1024()
     return HARTConfig(tokenizer=dataclasses.replace(config.tokenizer, patch_nums=patch_nums),
                       transformer=dataclasses.replace(config.transformer, patch_nums=patch_nums),

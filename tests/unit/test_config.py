@@ -67,3 +67,14 @@ def test_config_is_frozen_and_keyword_only():
         config.vocab_size = 3
     with pytest.raises(TypeError):
         TokenizerConfig(4096)
+
+
+def test_0p7b_presets_at_other_sizes():
+    from openhart.config import HART_1024_PATCH_NUMS, hart_0p7b, hart_0p7b_1024
+
+    assert hart_0p7b(1024) == hart_0p7b_1024()
+    assert hart_0p7b(256).transformer.patch_nums == (1, 2, 3, 4, 5, 7, 9, 12, 16)
+    assert hart_0p7b(512).transformer.patch_nums == HART_1024_PATCH_NUMS[:11] + (32,)
+    assert hart_0p7b(512).image_size == 512
+    with pytest.raises(ValueError, match="multiple of 16"):
+        hart_0p7b(500)
