@@ -209,7 +209,16 @@ class _CountingTimer(PhaseTimer):
 
 def run_bench(settings: BenchSettings) -> dict:
     """Build, warm up, time `repeats` runs, count FLOPs once; return the JSON-ready result."""
-    logging.getLogger("openhart.text.encoder").setLevel(logging.ERROR)  # the prompt is truncated
+    encoder_log = logging.getLogger("openhart.text.encoder")
+    level = encoder_log.level
+    encoder_log.setLevel(logging.ERROR)  # the benchmark prompt is truncated on purpose
+    try:
+        return _run_bench(settings)
+    finally:
+        encoder_log.setLevel(level)
+
+
+def _run_bench(settings: BenchSettings) -> dict:
     torch.manual_seed(settings.seed)
     model = build_model(settings)
     encoder = None if settings.low_memory else build_text_encoder(settings, model.config)

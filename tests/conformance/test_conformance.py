@@ -9,7 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from openhart.loading import load_tokenizer
+from openhart.config import SamplingConfig
+from openhart.diffusion import DiffusionNoise, DiffusionSchedule
+from openhart.diffusion.sampler import guided_prediction, posterior_step, reverse_steps
+from openhart.loading import load_model, load_tokenizer
+from openhart.sampling import generate
+from openhart.text.positions import position_ids_from_mask
 
 from .golden import GoldenCase, case_dirs, case_ids
 
@@ -58,12 +63,6 @@ def test_tokenizer(case: GoldenCase):
 
 # ----- transformer, diffusion head, full inference ------------------------------------------------
 
-from openhart.config import SamplingConfig  # noqa: E402
-from openhart.diffusion import DiffusionNoise, DiffusionSchedule  # noqa: E402
-from openhart.diffusion.sampler import guided_prediction, posterior_step, reverse_steps  # noqa: E402
-from openhart.loading import load_model  # noqa: E402
-from openhart.sampling import generate  # noqa: E402
-from openhart.text.positions import position_ids_from_mask  # noqa: E402
 
 KNOWN_GROUPS = ("ctx.", "tok.", "tf.", "diff.", "inf.")
 

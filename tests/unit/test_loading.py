@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from openhart.loading import load_tokenizer, save_tokenizer
+from openhart.loading import load_model, load_tokenizer, save_model, save_tokenizer
 from openhart.serialization import CheckpointError, atomic_path, read_state_dict
 
 from ..conftest import HART_TINY
@@ -151,7 +151,6 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 
 # ----- whole models: the official llm/ folder ----------------------------------------------------
 
-from openhart.loading import load_model, save_model  # noqa: E402
 
 
 @pytest.fixture
