@@ -30,13 +30,20 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the short side is `size` (bicubic, antialiased), then crop the center square."""
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=None)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    """Resize so the short side is `size`, then crop the center square."""
+    image = resize_short_side(image, size)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    """Bicubic (antialiased) resize so that the shorter side is `size`."""
+    width, height = image.size
+    if min(width, height) < 1:
+        raise ValueError("the image is empty")
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    return image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=None)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -1,0 +1,177 @@
+"""Image-caption datasets: a folder with `metadata.jsonl` or `.txt` sidecars, and tar shards.
+
+Both yield `Sample`s with the image as a float tensor in [-1, 1] at a fixed square resolution.
+The order of an epoch is a deterministic function of (seed, epoch) and is split across ranks, so
+N processes together see each example once per epoch. Unreadable images are skipped, counted in
+`skipped` and logged; they never stop a run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .transforms import image_to_tensor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class Sample:
+    """One example: image (3, R, R) in [-1, 1], its caption and a stable key."""
+
+    image: torch.Tensor
+    caption: str
+    key: str
+
+
+def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """This rank's share of a seeded permutation of range(num_items) for `epoch`."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_items, generator=generator).tolist()
+    return order[rank::world_size]
+
+
+class ImageCaptionFolder:
+    """A folder of images with captions from `metadata.jsonl` (`file_name`, `text`, as Hugging Face
+    image folders write it) or, without it, from a `.txt` file of the same name beside each image.
+    """
+
+    def __init__(self, root: str | os.PathLike, resolution: int, *, random_crop: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"dataset folder not found: {self.root}")
+        self.resolution = resolution
+        self.random_crop = random_crop
+        self.items = self._read_metadata() if (self.root / "metadata.jsonl").is_file() else self._read_sidecars()
+        if not self.items:
+            raise ValueError(f"no images in {self.root}: expected files ending in "
+                             f"{', '.join(IMAGE_EXTENSIONS)} (searched recursively)")
+        self.skipped = 0
+
+    def _read_metadata(self) -> list[tuple[Path, str]]:
+        items, missing = [], []
+        path = self.root / "metadata.jsonl"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                name, text = entry["file_name"], entry["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: expected a JSON object with 'file_name' and "
+                                 f"'text' ({error})") from error
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{path}:{number}: the caption of {name} is empty")
+            if not (self.root / name).is_file():
+                missing.append(name)
+            items.append((self.root / name, text))
+        if missing:
+            raise ValueError(f"{path} names {len(missing)} image(s) that do not exist, e.g. {missing[:3]}")
+        return items
+
+    def _read_sidecars(self) -> list[tuple[Path, str]]:
+        images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        uncaptioned = [p for p in images if not p.with_suffix(".txt").is_file()]
+        if images and uncaptioned:
+            raise ValueError(
+                f"{len(uncaptioned)} of {len(images)} images in {self.root} have no caption, e.g. "
+                f"{[str(p.relative_to(self.root)) for p in uncaptioned[:3]]}: add a metadata.jsonl "
+                "(one {\"file_name\": ..., \"text\": ...} per line) or a .txt file beside each image"
+            )
+        return [(p, p.with_suffix(".txt").read_text(encoding="utf-8").strip()) for p in images]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int, generator: torch.Generator | None = None) -> Sample | None:
+        """The example at `index`, or None (counted and logged) if its image cannot be read."""
+        path, caption = self.items[index]
+        try:
+            with Image.open(path) as image:
+                tensor = image_to_tensor(image, self.resolution, self.random_crop, generator)
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            self.skipped += 1
+            logger.warning("skipping unreadable image %s (%s); %d skipped so far", path, error, self.skipped)
+            return None
+        return Sample(image=tensor, caption=caption, key=str(path.relative_to(self.root)))
+
+    def iterate(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+                start: int = 0) -> Iterator[Sample]:
+        """This rank's examples of `epoch` in their seeded order, from position `start` on."""
+        generator = torch.Generator().manual_seed(seed * 7919 + epoch * 104_729 + rank)
+        for position, index in enumerate(epoch_order(len(self), seed, epoch, rank, world_size)):
+            if position < start:
+                continue
+            sample = self.load(index, generator)
+            if sample is not None:
+                yield sample
+
+
+class TarShards:
+    """WebDataset-style tar shards: members grouped by key, an image (`.png/.jpg/...`) and a
+    caption (`.txt`, or `.json` with a `text` field) per key. Shards are split across ranks."""
+
+    def __init__(self, shards: Sequence[str | os.PathLike], resolution: int, *, random_crop: bool = False):
+        self.shards = [Path(s) for s in shards]
+        if not self.shards:
+            raise ValueError("no tar shards given")
+        missing = [str(s) for s in self.shards if not s.is_file()]
+        if missing:
+            raise ValueError(f"tar shard(s) not found: {missing[:3]}")
+        self.resolution = resolution
+        self.random_crop = random_crop
+        self.skipped = 0
+
+    def iterate(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[Sample]:
+        """This rank's shards of `epoch` in a seeded order, their examples in file order."""
+        generator = torch.Generator().manual_seed(seed * 7919 + epoch * 104_729 + rank)
+        order = epoch_order(len(self.shards), seed, epoch)
+        for shard in [self.shards[i] for i in order][rank::world_size]:
+            yield from self._read_shard(shard, generator)
+
+    def _read_shard(self, shard: Path, generator: torch.Generator) -> Iterator[Sample]:
+        groups: dict[str, dict[str, bytes]] = {}
+        try:
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    key, _, ext = member.name.rpartition(".")
+                    groups.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError) as error:
+            self.skipped += 1
+            logger.warning("skipping unreadable shard %s (%s)", shard, error)
+            return
+        for key, parts in groups.items():
+            sample = self._decode(shard, key, parts, generator)
+            if sample is not None:
+                yield sample
+
+    def _decode(self, shard: Path, key: str, parts: dict[str, bytes],
+                generator: torch.Generator) -> Sample | None:
+        image_ext = next((e for e in parts if f".{e}" in IMAGE_EXTENSIONS), None)
+        caption = parts["txt"].decode("utf-8").strip() if "txt" in parts else None
+        if caption is None and "json" in parts:
+            caption = json.loads(parts["json"]).get("text")
+        try:
+            if image_ext is None or not caption:
+                raise ValueError("image or caption missing")
+            with Image.open(io.BytesIO(parts[image_ext])) as image:
+                tensor = image_to_tensor(image, self.resolution, self.random_crop, generator)
+        except (UnidentifiedImageError, OSError, ValueError, json.JSONDecodeError) as error:
+            self.skipped += 1
+            logger.warning("skipping %s in %s (%s); %d skipped so far", key, shard, error, self.skipped)
+            return None
+        return Sample(image=tensor, caption=caption, key=f"{shard.name}/{key}")

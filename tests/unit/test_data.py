@@ -1,0 +1,100 @@
+import io
+import json
+import logging
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from openhart.data import ImageCaptionFolder, TarShards, epoch_order
+
+
+def _image(color, size=(40, 30)):
+    return Image.new("RGB", size, color)
+
+
+@pytest.fixture
+def sidecar_folder(tmp_path):
+    for i, color in enumerate(["red", "green", "blue", "white", "black"]):
+        _image(color).save(tmp_path / f"img{i}.png")
+        (tmp_path / f"img{i}.txt").write_text(f"a {color} square\n")
+    return tmp_path
+
+
+def test_sidecar_captions_and_preprocessing(sidecar_folder):
+    data = ImageCaptionFolder(sidecar_folder, 16)
+    assert len(data) == 5
+    sample = data.load(0)
+    assert sample.image.shape == (3, 16, 16) and sample.caption == "a red square"
+    assert sample.image.min() >= -1 and sample.image.max() <= 1
+    torch.testing.assert_close(sample.image[0], torch.ones(16, 16))  # red channel at +1
+
+
+def test_metadata_jsonl(tmp_path):
+    (tmp_path / "sub").mkdir()
+    _image("red").save(tmp_path / "sub" / "a.jpg")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "sub/a.jpg", "text": "red"}) + "\n")
+    data = ImageCaptionFolder(tmp_path, 8, random_crop=True)
+    assert [s.caption for s in data.iterate(0, seed=0)] == ["red"]
+
+
+def test_epoch_order_is_seeded_and_split_across_ranks():
+    a, b = epoch_order(10, 1, 0), epoch_order(10, 1, 0)
+    assert a == b and sorted(a) == list(range(10)) and a != epoch_order(10, 1, 1)
+    shards = [epoch_order(10, 1, 0, rank, 3) for rank in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+
+
+def test_corrupt_images_are_skipped_and_counted(sidecar_folder, caplog):
+    (sidecar_folder / "img2.png").write_bytes(b"not a png")
+    data = ImageCaptionFolder(sidecar_folder, 8)
+    with caplog.at_level(logging.WARNING):
+        samples = list(data.iterate(0, seed=0))
+    assert len(samples) == 4 and data.skipped == 1 and "skipping unreadable image" in caplog.text
+
+
+def test_resume_position(sidecar_folder):
+    data = ImageCaptionFolder(sidecar_folder, 8)
+    full = [s.key for s in data.iterate(3, seed=5)]
+    assert [s.key for s in data.iterate(3, seed=5, start=2)] == full[2:]
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "no images in"),
+    (lambda d: _image("red").save(d / "x.png"), "have no caption"),
+    (lambda d: (d / "metadata.jsonl").write_text('{"file_name": "gone.png", "text": "t"}\n'), "do not exist"),
+    (lambda d: (d / "metadata.jsonl").write_text('{"file": "x"}\n'), "'file_name' and 'text'"),
+])
+def test_bad_folders(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        ImageCaptionFolder(tmp_path, 8)
+
+
+def _shard(path, items):
+    with tarfile.open(path, "w") as tar:
+        for key, payload in items:
+            for ext, data in payload.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _png(color):
+    buffer = io.BytesIO()
+    _image(color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_tar_shards_split_across_ranks_and_skip_bad_members(tmp_path):
+    _shard(tmp_path / "0.tar", [("a", {"png": _png("red"), "txt": b"red"}),
+                                ("b", {"png": b"broken", "txt": b"broken"})])
+    _shard(tmp_path / "1.tar", [("c", {"jpg": _png("blue"), "json": b'{"text": "blue"}'})])
+    shards = TarShards([tmp_path / "0.tar", tmp_path / "1.tar"], 8)
+    everything = sorted(s.caption for s in shards.iterate(0, seed=0))
+    assert everything == ["blue", "red"] and shards.skipped == 1
+    per_rank = [sorted(s.caption for s in TarShards(shards.shards, 8).iterate(0, 0, r, 2)) for r in range(2)]
+    assert sorted(sum(per_rank, [])) == ["blue", "red"] and all(len(p) == 1 for p in per_rank)
+    with pytest.raises(ValueError, match="not found"):
+        TarShards([tmp_path / "missing.tar"], 8)
