@@ -1,0 +1,1 @@
+"""Training: losses (more to come: trainer, checkpoints, parallelism)."""
