@@ -1,0 +1,101 @@
+"""Training checkpoints: everything needed to resume exactly, written atomically, last K kept.
+
+A checkpoint is one `ckpt-<step>.pt` file holding a dict of tensors and plain values (model, EMA,
+optimizer and scheduler states, step, RNG states, data position, the architecture config). It is
+written to a temporary file, fsynced and renamed, so the newest complete checkpoint is never
+corrupt, and a failed write (a full disk) leaves the previous ones untouched. Files are read
+back with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..serialization import CheckpointError, atomic_path
+
+FORMAT = "openhart.checkpoint"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")
+
+
+def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
+    return Path(folder) / f"ckpt-{step:08d}.pt"
+
+
+def save_checkpoint(folder: str | os.PathLike, step: int, state: dict[str, Any],
+                    keep_last: int = 3) -> Path:
+    """Write `state` as the checkpoint of `step` and delete all but the newest `keep_last`.
+
+    Args:
+        state: model/EMA/optimizer/scheduler state dicts, RNG states, data position, config...
+            (tensors and plain Python values only).
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(folder, step)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, **state}, tmp)
+    for old in list_checkpoints(folder)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Checkpoint files of a folder, oldest first (temporary files are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: str | os.PathLike, config: dict | None = None) -> dict[str, Any]:
+    """Read a checkpoint file, or the newest one of a folder.
+
+    Args:
+        config: the architecture config of the run resuming; must equal the checkpoint's.
+    Raises:
+        CheckpointError: not a checkpoint, unreadable, or from another architecture.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"no checkpoint (ckpt-<step>.pt) in {path}")
+        path = found[-1]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any failure to unpickle means: not a usable checkpoint
+        raise CheckpointError(f"{path} is not a readable openhart checkpoint ({error})") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an openhart training checkpoint (resume from a "
+                              "ckpt-<step>.pt file written by `openhart train`)")
+    if config is not None and state.get("config") != config:
+        raise CheckpointError(f"{path} was written for another architecture; its config differs "
+                              "from this run's (start a new run, or resume with the same config)")
+    return state
+
+
+def rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    """The states of named generators (plus torch's global CPU RNG, which some layers use)."""
+    states = {name: g.get_state() for name, g in generators.items()}
+    states["torch_global"] = torch.get_rng_state()
+    return states
+
+
+def restore_rng_states(generators: dict[str, torch.Generator], states: dict[str, torch.Tensor]) -> None:
+    missing = [name for name in generators if name not in states]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks RNG state(s) {missing}")
+    for name, generator in generators.items():
+        generator.set_state(states[name])
+    torch.set_rng_state(states["torch_global"])
