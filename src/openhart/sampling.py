@@ -75,7 +75,8 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
              uncond_position_ids_BT: torch.Tensor | None = None,
              diffusion_noise: DiffusionNoise | None = None,
              on_scale: Callable[[ScaleRecord], None] | None = None,
-             timer: PhaseTimer | None = None) -> SampleOutput:
+             timer: PhaseTimer | None = None,
+             patch_nums: tuple[int, ...] | None = None) -> SampleOutput:
     """Generate images from text features.
 
     Args:
@@ -89,10 +90,11 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
             otherwise.
         on_scale: called after every scale with its `ScaleRecord`.
         timer: charged per phase ("scale_{si}", "diffusion", "decode") when given.
+        patch_nums: a prefix of the model's scales, to generate at a lower resolution.
     """
     timer = timer or NullTimer()
     tf, quantizer = model.transformer, model.tokenizer.quantizer
-    patch_nums = tf.config.patch_nums
+    patch_nums = tf.check_patch_nums(patch_nums)
     K, B = len(patch_nums), context_BTD.shape[0]
     dtype = tf.head.weight.dtype
 
@@ -103,7 +105,7 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     context = torch.cat([context_BTD, uncond_context_BTD]).to(dtype)
     position_ids = torch.cat([position_ids_BT, uncond_position_ids_BT])
     cond_BTC = tf.embed_context(context)
-    cache = tf.new_cache(2 * B, context.device, dtype)
+    cache = tf.new_cache(2 * B, context.device, dtype, patch_nums)
     x_BlC = cond_BTC + tf.level_embedding(0)
     rope = tf.text_rope(position_ids)
     f_hat = quantizer.codebook.weight.new_zeros(B, quantizer.config.latent_channels,
@@ -125,12 +127,13 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
             on_scale(ScaleRecord(si=si, hidden=hidden, logits=logits, indices=idx_Bl, h=h_BChw,
                                  f_hat=f_hat, next_map=next_map))
         x_BlC = tf.embed_scale_input(rearrange(next_map, "b c h w -> b (h w) c"), si + 1).repeat(2, 1, 1)
-        rope = tf.scale_rope(si + 1, position_ids)
+        rope = tf.scale_rope(si + 1, position_ids, patch_nums=patch_nums)
 
     # 3. the last scale: MaskGIT over its tokens, plus the residual diffusion
     guidance = sampling.cfg_scale * (K - 2) / (K - 1)  # the official loop's last ratio is reused
     tokens, last_idx = sample_last_scale(model, x_BlC, cond_BTC, position_ids, cache, sampling,
-                                         guidance, generator, diffusion_noise, on_scale, timer)
+                                         guidance, generator, diffusion_noise, on_scale, timer,
+                                         patch_nums)
     indices.append(last_idx)
     f_hat = f_hat + rearrange(tokens, "b (h w) c -> b c h w", h=patch_nums[-1])
 
@@ -143,15 +146,16 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
 def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Tensor,
                       position_ids: torch.Tensor, cache, sampling: SamplingConfig, guidance: float,
                       generator: torch.Generator | None, diffusion_noise: DiffusionNoise | None,
-                      on_scale: Callable[[ScaleRecord], None] | None, timer: PhaseTimer | NullTimer
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      on_scale: Callable[[ScaleRecord], None] | None, timer: PhaseTimer | NullTimer,
+                      patch_nums: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict the last scale's codes (and residuals) in `maskgit_iters` rounds.
 
     Returns:
         tokens (B, l, Cv): code embedding (+ residual) of every position; codes (B, l).
     """
     tf, quantizer, head = model.transformer, model.tokenizer.quantizer, model.head
-    K = tf.config.num_scales
+    patch_nums = tf.check_patch_nums(patch_nums)
+    K = len(patch_nums)
     ratio = (K - 2) / (K - 1)
     B, l = x_2BlC.shape[0] // 2, x_2BlC.shape[1]
     Cv = quantizer.config.latent_channels
@@ -162,7 +166,7 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
     for positions_Bn in maskgit_rounds(B, l, sampling.maskgit_iters, generator, x_2BlC.device):
         both = positions_Bn.repeat(2, 1)
         x = torch.gather(x_2BlC, 1, both[..., None].expand(-1, -1, x_2BlC.shape[-1]))
-        hidden = tf.forward_scale(x, tf.scale_rope(K - 1, position_ids, both), cache)
+        hidden = tf.forward_scale(x, tf.scale_rope(K - 1, position_ids, both, patch_nums), cache)
         logits = guided_logits(tf.logits(hidden, cond_BTC), guidance)
         idx_Bn, h_BnCv = select_codes(logits, quantizer.codebook.weight, sampling, K - 1, ratio, generator)
         record = ScaleRecord(si=K - 1, hidden=hidden, logits=logits, indices=idx_Bn, h=h_BnCv)

@@ -107,3 +107,60 @@ def test_config_validation():
         TransformerConfig(embed_dim=60, num_heads=10)
     with pytest.raises(ValueError, match="first scale must be 1x1"):
         TransformerConfig(patch_nums=(2, 4))
+
+
+def _teacher_inputs(model, batch=2, size=64, seed=3):
+    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    tokens = model.tokenizer.encode(images)
+    return tokens, model.tokenizer.teacher_forcing_input(tokens.indices)
+
+
+@torch.no_grad()
+def test_a_prefix_of_the_scales_is_the_model_configured_with_that_prefix(tiny_model, tiny_context):
+    import dataclasses
+    from openhart.transformer.model import HARTTransformer
+    tf = tiny_model.transformer
+    context, positions = tiny_context
+    prefix = tf.config.patch_nums[:5]
+    tokens, inputs = _teacher_inputs(tiny_model, size=prefix[-1] * 4)
+    assert tokens.patch_nums == prefix
+    narrow = HARTTransformer(dataclasses.replace(tf.config, patch_nums=prefix))
+    narrow.load_state_dict(tf.state_dict())
+    got = tf(context, positions, inputs, patch_nums=prefix)
+    want = narrow(context, positions, inputs)
+    torch.testing.assert_close(got.logits, want.logits)
+    with pytest.raises(ValueError, match="prefix"):
+        tf(context, positions, inputs, patch_nums=(1, 3))
+
+
+@torch.no_grad()
+def test_subsampled_last_scale_rows_equal_the_full_sequence_rows(tiny_model, tiny_context):
+    tf = tiny_model.transformer
+    context, positions = tiny_context
+    _, inputs = _teacher_inputs(tiny_model)
+    full = tf(context, positions, inputs).logits
+    l = tf.config.patch_nums[-1] ** 2
+    keep = torch.stack([torch.randperm(l, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    # all tokens kept, in another order per sample: same rows, permuted
+    permuted = tf(context, positions, inputs, last_scale_keep_Bn=keep).logits
+    torch.testing.assert_close(permuted[:, :-l], full[:, :-l])
+    torch.testing.assert_close(permuted[:, -l:], torch.stack([full[b, -l:][keep[b]] for b in range(2)]),
+                               atol=2e-5, rtol=1e-5)
+    # a subset: earlier scales cannot see the last scale, so their rows are unchanged
+    few = tf(context, positions, inputs, last_scale_keep_Bn=keep[:, :10].sort(dim=1).values).logits
+    assert few.shape[1] == full.shape[1] - l + 10
+    torch.testing.assert_close(few[:, :-10], full[:, :-l])
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny_model, tiny_context):
+    tf = tiny_model.transformer
+    context, positions = tiny_context
+    _, inputs = _teacher_inputs(tiny_model)
+    grads = []
+    for checkpointing in (False, True):
+        tf.zero_grad()
+        tf(context, positions, inputs, checkpointing=checkpointing).logits.square().mean().backward()
+        grads.append([p.grad.clone() for p in tf.parameters() if p.grad is not None])
+    assert len(grads[-1]) > 10
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

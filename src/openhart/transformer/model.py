@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..common import RMSNorm, TimestepEmbedding
@@ -75,9 +76,15 @@ class HARTTransformer(nn.Module):
         return text_rope(position_ids_BT, self.config.head_dim, self.config.rope_theta)
 
     def scale_rope(self, si: int, position_ids_BT: torch.Tensor,
-                   token_idx_Bl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE tables of scale si >= 1 (optionally of a subset of its tokens, (B, l) indices)."""
-        positions = image_positions(self.config.patch_nums, si, position_ids_BT[:, -1])
+                   token_idx_Bl: torch.Tensor | None = None,
+                   patch_nums: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables of scale si >= 1 (optionally of a subset of its tokens, (B, l) indices).
+
+        Positions are laid out on the grid of the last of `patch_nums` (the configured scales by
+        default, or a prefix of them for a lower resolution).
+        """
+        patch_nums = self.check_patch_nums(patch_nums)
+        positions = image_positions(patch_nums, si, position_ids_BT[:, -1])
         if token_idx_Bl is not None:
             positions = torch.gather(positions.expand(token_idx_Bl.shape[0], -1, -1), 1,
                                      token_idx_Bl[..., None].expand(-1, -1, 2))
@@ -86,41 +93,85 @@ class HARTTransformer(nn.Module):
     # ----- teacher forcing -----------------------------------------------------------------------
 
     def forward(self, context_BTD: torch.Tensor, position_ids_BT: torch.Tensor,
-                inputs_BLCv: torch.Tensor) -> TeacherForcingOutput:
+                inputs_BLCv: torch.Tensor, *, patch_nums: Sequence[int] | None = None,
+                last_scale_keep_Bn: torch.Tensor | None = None,
+                checkpointing: bool = False) -> TeacherForcingOutput:
         """All scales at once with the block-causal mask (spec 3.7).
 
         Args:
             context_BTD: text features (B, T, D).
             position_ids_BT: text position ids (B, T), cumsum(mask) - 1.
             inputs_BLCv: teacher-forcing input of scales 1..K-1, (B, L - 1, Cv).
+            patch_nums: a prefix of the configured scales (a lower resolution; progressive
+                training); all of them by default.
+            last_scale_keep_Bn: positions (B, n) of the last scale's tokens to run (the others
+                are dropped from the sequence, as HART's training subsamples them); all by default.
+            checkpointing: recompute each block in the backward pass instead of storing its
+                activations (activation checkpointing).
+
+        Returns:
+            logits over [scale 0, scales 1..K-2, kept tokens of the last scale] and the hidden states.
         """
+        patch_nums = self.check_patch_nums(patch_nums)
         cond_BTC = self.embed_context(context_BTD)
-        x_BSC = self.embed_sequence(cond_BTC, inputs_BLCv)
-        levels_S = self.sequence_levels(x_BSC.device)
-        rope = self._sequence_rope(position_ids_BT)
+        x_BSC = self.embed_sequence(cond_BTC, inputs_BLCv, patch_nums)
+        levels_S = self.sequence_levels(x_BSC.device, patch_nums)
+        cos, sin = self._sequence_rope(position_ids_BT, patch_nums)
+        if last_scale_keep_Bn is not None:
+            first_last = x_BSC.shape[1] - patch_nums[-1] ** 2
+            B = x_BSC.shape[0]
+            index_BS = torch.cat([torch.arange(first_last, device=x_BSC.device).expand(B, -1),
+                                  last_scale_keep_Bn + first_last], dim=1)
+            x_BSC = _gather_rows(x_BSC, index_BS)
+            cos, sin = _gather_rows(cos, index_BS), _gather_rows(sin, index_BS)
+            levels_S = torch.cat([levels_S[:first_last],
+                                  levels_S.new_full((last_scale_keep_Bn.shape[1],), len(patch_nums) - 1)])
         mask_SS = levels_S[:, None] >= levels_S[None, :]
         for i, block in enumerate(self.blocks):
-            x_BSC = block(x_BSC, rope, attn_mask=mask_SS, layer=i)
+            if checkpointing and torch.is_grad_enabled():
+                x_BSC = torch.utils.checkpoint.checkpoint(block, x_BSC, (cos, sin), mask_SS, None, i,
+                                                          use_reentrant=False)
+            else:
+                x_BSC = block(x_BSC, (cos, sin), attn_mask=mask_SS, layer=i)
         T = self.config.context_tokens
         return TeacherForcingOutput(logits=self.logits(x_BSC[:, T - 1:], cond_BTC), hidden=x_BSC)
 
-    def embed_sequence(self, cond_BTC: torch.Tensor, inputs_BLCv: torch.Tensor) -> torch.Tensor:
+    def check_patch_nums(self, patch_nums: Sequence[int] | None) -> tuple[int, ...]:
+        """The configured scales, or a validated prefix of at least two of them."""
+        full = self.config.patch_nums
+        if patch_nums is None:
+            return full
+        patch_nums = tuple(patch_nums)
+        if len(patch_nums) < 2 or patch_nums != full[: len(patch_nums)]:
+            raise ValueError(f"patch_nums must be a prefix of at least two of the model's scales "
+                             f"{list(full)}, got {list(patch_nums)}")
+        return patch_nums
+
+    def embed_sequence(self, cond_BTC: torch.Tensor, inputs_BLCv: torch.Tensor,
+                       patch_nums: Sequence[int] | None = None) -> torch.Tensor:
         """Block input (B, S, C): [text prefix ; word_embed(inputs)] + level embeddings."""
-        levels_S = self.sequence_levels(cond_BTC.device)
+        patch_nums = self.check_patch_nums(patch_nums)
+        levels_S = self.sequence_levels(cond_BTC.device, patch_nums)
+        expected = sum(pn * pn for pn in patch_nums[1:])
+        if inputs_BLCv.shape[1] != expected:
+            raise ValueError(f"teacher-forcing input has {inputs_BLCv.shape[1]} tokens, scales "
+                             f"{list(patch_nums)} need {expected}")
         x_BSC = torch.cat([cond_BTC, self.word_embed(inputs_BLCv.to(cond_BTC.dtype))], dim=1)
-        levels = torch.arange(self.config.num_scales, device=levels_S.device)
+        levels = torch.arange(len(patch_nums), device=levels_S.device)
         return x_BSC + self.level_embedding(levels)[levels_S]
 
-    def sequence_levels(self, device: torch.device) -> torch.Tensor:
+    def sequence_levels(self, device: torch.device, patch_nums: Sequence[int] | None = None) -> torch.Tensor:
         """(S,) level id of every position: 0 for text, s for the tokens of scale s >= 1."""
-        cfg = self.config
-        counts = [cfg.context_tokens] + [pn * pn for pn in cfg.patch_nums[1:]]
-        return torch.repeat_interleave(torch.arange(cfg.num_scales, device=device),
+        patch_nums = self.check_patch_nums(patch_nums)
+        counts = [self.config.context_tokens] + [pn * pn for pn in patch_nums[1:]]
+        return torch.repeat_interleave(torch.arange(len(patch_nums), device=device),
                                        torch.tensor(counts, device=device))
 
-    def _sequence_rope(self, position_ids_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sequence_rope(self, position_ids_BT: torch.Tensor,
+                       patch_nums: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         tables = [self.text_rope(position_ids_BT)]
-        tables += [self.scale_rope(si, position_ids_BT) for si in range(1, self.config.num_scales)]
+        tables += [self.scale_rope(si, position_ids_BT, patch_nums=patch_nums)
+                   for si in range(1, len(patch_nums))]
         B = position_ids_BT.shape[0]
         cos = torch.cat([c.expand(B, -1, -1) for c, _ in tables], dim=1)
         sin = torch.cat([s.expand(B, -1, -1) for _, s in tables], dim=1)
@@ -128,10 +179,11 @@ class HARTTransformer(nn.Module):
 
     # ----- cached, one scale at a time --------------------------------------------------------------
 
-    def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+    def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype,
+                  patch_nums: Sequence[int] | None = None) -> KVCache:
         cfg = self.config
-        return KVCache.allocate(cfg.depth, batch, cfg.num_heads, cfg.sequence_length,
-                                cfg.head_dim, device, dtype)
+        length = cfg.context_tokens + sum(pn * pn for pn in self.check_patch_nums(patch_nums)) - 1
+        return KVCache.allocate(cfg.depth, batch, cfg.num_heads, length, cfg.head_dim, device, dtype)
 
     def forward_scale(self, x_BlC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                       cache: KVCache) -> torch.Tensor:
@@ -151,10 +203,16 @@ class HARTTransformer(nn.Module):
         """Per-token condition of the residual head: norm(hidden + word_embed(code vectors))."""
         return self.diffusion_cond_norm(hidden_BlC + self.word_embed(codes_BlCv.to(hidden_BlC.dtype)))
 
-    def scale_slices(self) -> Sequence[slice]:
+    def scale_slices(self, patch_nums: Sequence[int] | None = None) -> Sequence[slice]:
         """Row ranges of each scale in the (B, L, ...) logits of `forward`."""
         slices, start = [], 0
-        for pn in self.config.patch_nums:
+        for pn in self.check_patch_nums(patch_nums):
             slices.append(slice(start, start + pn * pn))
             start += pn * pn
         return slices
+
+
+def _gather_rows(x_BSX: torch.Tensor, index_BS: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b, s]] for every b, s (x broadcast over the batch if its B is 1)."""
+    x_BSX = x_BSX.expand(index_BS.shape[0], -1, -1)
+    return torch.gather(x_BSX, 1, index_BS[..., None].expand(-1, -1, x_BSX.shape[-1]))
