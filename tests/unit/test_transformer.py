@@ -109,6 +109,7 @@ def test_config_validation():
         TransformerConfig(patch_nums=(2, 4))
 
 
+@torch.no_grad()
 def _teacher_inputs(model, batch=2, size=64, seed=3):
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     tokens = model.tokenizer.encode(images)
