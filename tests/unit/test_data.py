@@ -98,3 +98,42 @@ def test_tar_shards_split_across_ranks_and_skip_bad_members(tmp_path):
     assert sorted(sum(per_rank, [])) == ["blue", "red"] and all(len(p) == 1 for p in per_rank)
     with pytest.raises(ValueError, match="not found"):
         TarShards([tmp_path / "missing.tar"], 8)
+
+
+def test_batch_stream_crosses_epochs_and_resumes_exactly(sidecar_folder):
+    from openhart.data.stream import BatchStream
+    data = ImageCaptionFolder(sidecar_folder, 8, random_crop=True)
+    stream = BatchStream(data, 2, seed=3)
+    batches = [stream.next_batch() for _ in range(6)]  # 12 examples: more than two epochs of 5
+    assert stream.position.epoch == 2
+    keys = [s.key for b in batches for s in b]
+    assert sorted(keys[:5]) == sorted(keys[5:10]) and keys[:5] != keys[5:10]
+    saved = BatchStream(data, 2, seed=3)
+    for _ in range(4):
+        saved.next_batch()
+    resumed = BatchStream(data, 2, seed=3, position=saved.state_dict())
+    for want in batches[4:]:
+        got = resumed.next_batch()
+        assert [s.key for s in got] == [s.key for s in want]
+        for a, b in zip(got, want):
+            assert torch.equal(a.image, b.image)  # the same random crop after a resume
+
+
+def test_random_crops_do_not_depend_on_the_number_of_processes(tmp_path):
+    for i in range(4):
+        Image.effect_noise((30, 20), 50 + i).convert("RGB").save(tmp_path / f"n{i}.png")
+        (tmp_path / f"n{i}.txt").write_text(f"noise {i}")
+    data = ImageCaptionFolder(tmp_path, 12, random_crop=True)
+    alone = {s.key: s.image for s in data.iterate(0, seed=1)}
+    split = {s.key: s.image for r in range(2) for s in data.iterate(0, seed=1, rank=r, world_size=2)}
+    assert alone.keys() == split.keys()
+    for key in alone:
+        assert torch.equal(alone[key], split[key])
+
+
+def test_a_stream_with_nothing_readable_stops_with_a_clear_error(sidecar_folder):
+    from openhart.data.stream import BatchStream
+    for png in sidecar_folder.glob("*.png"):
+        png.write_bytes(b"broken")
+    with pytest.raises(ValueError, match="no readable example"):
+        BatchStream(ImageCaptionFolder(sidecar_folder, 8), 2, seed=0).next_batch()

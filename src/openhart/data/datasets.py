@@ -2,8 +2,10 @@
 
 Both yield `Sample`s with the image as a float tensor in [-1, 1] at a fixed square resolution.
 The order of an epoch is a deterministic function of (seed, epoch) and is split across ranks, so
-N processes together see each example once per epoch. Unreadable images are skipped, counted in
-`skipped` and logged; they never stop a run.
+N processes together see each example once per epoch. A random crop is drawn from a generator
+keyed by (seed, epoch, example), so it does not depend on the number of processes or on where a
+run was resumed. Unreadable images are skipped, counted in `skipped` and logged; they never stop
+a run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..seeding import derive_seed, keyed_generator
 from .transforms import image_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -29,16 +32,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 @dataclass
 class Sample:
-    """One example: image (3, R, R) in [-1, 1], its caption and a stable key."""
+    """One example: image (3, R, R) in [-1, 1], its caption, a stable key, and a stable integer id
+    (the index in the dataset for folders) that keys the example's randomness in training."""
 
     image: torch.Tensor
     caption: str
     key: str
+    index: int = 0
 
 
 def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
     """This rank's share of a seeded permutation of range(num_items) for `epoch`."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(derive_seed("epoch-order", seed, epoch))
     order = torch.randperm(num_items, generator=generator).tolist()
     return order[rank::world_size]
 
@@ -105,18 +110,24 @@ class ImageCaptionFolder:
             self.skipped += 1
             logger.warning("skipping unreadable image %s (%s); %d skipped so far", path, error, self.skipped)
             return None
-        return Sample(image=tensor, caption=caption, key=str(path.relative_to(self.root)))
+        return Sample(image=tensor, caption=caption, key=str(path.relative_to(self.root)), index=index)
 
     def iterate(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
                 start: int = 0) -> Iterator[Sample]:
         """This rank's examples of `epoch` in their seeded order, from position `start` on."""
-        generator = torch.Generator().manual_seed(seed * 7919 + epoch * 104_729 + rank)
-        for position, index in enumerate(epoch_order(len(self), seed, epoch, rank, world_size)):
-            if position < start:
-                continue
-            sample = self.load(index, generator)
+        for _, sample in self.stream(epoch, seed, rank, world_size, start):
+            yield sample
+
+    def stream(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+               start: int = 0) -> Iterator[tuple[int, Sample]]:
+        """Like `iterate`, with the position after each example in this rank's share of the epoch
+        (what a resume passes back as `start`)."""
+        order = epoch_order(len(self), seed, epoch, rank, world_size)
+        for position in range(start, len(order)):
+            index = order[position]
+            sample = self.load(index, keyed_generator("crop", seed, epoch, index))
             if sample is not None:
-                yield sample
+                yield position + 1, sample
 
 
 class TarShards:
@@ -134,14 +145,29 @@ class TarShards:
         self.random_crop = random_crop
         self.skipped = 0
 
-    def iterate(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[Sample]:
+    def iterate(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+                start: int = 0) -> Iterator[Sample]:
         """This rank's shards of `epoch` in a seeded order, their examples in file order."""
-        generator = torch.Generator().manual_seed(seed * 7919 + epoch * 104_729 + rank)
-        order = epoch_order(len(self.shards), seed, epoch)
-        for shard in [self.shards[i] for i in order][rank::world_size]:
-            yield from self._read_shard(shard, generator)
+        for _, sample in self.stream(epoch, seed, rank, world_size, start):
+            yield sample
 
-    def _read_shard(self, shard: Path, generator: torch.Generator) -> Iterator[Sample]:
+    def stream(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+               start: int = 0) -> Iterator[tuple[int, Sample]]:
+        """Examples with the count of examples of this rank's epoch read so far (unreadable ones
+        included); `start` skips that many without decoding their images."""
+        order = epoch_order(len(self.shards), seed, epoch)
+        position = 0
+        for shard in [self.shards[i] for i in order][rank::world_size]:
+            for key, parts in self._read_shard(shard):
+                position += 1
+                if position <= start:
+                    continue
+                generator = keyed_generator("crop", seed, epoch, shard.name, key)
+                sample = self._decode(shard, key, parts, generator)
+                if sample is not None:
+                    yield position, sample
+
+    def _read_shard(self, shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         groups: dict[str, dict[str, bytes]] = {}
         try:
             with tarfile.open(shard) as tar:
@@ -154,10 +180,7 @@ class TarShards:
             self.skipped += 1
             logger.warning("skipping unreadable shard %s (%s)", shard, error)
             return
-        for key, parts in groups.items():
-            sample = self._decode(shard, key, parts, generator)
-            if sample is not None:
-                yield sample
+        yield from groups.items()
 
     def _decode(self, shard: Path, key: str, parts: dict[str, bytes],
                 generator: torch.Generator) -> Sample | None:
@@ -174,4 +197,5 @@ class TarShards:
             self.skipped += 1
             logger.warning("skipping %s in %s (%s); %d skipped so far", key, shard, error, self.skipped)
             return None
-        return Sample(image=tensor, caption=caption, key=f"{shard.name}/{key}")
+        return Sample(image=tensor, caption=caption, key=f"{shard.name}/{key}",
+                      index=derive_seed(shard.name, key))

@@ -1,0 +1,24 @@
+"""Seeds derived from keys, so that a random draw depends on *what* it is for, not on the order
+in which a process happens to make it.
+
+Training draws the randomness of each example (its crop, condition dropout, noise...) from a
+generator keyed by (run seed, step or epoch, example index, purpose). The same example then gets
+the same randomness whether it is trained by 1 process or by N, and after a resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed that is a stable function of `parts` (ints and strings)."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def keyed_generator(*parts: int | str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator on `device` seeded with `derive_seed(*parts)`."""
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
