@@ -107,3 +107,21 @@ def test_released_quantizer_parameter_count():
     with torch.device("meta"):
         q = MultiScaleQuantizer(tokenizer_hart_1024())
     assert sum(p.numel() for p in q.parameters()) == 168_064
+
+
+def test_training_quantization_matches_inference_and_passes_gradients(tiny_tokenizer):
+    q = tiny_tokenizer.quantizer
+    patch_nums = q.config.patch_nums
+    f = torch.randn(2, q.config.latent_channels, patch_nums[-1], patch_nums[-1],
+                    generator=torch.Generator().manual_seed(0), requires_grad=True)
+    out = q.quantize_for_training(f, patch_nums, beta=0.25)
+    ref = q.quantize(f.detach(), patch_nums)
+    for a, b in zip(out.indices, ref.indices):
+        assert torch.equal(a, b)
+    # forward value: the discrete latent that decode_tokens uses; gradient: straight through to f
+    torch.testing.assert_close(out.f_hat, q.indices_to_fhat(ref.indices, patch_nums), atol=1e-5, rtol=1e-5)
+    (out.f_hat.sum() + out.vq_loss).backward()
+    assert f.grad is not None and q.codebook.weight.grad.abs().sum() > 0
+    assert all(c.weight.grad is not None for c in q.phi.convs)
+    # the commitment part reaches f with weight beta: d/df of beta * mean((sg(f_hat) - f)^2)
+    assert out.vq_loss.item() > 0

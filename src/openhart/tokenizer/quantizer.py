@@ -37,6 +37,23 @@ class QuantizedLatent:
     last_scale_input: torch.Tensor
 
 
+@dataclass
+class TrainingQuantization:
+    """The quantizer's training forward (spec 2.10; VAR's multi-scale VQ with HART's hybrid
+    convention that the last scale's code map is added without Phi, as at decoding).
+
+    Attributes:
+        f_hat: discrete latent with a straight-through gradient to f, (B, Cv, pK, pK).
+        vq_loss: mean over scales of beta * ||sg(f_hat_k) - f||^2 + ||f_hat_k - sg(f)||^2, where
+            f_hat_k is the running sum of the refined code maps up to scale k.
+        indices: codes per scale, (B, pn**2) each.
+    """
+
+    f_hat: torch.Tensor
+    vq_loss: torch.Tensor
+    indices: list[torch.Tensor]
+
+
 class PhiRefiners(nn.Module):
     """Phi(h) = (1 - r) h + r conv3x3(h), with a few convs shared across scales by position."""
 
@@ -111,6 +128,31 @@ class MultiScaleQuantizer(nn.Module):
                 last_scale_input = rearrange(f_rest, "b c h w -> b (h w) c").clone()
             f_rest = f_rest - h_BChw
         return QuantizedLatent(indices=indices, residual=f_rest, last_scale_input=last_scale_input)
+
+    def quantize_for_training(self, f_BChw: torch.Tensor, patch_nums: Sequence[int],
+                              beta: float) -> TrainingQuantization:
+        """Quantize with gradients: codebook and Phi learn from the VQ loss, the encoder from the
+        commitment term and from the straight-through f_hat."""
+        B, C, H, W = f_BChw.shape
+        assert H == W == patch_nums[-1], (f_BChw.shape, patch_nums)
+        f_detached = f_BChw.detach()
+        f_rest = f_detached.clone()
+        f_hat = torch.zeros_like(f_detached)
+        vq_loss = f_BChw.new_zeros(())
+        indices = []
+        for si, pn in enumerate(patch_nums):
+            with torch.no_grad():
+                z_BChw = area_downsample(f_rest, pn)
+                idx_N = self.lookup(rearrange(z_BChw, "b c h w -> (b h w) c").float())
+            indices.append(idx_N.reshape(B, pn * pn))
+            h_BChw = self.embed(indices[-1], pn)
+            if si < len(patch_nums) - 1:
+                h_BChw = self.phi(bicubic_upsample(h_BChw, H), si, len(patch_nums))
+            f_hat = f_hat + h_BChw
+            f_rest = f_rest - h_BChw.detach()
+            vq_loss = vq_loss + beta * F.mse_loss(f_hat.detach(), f_BChw) + F.mse_loss(f_hat, f_detached)
+        f_hat_st = (f_hat.detach() - f_detached) + f_BChw
+        return TrainingQuantization(f_hat=f_hat_st, vq_loss=vq_loss / len(patch_nums), indices=indices)
 
     # ----- codes -> latent -------------------------------------------------------------------------
 
