@@ -1,4 +1,4 @@
-"""The `openhart` command line: `openhart reconstruct IMAGE`, more subcommands as they land.
+"""The `openhart` command line: generate, convert, reconstruct, bench, train, cache, export.
 
 Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr), 1 internal error.
 """
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(commands)
     _add_reconstruct(commands)
     _add_bench(commands)
+    from .train.commands import add_commands
+
+    add_commands(commands)
     return parser
 
 

@@ -95,6 +95,19 @@ class TokenizerConfig:
     def num_scales(self) -> int:
         return len(self.patch_nums)
 
+    def scales_for_size(self, image_size: int) -> tuple[int, ...]:
+        """The prefix of `patch_nums` that ends at the latent side of an `image_size` image."""
+        factor = self.downsample_factor
+        side = image_size // factor
+        if image_size % factor or side not in self.patch_nums:
+            sizes = ", ".join(str(p * factor) for p in self.patch_nums)
+            raise ValueError(
+                f"this tokenizer cannot take {image_size}x{image_size} images: the side must be "
+                f"{factor} x a scale of patch_nums {list(self.patch_nums)}, i.e. one of "
+                f"{sizes} (default {self.image_size}); resize or crop the images first"
+            )
+        return self.patch_nums[: self.patch_nums.index(side) + 1]
+
 
 @dataclass(frozen=True, kw_only=True)
 class TransformerConfig:

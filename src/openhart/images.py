@@ -66,3 +66,19 @@ def save_png(image: Image.Image, path: str | os.PathLike,
         info.add_itxt(key, value)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
+
+
+def image_grid(images: list[Image.Image], columns: int, padding: int = 2,
+               background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Paste same-size images row-major into one grid image with `padding` pixels between them."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width + (columns - 1) * padding,
+                             rows * height + (rows - 1) * padding), background)
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        grid.paste(image.convert("RGB"), (column * (width + padding), row * (height + padding)))
+    return grid

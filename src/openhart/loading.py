@@ -160,10 +160,18 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str | None = N
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
 
 
-def save_model(model: HARTModel, path: str | os.PathLike) -> Path:
-    """Write `model` as an openhart folder (config.json + model.safetensors), atomically."""
+def save_model(model: HARTModel, path: str | os.PathLike, *, text_encoder: dict | None = None) -> Path:
+    """Write `model` as an openhart folder (config.json + model.safetensors), atomically.
+
+    Args:
+        text_encoder: how the model's text features were made ({"kind": "huggingface", "path",
+            "context_tokens", "context_dim"} or {"kind": "random", "seed", ...}); recorded in
+            config.json so that the pipeline can find its text encoder.
+    """
     config = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION,
               "config": config_to_dict(model.config)}
+    if text_encoder is not None:
+        config["text_encoder"] = text_encoder
     return _save_folder(path, config, model.state_dict(), MODEL_TYPE)
 
 

@@ -55,6 +55,9 @@ class PromptEmbedding:
 class HFPromptEncoder:
     """Any local Hugging Face encoder: right-padded tokens -> last hidden states."""
 
+    # log a warning for every prompt longer than max_length (batch jobs count them instead)
+    warn_truncation = True
+
     def __init__(self, model, tokenizer, max_length: int, name: str = ""):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -84,7 +87,7 @@ class HFPromptEncoder:
         ids, truncated = [], []
         for prompt in prompts:
             full = self.tokenizer(prompt)["input_ids"]
-            if len(full) > self.max_length:
+            if len(full) > self.max_length and self.warn_truncation:
                 logger.warning("prompt is %d tokens long; only the first %d are used: %.60r...",
                                len(full), self.max_length, prompt)
             truncated.append(len(full) > self.max_length)

@@ -126,16 +126,7 @@ class HybridTokenizer(nn.Module):
 
     def scales_for_size(self, image_size: int) -> tuple[int, ...]:
         """The prefix of `patch_nums` that ends at the latent side of an `image_size` image."""
-        factor = self.config.downsample_factor
-        side = image_size // factor
-        if image_size % factor or side not in self.config.patch_nums:
-            sizes = ", ".join(str(p * factor) for p in self.config.patch_nums)
-            raise ValueError(
-                f"this tokenizer cannot take {image_size}x{image_size} images: the side must be "
-                f"{factor} x a scale of patch_nums {list(self.config.patch_nums)}, i.e. one of "
-                f"{sizes} (default {self.config.image_size}); resize or crop the images first"
-            )
-        return self.config.patch_nums[: self.config.patch_nums.index(side) + 1]
+        return self.config.scales_for_size(image_size)
 
     def check_images(self, images: torch.Tensor) -> tuple[int, ...]:
         """Validate an image batch and return the scales that describe it."""

@@ -9,6 +9,7 @@ learned channel weights.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +26,9 @@ class PerceptualLoss(nn.Module):
                 "TorchScript feature network there (image in [-1, 1] -> feature maps), or set "
                 "losses.perceptual to 0 to train without the perceptual loss")
         try:
-            self.net = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is how such nets ship
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.net = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError) as error:
             raise ValueError(f"{path} is not a TorchScript file ({error})") from error
         for p in self.net.parameters():

@@ -1,0 +1,167 @@
+"""Command-line entry points of training: `openhart train`, `openhart cache`, `openhart export`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+TRAIN_EXAMPLES = """\
+examples:
+  openhart train tokenizer --config configs/tokenizer-tiny.json
+  openhart train tokenizer --config configs/tokenizer-tiny.json --set run.steps=2000 --set optim.lr=2e-4
+  openhart train transformer --config configs/transformer-tiny.json
+  torchrun --nproc_per_node 8 -m openhart train transformer --config my.json --set run.parallel=fsdp
+  a run resumes from the newest checkpoint of its output_dir by default (--resume none starts afresh)
+"""
+
+CACHE_EXAMPLES = """\
+examples:
+  openhart cache --data emoji/train --tokenizer runs/tok/model --text-encoder all-MiniLM-L6-v2 \\
+      --resolution 64 --context-tokens 32 --out cache/emoji-64
+  openhart cache --data images/ --tokenizer runs/tok/model --text-encoder random --context-dim 64 \\
+      --context-tokens 16 --resolution 64 --out cache/test
+      random text encoder: for tests and smoke runs only
+"""
+
+EXPORT_EXAMPLES = """\
+examples:
+  openhart export runs/tf runs/tf-model                       # newest checkpoint, EMA weights
+  openhart export runs/tf/checkpoints/ckpt-00001000.pt model-1k --weights raw
+"""
+
+
+def add_commands(commands) -> None:
+    _add_train(commands)
+    _add_cache(commands)
+    _add_export(commands)
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser(
+        "train", help="train the tokenizer, or the transformer and diffusion head",
+        description="Train from a JSON config (see configs/). One process, or many with torchrun "
+                    "(DDP or FSDP, run.parallel). Checkpoints, metrics.jsonl, samples/ and the "
+                    "exported model/ go to run.output_dir.",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("tokenizer", "transformer"), help="what to train")
+    p.add_argument("--config", type=Path, required=True, help="training config (JSON)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. run.steps=100 or optim.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", default="auto",
+                   help="'auto' (newest checkpoint of the run folder, if any), a checkpoint file or "
+                        "folder, or 'none' (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..config import config_to_dict
+    from .config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
+    from .trainer import train
+
+    logging.getLogger("openhart").setLevel(logging.INFO)
+    if args.what == "tokenizer":
+        from .tokenizer_task import TokenizerTask
+
+        config = load_train_config(TokenizerTrainConfig, args.config, args.overrides)
+        task = TokenizerTask(config)
+    else:
+        from .transformer_task import TransformerTask
+
+        config = load_train_config(TransformerTrainConfig, args.config, args.overrides)
+        task = TransformerTask(config)
+    resume = None if args.resume == "none" else args.resume
+    quiet = args.quiet or not sys.stderr.isatty()
+    exported = train(task, config.run, config.optim, config_to_dict(config), resume=resume, quiet=quiet)
+    if exported is not None:
+        print(f"trained {config.run.steps} steps; model written to {exported}")
+    return 0
+
+
+def _add_cache(commands) -> None:
+    p = commands.add_parser(
+        "cache", help="encode a dataset once (codes, residuals, text features) for transformer training",
+        description="Run the frozen tokenizer and text encoder over an image-caption dataset and "
+                    "write a latent cache folder for `openhart train transformer`.",
+        epilog=CACHE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="image-caption folder, folder of .tar shards, or a .tar")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
+    p.add_argument("--text-encoder", required=True,
+                   help="local Hugging Face text encoder folder, or 'random' (tests only)")
+    p.add_argument("--resolution", type=int, required=True, help="square image size")
+    p.add_argument("--out", type=Path, required=True, help="cache folder to create")
+    p.add_argument("--context-tokens", type=int, default=300, help="text tokens per prompt (default 300)")
+    p.add_argument("--context-dim", type=int, default=64, help="width of the random text encoder")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--feature-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="storage dtype of the text features (default float32)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=run_cache)
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from ..data.latent_cache import build_latent_cache
+    from ..loading import load_tokenizer
+    from ..text.encoder import load_prompt_encoder
+    from ..text.random_encoder import random_prompt_encoder
+    from .tokenizer_task import open_dataset
+
+    if args.out.exists():
+        raise ValueError(f"{args.out} already exists; remove it or choose another --out")
+    if args.context_tokens < 1 or args.batch_size < 1:
+        raise ValueError("--context-tokens and --batch-size must be >= 1")
+    tokenizer = load_tokenizer(args.tokenizer, device=args.device)
+    tokenizer.scales_for_size(args.resolution)
+    dataset = open_dataset(args.data, args.resolution, random_crop=False)
+    if args.text_encoder == "random":
+        encoder = random_prompt_encoder(args.context_dim, args.context_tokens, device=args.device)
+        spec = {"kind": "random", "seed": 0}
+    else:
+        encoder = load_prompt_encoder(args.text_encoder, max_length=args.context_tokens, device=args.device)
+        spec = {"kind": "huggingface", "path": str(Path(args.text_encoder).resolve())}
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    with tqdm(total=total, desc="cache", unit="img", file=sys.stderr,
+              disable=args.quiet or not sys.stderr.isatty()) as bar:
+        samples = (sample for _, sample in dataset.stream(0, seed=0))
+        out, counts = build_latent_cache(samples, args.out, tokenizer=tokenizer, encoder=encoder,
+                                 text_encoder_spec=spec, resolution=args.resolution,
+                                 batch_size=args.batch_size, feature_dtype=args.feature_dtype,
+                                 progress=lambda done: bar.update(done - bar.n))
+    notes = [f"{counts['examples']} examples"]
+    if getattr(dataset, "skipped", 0):
+        notes.append(f"{dataset.skipped} unreadable images skipped")
+    if counts["truncated_captions"]:
+        notes.append(f"{counts['truncated_captions']} captions longer than {args.context_tokens} "
+                     "tokens were cut (raise --context-tokens to keep them whole)")
+    print(f"wrote {out} ({'; '.join(notes)})")
+    return 0
+
+
+def _add_export(commands) -> None:
+    p = commands.add_parser(
+        "export", help="turn a training checkpoint into a model folder",
+        description="Write the model of a training checkpoint as an openhart folder: a HART model "
+                    "(for `openhart generate --model` and HARTPipeline) or a tokenizer.",
+        epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a ckpt-*.pt file, a checkpoints/ folder or a run folder")
+    p.add_argument("out", type=Path, help="model folder to write")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="default: ema")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder's files")
+    p.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"{args.out} already exists; choose a new folder or pass --overwrite")
+    with torch.no_grad():
+        out = export_checkpoint(args.checkpoint, args.out, weights=args.weights)
+    print(f"wrote {out} ({args.weights} weights)")
+    return 0

@@ -1,0 +1,285 @@
+"""Transformer + residual-diffusion-head training on a latent cache (HART paper 3.2-3.3, spec 7.1).
+
+One step, for a batch of cached (codes, last-scale residual input, text features):
+1. Condition dropout: each example loses its text (zero features and zero positions: exactly the
+   unconditional branch of sampling) with probability `cond_drop_rate`.
+2. Token subsampling: a fraction of the last scale's tokens, drawn per step from a truncated
+   normal, is dropped from the sequence; each example keeps its own random subset.
+3. Teacher forcing over all scales -> cross-entropy against the ground-truth codes.
+4. The diffusion head learns the residual of every kept last-scale token: the target is the
+   latent minus the embedding of the code the model samples there (as at inference), each token
+   repeated `diffusion_batch_mul` times with its own timestep and noise.
+
+Every random draw comes from a generator keyed by (seed, step, example index), so the losses do
+not depend on the number of processes or on a resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import (
+    DiffusionHeadConfig,
+    HARTConfig,
+    SamplingConfig,
+    TransformerConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from ..data.latent_cache import CachedBatch, LatentCache, collate
+from ..diffusion.head import DiffusionHead
+from ..diffusion.schedule import DiffusionSchedule
+from ..images import image_grid, save_png, to_pil
+from ..loading import load_model, save_model
+from ..model import HARTModel
+from ..sampling import filter_logits, generate
+from ..seeding import keyed_generator
+from ..serialization import CheckpointError
+from ..tokenizer import HybridTokenizer
+from ..transformer.model import HARTTransformer
+from .checkpoint import load_checkpoint
+from .config import TransformerLossConfig, TransformerTrainConfig
+from .losses import diffusion_loss
+from .trainer import TrainingTask
+
+logger = logging.getLogger(__name__)
+
+
+def model_config_from(model: Any, tokenizer: HybridTokenizer, context_tokens: int,
+                      context_dim: int) -> HARTConfig:
+    """A preset ("tiny", "0.7b") or {"transformer": {...}, "head": {...}}, completed with the
+    fields that the tokenizer and the text encoder fix."""
+    if isinstance(model, str):
+        presets = {"tiny": ({"embed_dim": 64, "depth": 2, "num_heads": 4}, {"width": 48, "depth": 2}),
+                   "0.7b": ({}, {})}
+        if model not in presets:
+            raise ValueError(f"unknown model preset {model!r}; choose one of {sorted(presets)} or "
+                             "give {\"transformer\": {...}, \"head\": {...}}")
+        transformer, head = presets[model]
+    elif isinstance(model, dict):
+        unknown = sorted(set(model) - {"transformer", "head"})
+        if unknown:
+            raise ValueError(f"unknown model section(s) {unknown}; expected 'transformer' and 'head'")
+        transformer, head = dict(model.get("transformer", {})), dict(model.get("head", {}))
+    else:
+        raise ValueError(f"model must be a preset name or an object, got {model!r}")
+    tok = tokenizer.config
+    fixed = {"patch_nums": list(tok.patch_nums), "latent_channels": tok.latent_channels,
+             "vocab_size": tok.vocab_size, "context_tokens": context_tokens, "context_dim": context_dim}
+    for key, value in fixed.items():
+        if key in transformer and transformer[key] != value:
+            raise ValueError(f"model.transformer.{key} = {transformer[key]} but the tokenizer / text "
+                             f"encoder of the cache fix it to {value}; leave it out")
+    tf_config = config_from_dict(TransformerConfig, {**transformer, **fixed})
+    head_fixed = {"latent_channels": tok.latent_channels, "cond_dim": tf_config.embed_dim}
+    head_config = config_from_dict(DiffusionHeadConfig, {**head, **head_fixed})
+    return HARTConfig(tokenizer=tok, transformer=tf_config, head=head_config)
+
+
+class HARTTrainingModule(nn.Module):
+    """forward(batch, step) -> (loss, metrics); holds the trained transformer and head. The frozen
+    tokenizer (its codebook and Phi build the teacher-forcing inputs) is not part of its state."""
+
+    def __init__(self, config: HARTConfig, tokenizer: HybridTokenizer, losses: TransformerLossConfig,
+                 patch_nums: tuple[int, ...], seed: int, checkpointing: bool):
+        super().__init__()
+        self.transformer = HARTTransformer(config.transformer)
+        self.head = DiffusionHead(config.head)
+        self.head.initialize_weights()
+        self.__dict__["tokenizer"] = tokenizer.eval().requires_grad_(False)
+        self.losses, self.patch_nums, self.seed = losses, patch_nums, seed
+        self.checkpointing = checkpointing
+        self.schedule = DiffusionSchedule.cosine(config.head.num_train_timesteps)
+
+    def forward(self, batch: CachedBatch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg, patch_nums = self.losses, self.patch_nums
+        device, B = batch.context.device, batch.size
+        l = patch_nums[-1] ** 2
+        generators = [keyed_generator("example", self.seed, step, int(i), device=device)
+                      for i in batch.indices]
+
+        # 1. condition dropout: zero features and zero positions, the unconditional branch
+        dropped = torch.stack([torch.rand((), generator=g, device=device) for g in generators]) < cfg.cond_drop_rate
+        context = batch.context.masked_fill(dropped[:, None, None], 0.0)
+        position_ids = batch.position_ids.masked_fill(dropped[:, None], 0)
+
+        # 2. which last-scale tokens stay in the sequence
+        kept = kept_token_count(l, cfg, keyed_generator("mask-rate", self.seed, step))
+        keep = None
+        if kept < l:
+            keep = torch.stack([torch.randperm(l, generator=g, device=device)[:kept].sort().values
+                                for g in generators])
+
+        # 3. teacher forcing and cross-entropy
+        with torch.no_grad():
+            inputs = self.tokenizer.quantizer.teacher_forcing_input(batch.codes, patch_nums)
+        out = self.transformer(context, position_ids, inputs, patch_nums=patch_nums,
+                               last_scale_keep_Bn=keep, checkpointing=self.checkpointing)
+        last_codes = batch.codes[-1] if keep is None else torch.gather(batch.codes[-1], 1, keep)
+        targets = torch.cat([*batch.codes[:-1], last_codes], dim=1)
+        ce = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+
+        # 4. the residual diffusion loss on the kept last-scale tokens
+        hidden_last, logits_last = out.hidden[:, -kept:], out.logits[:, -kept:].detach()
+        with torch.no_grad():
+            if cfg.diffusion_code == "sampled":
+                filtered = filter_logits(logits_last.float(), cfg.diffusion_top_k, cfg.diffusion_top_p)
+                codes = torch.stack([torch.multinomial(filtered[b].softmax(-1), 1, generator=g)[:, 0]
+                                     for b, g in enumerate(generators)])
+            else:
+                codes = last_codes
+            code_vectors = self.tokenizer.quantizer.codebook(codes).float()
+            last_input = batch.last_scale_input if keep is None else torch.gather(
+                batch.last_scale_input, 1, keep[..., None].expand(-1, -1, batch.last_scale_input.shape[-1]))
+            target = (last_input - code_vectors).repeat_interleave(cfg.diffusion_batch_mul, dim=1)
+        condition = self.transformer.diffusion_condition(hidden_last, code_vectors)
+        condition = condition.repeat_interleave(cfg.diffusion_batch_mul, dim=1)
+        rows = kept * cfg.diffusion_batch_mul
+        t = torch.cat([torch.randint(0, self.schedule.num_steps, (rows,), generator=g, device=device)
+                       for g in generators])
+        noise = torch.cat([torch.randn(rows, target.shape[-1], generator=g, device=device)
+                           for g in generators])
+        diff = diffusion_loss(self.head, self.schedule, target.flatten(0, 1), condition.flatten(0, 1),
+                              t_N=t, noise_NC=noise)
+
+        loss = cfg.ce * ce + cfg.diffusion * diff
+        with torch.no_grad():
+            accuracy = (out.logits.argmax(-1) == targets).float().mean()
+        metrics = {"ce": ce.detach(), "diffusion": diff.detach(), "accuracy": accuracy,
+                   "kept_tokens": torch.tensor(float(kept)), "dropped_text": dropped.float().mean()}
+        return loss, metrics
+
+
+def kept_token_count(l: int, cfg: TransformerLossConfig, generator: torch.Generator) -> int:
+    """Last-scale tokens kept this step: l - ceil(l * rate), rate ~ N(max, std) truncated to
+    [min, max] (HART: mean 1.0, std 0.25 on [0.5, 1]), at least `min_kept_tokens` (or l)."""
+    lo, hi = cfg.mask_rate_min, cfg.mask_rate_max
+    if hi <= 0:
+        return l
+    while True:  # rejection sampling of the truncated normal
+        rate = hi + cfg.mask_rate_std * float(torch.randn((), generator=generator))
+        if lo <= rate <= hi:
+            break
+    masked = min(math.ceil(l * rate), l - min(cfg.min_kept_tokens, l))
+    return l - masked
+
+
+class TransformerTask(TrainingTask):
+    kind = "transformer"
+
+    def __init__(self, config: TransformerTrainConfig):
+        self.config = config
+        self.cache = LatentCache(config.cache)
+        self.tokenizer = self.cache.load_tokenizer()
+        encoder = self.cache.text_encoder
+        self.model_config = model_config_from(config.model, self.tokenizer, encoder["context_tokens"],
+                                              encoder["context_dim"])
+        self.patch_nums = self.cache.patch_nums
+        if self.patch_nums != self.model_config.transformer.patch_nums[: len(self.patch_nums)]:
+            raise ValueError(f"the cache's scales {list(self.patch_nums)} are not a prefix of the "
+                             f"model's {list(self.model_config.transformer.patch_nums)}")
+        self.init_state = _initial_weights(config.init_from, self.model_config) if config.init_from else None
+        self._prompts = None
+
+    def build(self, device: torch.device) -> nn.Module:
+        module = HARTTrainingModule(self.model_config, self.tokenizer.to(device), self.config.losses,
+                                    self.patch_nums, self.config.run.seed, self.config.checkpointing)
+        if self.init_state is not None:
+            missing, unexpected = module.load_state_dict(self.init_state, strict=False)
+            if missing or unexpected:
+                raise CheckpointError(f"init_from {self.config.init_from} does not fit this model: "
+                                      f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+            logger.info("initialised the transformer and head from %s", self.config.init_from)
+        return module.to(device)
+
+    def shard_units(self, module: nn.Module) -> list[nn.Module]:
+        return [*module.transformer.blocks, module.head]
+
+    def architecture(self) -> dict:
+        return {"hart": config_to_dict(self.model_config)}
+
+    def dataset(self):
+        return self.cache
+
+    def collate(self, examples: list, device: torch.device) -> CachedBatch:
+        return collate(examples, self.patch_nums, device)
+
+    def batch_counts(self, batch: CachedBatch) -> dict[str, int]:
+        return {"images": batch.size, "tokens": batch.size * sum(pn * pn for pn in self.patch_nums)}
+
+    def extra_state(self, dist) -> dict[str, Any]:
+        return {"text_encoder": self.cache.text_encoder}
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        return {f"tokenizer.{k}": v.detach().cpu() for k, v in self.tokenizer.state_dict().items()}
+
+    def model_from(self, state: dict[str, torch.Tensor]) -> HARTModel:
+        model = HARTModel(self.model_config)
+        model.load_state_dict({**self.frozen_state(), **state})
+        return model.eval()
+
+    @torch.no_grad()
+    def write_samples(self, step: int, state: dict[str, torch.Tensor], folder: Path) -> dict[str, float]:
+        prompts = self._sample_prompts()
+        if prompts is None:
+            return {}
+        features, positions = prompts
+        model = self.model_from(state)
+        samples = self.config.samples
+        generator = torch.Generator().manual_seed(samples.seed)
+        out = generate(model, features, positions, SamplingConfig(cfg_scale=samples.cfg_scale),
+                       generator, patch_nums=self.patch_nums)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_png(image_grid(to_pil(out.images), columns=min(4, len(out.images))),
+                 folder / f"step-{step:08d}.png", {"prompts": " | ".join(samples.prompts)})
+        return {}
+
+    def _sample_prompts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self._prompts is None:
+            encoder = text_encoder_from_spec(self.cache.text_encoder)
+            if encoder is None:
+                return None
+            embedding = encoder.encode(list(self.config.samples.prompts))
+            self._prompts = (embedding.features.float(), embedding.position_ids)
+        return self._prompts
+
+    def export(self, state: dict[str, torch.Tensor], folder: Path) -> Path:
+        return save_model(self.model_from(state), folder, text_encoder=self.cache.text_encoder)
+
+
+def text_encoder_from_spec(spec: dict):
+    """The text encoder a cache was made with, or None (with a warning) if it is not available."""
+    from ..text.encoder import load_prompt_encoder
+    from ..text.random_encoder import random_prompt_encoder
+
+    if spec.get("kind") == "random":
+        return random_prompt_encoder(spec["context_dim"], spec["context_tokens"], seed=spec.get("seed", 0))
+    path = spec.get("path")
+    if path and Path(path).is_dir():
+        return load_prompt_encoder(path, max_length=spec["context_tokens"])
+    logger.warning("the text encoder of the cache (%s) is not available here: no sample images", path)
+    return None
+
+
+def _initial_weights(path: str, config: HARTConfig) -> dict[str, torch.Tensor]:
+    """Transformer and head weights of a training checkpoint (EMA if any) or of a model folder."""
+    source = Path(path)
+    if not source.exists():
+        raise CheckpointError(f"init_from not found: {source}")
+    if source.is_dir() and (source / "config.json").is_file():
+        state = load_model(source).state_dict()
+    else:
+        checkpoint = load_checkpoint(source)
+        if checkpoint.get("kind") != "transformer":
+            raise CheckpointError(f"init_from {source} is a {checkpoint.get('kind')} checkpoint, "
+                                  "not a transformer one")
+        state = checkpoint.get("ema") or checkpoint["model"]
+    return {k: v for k, v in state.items() if k.startswith(("transformer.", "head."))}
+
