@@ -72,8 +72,8 @@ def transformer_config(out: Path, cache: Path, **sections) -> dict:
 def _merge(config: dict, sections: dict) -> dict:
     """Update sections of a config: dicts are merged key by key, other values replace."""
     for name, values in sections.items():
-        if isinstance(values, dict):
-            config.setdefault(name, {}).update(values)
+        if isinstance(values, dict) and isinstance(config.get(name), dict):
+            config[name].update(values)
         else:
             config[name] = values
     return config

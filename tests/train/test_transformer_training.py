@@ -1,0 +1,118 @@
+import dataclasses
+
+import pytest
+import torch
+
+from openhart.config import config_to_dict
+from openhart.data.latent_cache import LatentCache, collate
+from openhart.pipeline import HARTPipeline
+from openhart.train.config import TransformerLossConfig, TransformerTrainConfig, train_config_from_dict
+from openhart.train.trainer import train
+from openhart.train.transformer_task import HARTTrainingModule, TransformerTask, kept_token_count
+
+from .conftest import make_cache, metrics, transformer_config
+
+
+def _train(config: dict):
+    cfg = train_config_from_dict(TransformerTrainConfig, config)
+    return train(TransformerTask(cfg), cfg.run, cfg.optim, config_to_dict(cfg), quiet=True)
+
+
+def test_cross_entropy_and_diffusion_loss_drop(latent_cache, tmp_path):
+    config = transformer_config(tmp_path / "run", latent_cache, run={"steps": 60, "log_every": 10},
+                                optim={"lr": 2e-3, "warmup_steps": 5, "ema_decay": 0.9})
+    _train(config)
+    lines = metrics(tmp_path / "run")
+    first, last = lines[0], lines[-1]
+    assert last["ce"] < first["ce"] - 0.5, [m["ce"] for m in lines]
+    assert last["diffusion"] < 0.8 * first["diffusion"], [m["diffusion"] for m in lines]
+    assert last["accuracy"] > first["accuracy"]
+    assert {"images_per_s", "tokens_per_s", "lr", "grad_norm"} <= set(last)
+
+
+def test_export_generates_images_through_the_pipeline(latent_cache, tmp_path):
+    from openhart.cli import main
+    config = transformer_config(tmp_path / "run", latent_cache, run={"steps": 4, "checkpoint_every": 2})
+    exported = _train(config)
+    assert (exported / "model.safetensors").is_file()
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "exported")]) == 0
+    assert main(["export", str(tmp_path / "run" / "checkpoints" / "ckpt-00000002.pt"),
+                 str(tmp_path / "raw2"), "--weights", "raw"]) == 0
+    for folder in (exported, tmp_path / "exported", tmp_path / "raw2"):
+        pipe = HARTPipeline.from_pretrained(folder, text_encoder="random", dtype=torch.float32)
+        out = pipe("a red circle", seed=0)
+        assert out.images[0].size == (64, 64)
+    # the trainer's own export and `openhart export` of the last checkpoint are the same weights
+    from safetensors.torch import load_file
+    a, b = load_file(exported / "model.safetensors"), load_file(tmp_path / "exported" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _module(cache_path, **losses):
+    cache = LatentCache(cache_path)
+    task = TransformerTask(train_config_from_dict(TransformerTrainConfig, transformer_config(
+        "unused", cache_path, losses={"min_kept_tokens": 16, **losses})))
+    torch.manual_seed(0)
+    module = task.build(torch.device("cpu"))
+    batch = collate([cache.get(i) for i in range(4)], cache.patch_nums, torch.device("cpu"))
+    return module, batch
+
+
+def test_dropping_the_condition_is_the_unconditional_branch(latent_cache):
+    module, batch = _module(latent_cache, cond_drop_rate=1.0, diffusion_code="ground_truth")
+    loss, metrics_ = module(batch, 0)
+    assert metrics_["dropped_text"] == 1.0
+    other = dataclasses.replace(batch, context=torch.randn_like(batch.context),
+                                position_ids=torch.randint(0, 8, batch.position_ids.shape))
+    assert torch.equal(module(other, 0)[0], loss)  # the text is gone: features and positions
+    kept, _ = _module(latent_cache, cond_drop_rate=0.0, diffusion_code="ground_truth")
+    assert kept(batch, 0)[1]["dropped_text"] == 0.0
+
+
+def test_losses_depend_on_the_example_not_on_its_batch(latent_cache):
+    """Randomness keyed by (seed, step, example): a batch split in two gives the same losses."""
+    module, batch = _module(latent_cache)
+    whole = module(batch, 3)[1]
+    halves = [module(_slice(batch, s), 3)[1] for s in (slice(0, 2), slice(2, 4))]
+    for key in ("ce", "diffusion"):
+        torch.testing.assert_close((halves[0][key] + halves[1][key]) / 2, whole[key], rtol=1e-5, atol=1e-6)
+
+
+def _slice(batch, s):
+    return dataclasses.replace(batch, indices=batch.indices[s], codes=[c[s] for c in batch.codes],
+                               last_scale_input=batch.last_scale_input[s], context=batch.context[s],
+                               position_ids=batch.position_ids[s])
+
+
+def test_kept_token_count_follows_the_truncated_normal():
+    cfg = TransformerLossConfig()
+    counts = [kept_token_count(4096, cfg, torch.Generator().manual_seed(i)) for i in range(400)]
+    assert min(counts) >= 32 and max(counts) <= 2048
+    mean_rate = 1 - sum(counts) / len(counts) / 4096
+    # mean of N(1, 0.25) truncated to [0.5, 1]: 1 - 0.25 * phi(0) / (Phi(0) - Phi(-2)) = 0.8206
+    assert mean_rate == pytest.approx(0.8206, abs=0.015)
+    everything = TransformerLossConfig(mask_rate_min=0.0, mask_rate_max=0.0)
+    assert kept_token_count(256, everything, torch.Generator()) == 256
+
+
+def test_progressive_resolution_continues_from_the_low_resolution_stage(shapes_dir, tiny_tokenizer_dir, tmp_path):
+    low = make_cache(shapes_dir, tiny_tokenizer_dir, tmp_path / "c32", 32)
+    assert LatentCache(low).patch_nums == (1, 2, 3, 4, 6, 8)
+    _train(transformer_config(tmp_path / "low", low, run={"steps": 4}))
+    full = make_cache(shapes_dir, tiny_tokenizer_dir, tmp_path / "c64", 64)
+    stage2 = transformer_config(tmp_path / "high", full, run={"steps": 1},
+                                init_from=str(tmp_path / "low" / "checkpoints"))
+    task = TransformerTask(train_config_from_dict(TransformerTrainConfig, stage2))
+    module = task.build(torch.device("cpu"))
+    low_state = torch.load(sorted((tmp_path / "low" / "checkpoints").glob("*.pt"))[-1], weights_only=True)["ema"]
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, low_state[key]), key
+    _train(stage2)
+    assert metrics(tmp_path / "high")[0]["step"] == 1
+
+
+def test_activation_checkpointing_and_bf16_autocast_run(latent_cache, tmp_path):
+    config = transformer_config(tmp_path / "run", latent_cache, checkpointing=True,
+                                run={"steps": 2, "precision": "bf16"})
+    _train(config)
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics(tmp_path / "run"))
