@@ -16,7 +16,7 @@ from openhart.text.random_encoder import random_prompt_encoder
 from openhart.tokenizer import HybridTokenizer
 from openhart.train.tokenizer_task import open_dataset
 
-from ..helpers.synthetic import write_shapes
+from openhart.data.synthetic import write_shapes
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -95,7 +95,7 @@ def test_transformer_config_cannot_contradict_the_cache(latent_cache, tmp_path, 
     assert code == 2 and "vocab_size" in err and "leave it out" in err
 
 
-@pytest.mark.parametrize("command", ["train", "cache", "export"])
+@pytest.mark.parametrize("command", ["data", "train", "cache", "export"])
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -35,10 +35,40 @@ examples:
 """
 
 
+DATA_EXAMPLES = """\
+examples:
+  openhart data shapes data/shapes --count 512 --size 64
+      coloured circles and squares with captions ("a red circle"), for smoke runs of training
+"""
+
+
 def add_commands(commands) -> None:
+    _add_data(commands)
     _add_train(commands)
     _add_cache(commands)
     _add_export(commands)
+
+
+def _add_data(commands) -> None:
+    p = commands.add_parser(
+        "data", help="build an image-caption dataset folder",
+        description="Write an image-caption folder (images + metadata.jsonl) in the training format.",
+        epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=("shapes",), help="which dataset")
+    p.add_argument("out", type=Path, help="folder to create")
+    p.add_argument("--count", type=int, default=512, help="number of images (default 512)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.set_defaults(handler=run_data)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from ..data.synthetic import write_shapes
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ValueError(f"{args.out} exists and is not empty; choose a new folder")
+    write_shapes(args.out, count=args.count, size=args.size)
+    print(f"wrote {args.count} images with captions to {args.out}")
+    return 0
 
 
 def _add_train(commands) -> None:

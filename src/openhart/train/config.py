@@ -40,6 +40,7 @@ class RunConfig:
         checkpoint_every: steps between checkpoints (and one at the end).
         keep_checkpoints: how many of the newest checkpoints to keep.
         sample_every: steps between sample images (0: none).
+        sample_at: further steps at which to write sample images.
         tensorboard: also write TensorBoard events (needs the `tensorboard` package).
     """
 
@@ -54,6 +55,7 @@ class RunConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     sample_every: int = 0
+    sample_at: tuple[int, ...] = ()
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
@@ -319,7 +321,7 @@ def load_train_config(cls: type[C], path: str | os.PathLike, overrides: list[str
         for part in parents:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise ValueError(f"--set {key}: {part} is not a section")
+                raise ValueError(f"--set {key}: {part} is {target!r}, not a section of keys")
         target[last] = value
     try:
         return train_config_from_dict(cls, data)

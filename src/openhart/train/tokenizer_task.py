@@ -187,7 +187,9 @@ class TokenizerTask(TrainingTask):
         counts = dist.sum(self.code_counts.clone())
         self.code_counts.zero_()
         used = float((counts > 0).double().mean())
-        return {"codebook_usage": used, "dead_code_fraction": 1.0 - used}
+        skipped = dist.sum(torch.tensor([float(getattr(self._dataset, "skipped", 0))], dtype=torch.float64))
+        return {"codebook_usage": used, "dead_code_fraction": 1.0 - used,
+                "skipped_images": float(skipped[0])}
 
     def extra_state(self, dist: Distributed) -> dict[str, Any]:
         if self.discriminator is None:

@@ -170,12 +170,13 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
                         for key, value in record.items():
                             if key != "step":
                                 writer.add_scalar(key, value, step)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
                 window = {"start": time.perf_counter(), "steps": 0, "images": 0, "tokens": 0, "sums": {}}
             if step % run.checkpoint_every == 0 or step == run.steps:
                 _save(ckpt_dir, step, model, optimizer, scheduler, ema, stream, task, dist, run,
                       train_config)
-            if run.sample_every and (step % run.sample_every == 0 or step == run.steps):
+            if (run.sample_every and (step % run.sample_every == 0 or step == run.steps)) or step in run.sample_at:
                 state = _full_weights(model, ema)
                 if dist.is_main:
                     sample_metrics = task.write_samples(step, state, out / "samples")
@@ -214,10 +215,18 @@ def _full_weights(model: nn.Module, ema: EMA | None) -> dict[str, torch.Tensor]:
     return _model_state(model)
 
 
-def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _state_options():
+    """Full (unsharded) state dicts; with a process group, gathered on CPU of the main process."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    import torch.distributed as dist
+    return StateDictOptions(full_state_dict=True, cpu_offload=dist.is_initialized())
+
+
+def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_state_options())
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
@@ -231,9 +240,9 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 
 def _save(ckpt_dir: Path, step: int, model, optimizer, scheduler, ema, stream, task, dist, run,
           train_config) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True)
+    options = _state_options()
     state = {
         "kind": task.kind,
         "config": task.architecture(),

@@ -1,4 +1,7 @@
-"""A tiny synthetic image-caption dataset: coloured shapes on plain backgrounds."""
+"""A synthetic image-caption dataset: coloured shapes on plain backgrounds, captioned.
+
+`openhart data shapes OUT` writes it; tests and smoke runs train on it without any download.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,11 @@ SHAPES = ("circle", "square")
 
 
 def write_shapes(folder: Path, count: int = 8, size: int = 64, metadata: bool = True) -> Path:
-    """`count` images `size` x `size`: shape i % 2, colour i % 4, position varied by i."""
+    """`count` images `size` x `size` with a `metadata.jsonl` (or `.txt` sidecars): colour i % 4,
+    shape (i // 4) % 2, background, size and position varied by i."""
+    if count < 1 or size < 8:
+        raise ValueError(f"need count >= 1 and size >= 8, got count={count}, size={size}")
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(count):
