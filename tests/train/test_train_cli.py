@@ -7,7 +7,7 @@ import torch
 
 from openhart.cli import main
 
-from .conftest import tokenizer_config, transformer_config, write_config
+from .conftest import REPO, tokenizer_config, transformer_config, write_config
 
 
 def _run(capsys, *args):
@@ -100,3 +100,11 @@ def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    from openhart.train.config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
+    cls = TokenizerTrainConfig if path.name.startswith("tokenizer") else TransformerTrainConfig
+    config = load_train_config(cls, path)
+    assert config.run.output_dir.startswith("runs/")

@@ -171,8 +171,7 @@ def build_latent_cache(samples: Iterable[Sample], out: str | os.PathLike, *, tok
         raise FileExistsError(f"{out} already exists; remove it or choose another --out")
     if feature_dtype not in FEATURE_DTYPES:
         raise ValueError(f"feature dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"parent folder does not exist: {out.parent}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     patch_nums = tokenizer.scales_for_size(resolution)
     device = next(tokenizer.parameters()).device
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

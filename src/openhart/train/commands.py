@@ -191,6 +191,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"{args.out} already exists; choose a new folder or pass --overwrite")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         out = export_checkpoint(args.checkpoint, args.out, weights=args.weights)
     print(f"wrote {out} ({args.weights} weights)")
