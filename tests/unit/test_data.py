@@ -137,3 +137,24 @@ def test_a_stream_with_nothing_readable_stops_with_a_clear_error(sidecar_folder)
         png.write_bytes(b"broken")
     with pytest.raises(ValueError, match="no readable example"):
         BatchStream(ImageCaptionFolder(sidecar_folder, 8), 2, seed=0).next_batch()
+
+
+def test_prefetching_gives_the_same_batches_and_positions(sidecar_folder):
+    from openhart.data.stream import BatchStream
+    data = ImageCaptionFolder(sidecar_folder, 8, random_crop=True)
+    plain, ahead = BatchStream(data, 2, seed=4), BatchStream(data, 2, seed=4, prefetch=3)
+    for _ in range(7):
+        a, b = plain.next_batch(), ahead.next_batch()
+        assert [s.key for s in a] == [s.key for s in b] and plain.position == ahead.position
+        assert all(torch.equal(x.image, y.image) for x, y in zip(a, b))
+    resumed = BatchStream(data, 2, seed=4, prefetch=2)
+    resumed.position = ahead.position  # set before the first batch, as a resume does
+    assert [s.key for s in resumed.next_batch()] == [s.key for s in plain.next_batch()]
+
+
+def test_errors_of_the_prefetch_thread_reach_the_caller(sidecar_folder):
+    from openhart.data.stream import BatchStream
+    for png in sidecar_folder.glob("*.png"):
+        png.write_bytes(b"broken")
+    with pytest.raises(ValueError, match="no readable example"):
+        BatchStream(ImageCaptionFolder(sidecar_folder, 8), 2, seed=0, prefetch=2).next_batch()

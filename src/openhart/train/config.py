@@ -42,6 +42,7 @@ class RunConfig:
         sample_every: steps between sample images (0: none).
         sample_at: further steps at which to write sample images.
         tensorboard: also write TensorBoard events (needs the `tensorboard` package).
+        prefetch_batches: batches prepared ahead by a background thread (0: none).
     """
 
     output_dir: str
@@ -57,6 +58,7 @@ class RunConfig:
     sample_every: int = 0
     sample_at: tuple[int, ...] = ()
     tensorboard: bool = False
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         name = "run config"
@@ -65,6 +67,8 @@ class RunConfig:
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 _fail(name, f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.prefetch_batches < 0:
+            _fail(name, f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if self.sample_every < 0:
             _fail(name, f"sample_every must be >= 0 (0 = no samples), got {self.sample_every}")
         if self.precision not in PRECISIONS:

@@ -119,7 +119,7 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
         from ..data.stream import BatchStream
 
         stream = BatchStream(task.dataset(), run.batch_size // dist.world_size, run.seed,
-                             dist.rank, dist.world_size)
+                             dist.rank, dist.world_size, prefetch=run.prefetch_batches)
         step = 0
         if resumed is not None:
             step = _restore(resumed, model, optimizer, scheduler, ema, stream, task, dist)
