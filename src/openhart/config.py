@@ -320,6 +320,10 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(fields)}")
+    missing = sorted(name for name, f in fields.items() if name not in data and f.init
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"{cls.__name__} is missing required field(s) {missing}")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(cls.__name__, name, hints[name], value) for name, value in data.items()}
     return cls(**kwargs)

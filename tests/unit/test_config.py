@@ -78,3 +78,9 @@ def test_0p7b_presets_at_other_sizes():
     assert hart_0p7b(512).image_size == 512
     with pytest.raises(ValueError, match="multiple of 16"):
         hart_0p7b(500)
+
+
+def test_missing_required_fields_are_named():
+    from openhart.train.config import TransformerTrainConfig
+    with pytest.raises(ValueError, match=r"missing required field\(s\) \['cache'\]"):
+        config_from_dict(TransformerTrainConfig, {"run": {"output_dir": "r", "steps": 1, "batch_size": 1}})

@@ -48,7 +48,21 @@ def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size
     return order[rank::world_size]
 
 
-class ImageCaptionFolder:
+class StreamingDataset:
+    """Datasets read as streams: `stream` yields (position, sample), `iterate` the samples."""
+
+    def stream(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+               start: int = 0) -> Iterator[tuple[int, Sample]]:
+        raise NotImplementedError
+
+    def iterate(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+                start: int = 0) -> Iterator[Sample]:
+        """This rank's examples of `epoch`, from position `start` on."""
+        for _, sample in self.stream(epoch, seed, rank, world_size, start):
+            yield sample
+
+
+class ImageCaptionFolder(StreamingDataset):
     """A folder of images with captions from `metadata.jsonl` (`file_name`, `text`, as Hugging Face
     image folders write it) or, without it, from a `.txt` file of the same name beside each image.
     """
@@ -112,16 +126,11 @@ class ImageCaptionFolder:
             return None
         return Sample(image=tensor, caption=caption, key=str(path.relative_to(self.root)), index=index)
 
-    def iterate(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
-                start: int = 0) -> Iterator[Sample]:
-        """This rank's examples of `epoch` in their seeded order, from position `start` on."""
-        for _, sample in self.stream(epoch, seed, rank, world_size, start):
-            yield sample
-
     def stream(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
                start: int = 0) -> Iterator[tuple[int, Sample]]:
-        """Like `iterate`, with the position after each example in this rank's share of the epoch
-        (what a resume passes back as `start`)."""
+        """This rank's examples of `epoch` in their seeded order, from position `start` on, each
+        with the position after it in this rank's share of the epoch (what a resume passes back
+        as `start`)."""
         order = epoch_order(len(self), seed, epoch, rank, world_size)
         for position in range(start, len(order)):
             index = order[position]
@@ -130,7 +139,7 @@ class ImageCaptionFolder:
                 yield position + 1, sample
 
 
-class TarShards:
+class TarShards(StreamingDataset):
     """WebDataset-style tar shards: members grouped by key, an image (`.png/.jpg/...`) and a
     caption (`.txt`, or `.json` with a `text` field) per key. Shards are split across ranks."""
 
@@ -145,16 +154,11 @@ class TarShards:
         self.random_crop = random_crop
         self.skipped = 0
 
-    def iterate(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
-                start: int = 0) -> Iterator[Sample]:
-        """This rank's shards of `epoch` in a seeded order, their examples in file order."""
-        for _, sample in self.stream(epoch, seed, rank, world_size, start):
-            yield sample
-
     def stream(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
                start: int = 0) -> Iterator[tuple[int, Sample]]:
-        """Examples with the count of examples of this rank's epoch read so far (unreadable ones
-        included); `start` skips that many without decoding their images."""
+        """This rank's shards of `epoch` in a seeded order, their examples in file order, each
+        with the count of examples of this rank's epoch read so far (unreadable ones included);
+        `start` skips that many without decoding their images."""
         order = epoch_order(len(self.shards), seed, epoch)
         position = 0
         for shard in [self.shards[i] for i in order][rank::world_size]:
