@@ -91,3 +91,20 @@ def test_an_image_size_the_tokenizer_cannot_take_fails_before_compute(shapes_dir
     cfg = train_config_from_dict(TokenizerTrainConfig, tokenizer_config(tmp_path, shapes_dir, data={"resolution": 40}))
     with pytest.raises(ValueError, match="cannot take 40x40"):
         TokenizerTask(cfg)
+
+
+def test_training_reads_webdataset_tar_shards(shapes_dir, tmp_path):
+    import tarfile
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    images = sorted(shapes_dir.glob("*.png"))
+    for index, chunk in enumerate((images[:4], images[4:])):
+        with tarfile.open(shards / f"shard-{index:03d}.tar", "w") as tar:
+            for path in chunk:
+                tar.add(path, arcname=f"{path.stem}.png")
+                caption = tmp_path / f"{path.stem}.txt"
+                caption.write_text("a shape")
+                tar.add(caption, arcname=f"{path.stem}.txt")
+    config = tokenizer_config(tmp_path / "run", shards, run={"steps": 2, "tensorboard": True})
+    _train(config)  # tensorboard is not installed: a warning, not a failure
+    assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2]
