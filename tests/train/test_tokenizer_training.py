@@ -108,3 +108,17 @@ def test_training_reads_webdataset_tar_shards(shapes_dir, tmp_path):
     config = tokenizer_config(tmp_path / "run", shards, run={"steps": 2, "tensorboard": True})
     _train(config)  # tensorboard is not installed: a warning, not a failure
     assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_dead_codes_restart_onto_looked_up_vectors(shapes_dir, tmp_path):
+    config = tokenizer_config(tmp_path / "run", shapes_dir, run={"steps": 4},
+                              losses={"restart_dead_codes_every": 2})
+    exported = _train(config)
+    lines = metrics(tmp_path / "run")
+    assert lines[-1]["restarted_codes"] > 0 and lines[0]["restarted_codes"] == 0
+    from openhart.config import tokenizer_tiny
+    from openhart.tokenizer import HybridTokenizer
+    torch.manual_seed(0)
+    fresh = HybridTokenizer(tokenizer_tiny())
+    moved = (load_tokenizer(exported).quantizer.codebook.weight - fresh.quantizer.codebook.weight).norm(dim=1)
+    assert (moved > 0.1).sum() >= lines[-1]["restarted_codes"] * 0.5

@@ -47,11 +47,14 @@ class TrainingQuantization:
         vq_loss: mean over scales of beta * ||sg(f_hat_k) - f||^2 + ||f_hat_k - sg(f)||^2, where
             f_hat_k is the running sum of the refined code maps up to scale k.
         indices: codes per scale, (B, pn**2) each.
+        queries: the vectors that were looked up, every scale's rows concatenated (N, Cv)
+            (candidates for restarting unused codes).
     """
 
     f_hat: torch.Tensor
     vq_loss: torch.Tensor
     indices: list[torch.Tensor]
+    queries: torch.Tensor
 
 
 class PhiRefiners(nn.Module):
@@ -139,11 +142,12 @@ class MultiScaleQuantizer(nn.Module):
         f_rest = f_detached.clone()
         f_hat = torch.zeros_like(f_detached)
         vq_loss = f_BChw.new_zeros(())
-        indices = []
+        indices, queries = [], []
         for si, pn in enumerate(patch_nums):
             with torch.no_grad():
                 z_BChw = area_downsample(f_rest, pn)
-                idx_N = self.lookup(rearrange(z_BChw, "b c h w -> (b h w) c").float())
+                queries.append(rearrange(z_BChw, "b c h w -> (b h w) c").float())
+                idx_N = self.lookup(queries[-1])
             indices.append(idx_N.reshape(B, pn * pn))
             h_BChw = self.embed(indices[-1], pn)
             if si < len(patch_nums) - 1:
@@ -152,7 +156,24 @@ class MultiScaleQuantizer(nn.Module):
             f_rest = f_rest - h_BChw.detach()
             vq_loss = vq_loss + beta * F.mse_loss(f_hat.detach(), f_BChw) + F.mse_loss(f_hat, f_detached)
         f_hat_st = (f_hat.detach() - f_detached) + f_BChw
-        return TrainingQuantization(f_hat=f_hat_st, vq_loss=vq_loss / len(patch_nums), indices=indices)
+        return TrainingQuantization(f_hat=f_hat_st, vq_loss=vq_loss / len(patch_nums), indices=indices,
+                                    queries=torch.cat(queries))
+
+    @torch.no_grad()
+    def restart_codes(self, unused_V: torch.Tensor, queries_NC: torch.Tensor,
+                      generator: torch.Generator) -> int:
+        """Move unused codes onto randomly chosen looked-up vectors (dead-code restart).
+
+        Returns:
+            how many codes were moved.
+        """
+        dead = unused_V.nonzero().flatten()
+        if not len(dead) or not len(queries_NC):
+            return 0
+        rows = torch.randint(0, len(queries_NC), (len(dead),), generator=generator)
+        weight = self.codebook.weight
+        weight[dead.to(weight.device)] = queries_NC[rows].to(device=weight.device, dtype=weight.dtype)
+        return len(dead)
 
     # ----- codes -> latent -------------------------------------------------------------------------
 

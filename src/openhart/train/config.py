@@ -150,6 +150,8 @@ class TokenizerLossConfig:
         perceptual: weight of the perceptual loss; needs `perceptual_weights`.
         perceptual_weights: a local TorchScript feature network (image in [-1, 1] -> a list of
             feature maps) for the perceptual loss; never downloaded.
+        restart_dead_codes_every: every this many steps, codes no step used since the last
+            restart move onto vectors the quantizer looked up (0: never).
     """
 
     l1: float = 0.0
@@ -160,9 +162,12 @@ class TokenizerLossConfig:
     gan_start_step: int = 0
     perceptual: float = 0.0
     perceptual_weights: str | None = None
+    restart_dead_codes_every: int = 0
 
     def __post_init__(self) -> None:
         name = "tokenizer loss config"
+        if self.restart_dead_codes_every < 0:
+            _fail(name, "restart_dead_codes_every must be >= 0 (0 = never)")
         for key in ("l1", "l2", "vq", "gan", "perceptual"):
             if getattr(self, key) < 0:
                 _fail(name, f"{key} must be >= 0, got {getattr(self, key)}")

@@ -98,7 +98,8 @@ class TokenizerTrainingModule(nn.Module):
                 p.requires_grad_(True)
             loss = loss + losses.gan * adversarial
             metrics["gan_g"] = adversarial.detach()
-        self.last = {"recon": recon.detach(), "indices": [i.detach() for i in quantized.indices]}
+        self.last = {"recon": recon.detach(), "indices": [i.detach() for i in quantized.indices],
+                     "queries": quantized.queries}
         return loss, metrics
 
 
@@ -121,6 +122,8 @@ class TokenizerTask(TrainingTask):
         self.disc_optimizer = None
         self.module: TokenizerTrainingModule | None = None
         self.code_counts = torch.zeros(self.model_config.vocab_size, dtype=torch.float64)
+        self.restart_counts = torch.zeros_like(self.code_counts)
+        self.restarted = 0
 
     # ----- the model ---------------------------------------------------------------------------
 
@@ -170,7 +173,12 @@ class TokenizerTask(TrainingTask):
     def auxiliary_step(self, batch: torch.Tensor, step: int, dist: Distributed) -> dict[str, float]:
         last = self.module.last
         for idx in last["indices"]:
-            self.code_counts += torch.bincount(idx.flatten().cpu(), minlength=len(self.code_counts)).double()
+            hits = torch.bincount(idx.flatten().cpu(), minlength=len(self.code_counts)).double()
+            self.code_counts += hits
+            self.restart_counts += hits
+        every = self.config.losses.restart_dead_codes_every
+        if every and self.config.train == "all" and (step + 1) % every == 0:
+            self._restart_dead_codes(step, dist)
         if self.discriminator is None or step < self.config.losses.gan_start_step:
             return {}
         if self.disc_wrapped is None:
@@ -183,21 +191,48 @@ class TokenizerTask(TrainingTask):
         self.disc_optimizer.step()
         return {"gan_d": float(loss.detach())}
 
+    def _restart_dead_codes(self, step: int, dist: Distributed) -> None:
+        """Unused codes (over all processes) move onto looked-up vectors of the main process,
+        which every process then receives, so the codebooks stay identical."""
+        unused = dist.sum(self.restart_counts.clone()) == 0
+        self.restart_counts.zero_()
+        quantizer = self.module.tokenizer.quantizer
+        if dist.is_main:
+            generator = keyed_generator("restart", self.config.run.seed, step)
+            self.restarted += quantizer.restart_codes(unused, self.module.last["queries"].cpu(), generator)
+        weight = quantizer.codebook.weight
+        if dist.active:
+            import torch.distributed as torch_dist
+            from torch.distributed.tensor import DTensor
+
+            if isinstance(weight, DTensor):
+                raise ValueError("restart_dead_codes_every is not supported with parallel 'fsdp'")
+            torch_dist.broadcast(weight.data, src=0)
+        if self.ema is not None:  # a restarted code must not be averaged with its dead value
+            shadow = self.ema.shadow["tokenizer.quantizer.codebook.weight"]
+            shadow[unused.to(shadow.device)] = weight.data[unused.to(weight.device)].to(shadow.dtype)
+
     def interval_metrics(self, dist: Distributed) -> dict[str, float]:
         counts = dist.sum(self.code_counts.clone())
         self.code_counts.zero_()
         used = float((counts > 0).double().mean())
         skipped = dist.sum(torch.tensor([float(getattr(self._dataset, "skipped", 0))], dtype=torch.float64))
         return {"codebook_usage": used, "dead_code_fraction": 1.0 - used,
-                "skipped_images": float(skipped[0])}
+                "skipped_images": float(skipped[0]), "restarted_codes": float(self.restarted)}
 
     def extra_state(self, dist: Distributed) -> dict[str, Any]:
-        if self.discriminator is None:
-            return {}
-        return {"discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
-                "discriminator_optimizer": self.disc_optimizer.state_dict()}
+        state: dict[str, Any] = {"restart_counts": dist.sum(self.restart_counts.clone()),
+                                 "restarted": self.restarted}
+        if self.discriminator is not None:
+            state["discriminator"] = {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()}
+            state["discriminator_optimizer"] = self.disc_optimizer.state_dict()
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "restart_counts" in state:
+            # counts of all processes, summed: they only need to be non-zero where a code was used
+            self.restart_counts = state["restart_counts"].clone()
+            self.restarted = state["restarted"]
         if self.discriminator is not None and "discriminator" in state:
             self.discriminator.load_state_dict(state["discriminator"])
             self.disc_optimizer.load_state_dict(state["discriminator_optimizer"])

@@ -42,6 +42,7 @@ class TrainingTask:
     """What a trainer needs from a task; see `TokenizerTask` and `TransformerTask`."""
 
     kind: str = ""
+    ema: "EMA | None" = None  # set by the trainer; a task may edit averaged weights it replaces
 
     def build(self, device: torch.device) -> nn.Module:
         """The trainable module; its forward(batch, step) returns (loss, {name: value})."""
@@ -116,6 +117,7 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
         optimizer = build_optimizer(model, optim.lr, optim.weight_decay, tuple(optim.betas))
         scheduler = build_scheduler(optimizer, optim.warmup_steps, run.steps, optim.min_lr_ratio)
         ema = EMA(model, optim.ema_decay) if optim.ema_decay > 0 else None
+        task.ema = ema
         from ..data.stream import BatchStream
 
         stream = BatchStream(task.dataset(), run.batch_size // dist.world_size, run.seed,
