@@ -90,9 +90,10 @@ def _add_generate(commands) -> None:
     p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
     p.add_argument("--model", type=Path, required=True,
                    help="model folder: the official release (with llm/ and tokenizer/) or openhart's")
-    p.add_argument("--text-encoder", required=True,
-                   help="local Hugging Face text encoder folder (e.g. Qwen2-VL-1.5B-Instruct), or "
-                        "'random' for a seeded random encoder (demo only)")
+    p.add_argument("--text-encoder", default=None,
+                   help="local Hugging Face text encoder folder (e.g. Qwen2-VL-1.5B-Instruct), a "
+                        "packaged one (all-MiniLM-L6-v2), or 'random' (demo only); default: the "
+                        "one the model folder names")
     p.add_argument("--out", type=Path, required=True,
                    help="output PNG; with several images, -000, -001, ... are added to the name")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
@@ -140,6 +141,10 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
     device = resolve_device(args.device)
     dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
+    if args.text_encoder is None:
+        from .pipeline import recorded_text_encoder
+
+        args.text_encoder = recorded_text_encoder(args.model)
     pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
                                         dtype=dtype, weights=args.weights, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(

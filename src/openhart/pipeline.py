@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 import os
 import secrets
@@ -102,7 +103,7 @@ class HARTPipeline:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, *,
-                        text_encoder: str | os.PathLike | HFPromptEncoder,
+                        text_encoder: str | os.PathLike | HFPromptEncoder | None = None,
                         device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                         weights: str = "auto", system_prompt: str | None = None,
                         low_memory: bool = False) -> "HARTPipeline":
@@ -110,8 +111,10 @@ class HARTPipeline:
 
         Args:
             model_dir: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/) or an openhart folder.
-            text_encoder: a local Hugging Face folder (Qwen2 gets the official HART encoding), an
-                already built encoder, or "random" for a seeded random encoder (demos only).
+            text_encoder: a local Hugging Face folder (Qwen2 gets the official HART encoding), the
+                name of a packaged encoder ("all-MiniLM-L6-v2"), an already built encoder, or
+                "random" for a seeded random encoder (demos only); by default the encoder the
+                model folder names (models trained by openhart record theirs).
             device, dtype: where and in which dtype to run (default: CPU, in bf16 where the
                 hardware multiplies bf16 natively and fp32 elsewhere).
             weights: "auto" (EMA when present), "ema" or "raw" for official folders.
@@ -122,6 +125,8 @@ class HARTPipeline:
         """
         device = torch.device(device or "cpu")
         dtype = dtype or default_dtype(device)
+        if text_encoder is None:
+            text_encoder = recorded_text_encoder(model_dir)
         model = load_model(model_dir, device=device, dtype=dtype, weights=weights)
         max_length = model.config.transformer.context_tokens
         if isinstance(text_encoder, HFPromptEncoder):
@@ -234,3 +239,14 @@ class HARTPipeline:
         )
         return PipelineOutput(images=to_pil(out.images), prompts=[p for p in prompts for _ in range(n)],
                               seed=seed, sampling=resolved, latents=out.latent)
+
+
+def recorded_text_encoder(model_dir: str | os.PathLike) -> str:
+    """The text encoder an openhart model folder names in its config.json ("random", a packaged
+    encoder's name or a folder)."""
+    config = Path(model_dir) / "config.json"
+    spec = json.loads(config.read_text(encoding="utf-8")).get("text_encoder") if config.is_file() else None
+    if not spec:
+        raise ValueError(f"{model_dir} does not name its text encoder: pass one (text_encoder=... or "
+                         "--text-encoder), e.g. Qwen2-VL-1.5B-Instruct for hart-0.7b-1024px")
+    return RANDOM_TEXT_ENCODER if spec.get("kind") == "random" else spec["path"]

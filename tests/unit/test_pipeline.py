@@ -71,3 +71,8 @@ def test_low_memory_mode_frees_the_encoder_and_keeps_the_images(pipe):
     assert a.images[0].tobytes() == b.images[0].tobytes()
     with pytest.raises(ValueError, match="needs a text_encoder_loader"):
         HARTPipeline(pipe.model, pipe.text_encoder, low_memory=True)
+
+
+def test_a_model_that_names_no_text_encoder_asks_for_one():
+    with pytest.raises(ValueError, match="does not name its text encoder"):
+        HARTPipeline.from_pretrained(HART_TINY)

