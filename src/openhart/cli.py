@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(commands)
     _add_reconstruct(commands)
     _add_bench(commands)
-    from .train.commands import add_commands
+    from .eval.commands import add_commands as add_eval
+    from .train.commands import add_commands as add_train
 
-    add_commands(commands)
+    add_train(commands)
+    add_eval(commands)
     return parser
 
 
