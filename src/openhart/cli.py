@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 GENERATE_EXAMPLES = """\
 examples:
+  openhart generate "red apple" --out apple.png
+      the small emoji model that ships with openhart (64 px, offline)
   openhart generate "a red fox in snow" --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct --out fox.png
   openhart generate "a lighthouse at dusk" --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct \\
       --seed 7 --cfg 4.5 --num-images 4 --out lighthouse.png      # writes lighthouse-000.png ... -003.png
@@ -90,8 +92,9 @@ def _add_generate(commands) -> None:
     )
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts")
     p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
-    p.add_argument("--model", type=Path, required=True,
-                   help="model folder: the official release (with llm/ and tokenizer/) or openhart's")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model folder: the official release (with llm/ and tokenizer/) or openhart's "
+                        "(default: the small emoji model that ships with openhart)")
     p.add_argument("--text-encoder", default=None,
                    help="local Hugging Face text encoder folder (e.g. Qwen2-VL-1.5B-Instruct), a "
                         "packaged one (all-MiniLM-L6-v2), or 'random' (demo only); default: the "
@@ -143,6 +146,10 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
     device = resolve_device(args.device)
     dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
+    if args.model is None:
+        from .default_model import default_model_dir
+
+        args.model = default_model_dir()
     if args.text_encoder is None:
         from .pipeline import recorded_text_encoder
 

