@@ -38,6 +38,13 @@ QWEN2_1P5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, n
 MATMUL_SIZE = 2048
 EXP_ELEMENTS = 262_144
 EXP_TOTAL = 2e8
+# Attention ops counted by formula; getattr: not every build has every backend.
+SDPA_OPS = tuple(getattr(torch.ops.aten, name, None) for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"))
+# On GPUs a 2048^3 matmul and 262,144 exps are launch-bound: measure the rates at GPU sizes there.
+GPU_MATMUL_SIZE = 8192
+GPU_EXP_ELEMENTS = 1 << 26
 PROMPT = "a photo of a red fox sitting in fresh snow at dawn, soft light, high detail"
 
 
@@ -54,7 +61,7 @@ class BenchSettings:
     cfg: float = 4.5
     text_encoder: str = "qwen2-1.5b"
     seed: int = 0
-    matmul_size: int = MATMUL_SIZE
+    matmul_size: int | None = None  # None: 2048 on the CPU, 8192 on GPUs
 
 
 # ----- machine rates ---------------------------------------------------------------------------------
@@ -152,11 +159,11 @@ class _Probes:
     def __init__(self):
         self.attention_flops = 0
         self.scores = 0
+        # Every SDPA backend (CPU flash, CUDA flash / memory-efficient / cuDNN) takes q, k, v first.
         self.mode = FlopCounterMode(display=False, custom_mapping={
-            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: self._cpu_attention,
-        })
+            op: self._attention for op in SDPA_OPS if op is not None})
 
-    def _cpu_attention(self, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    def _attention(self, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
         B, H, Lq, d = q_shape
         Lkv = k_shape[-2]
         self.scores += B * H * Lq * Lkv
@@ -235,11 +242,15 @@ def _run_bench(settings: BenchSettings) -> dict:
     counting = _CountingTimer(settings.device, probes)
     with probes.mode:
         run_once(model, make_encoder, settings, counting)
+    gpu = settings.device.type != "cpu"
+    size = settings.matmul_size or (GPU_MATMUL_SIZE if gpu else MATMUL_SIZE)
     rates = {
-        "bf16": matmul_peak_tflops(torch.bfloat16, settings.device, settings.matmul_size),
-        "fp32": matmul_peak_tflops(torch.float32, settings.device, settings.matmul_size),
+        "bf16": matmul_peak_tflops(torch.bfloat16, settings.device, size),
+        "fp32": matmul_peak_tflops(torch.float32, settings.device, size),
     }
-    return summarize(settings, runs, counting.counts, rates, exp_rate(settings.device))
+    exp_per_s = exp_rate(settings.device, GPU_EXP_ELEMENTS if gpu else EXP_ELEMENTS,
+                         max(EXP_TOTAL, 4 * GPU_EXP_ELEMENTS) if gpu else EXP_TOTAL)
+    return summarize(settings, runs, counting.counts, rates, exp_per_s)
 
 
 # ----- report ---------------------------------------------------------------------------------------
@@ -290,6 +301,9 @@ def summarize(settings: BenchSettings, runs: list[dict], counts: dict, rates: di
         "floor_s": floor_s, "ratio_to_floor": total_s / floor_s if floor_s else float("inf"),
         "achieved_tflops": total["flops"] / 1e12 / total_s,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_device_memory_gib": (torch.cuda.max_memory_allocated(settings.device) / 2**30
+                                   if settings.device.type == "cuda" else None),
+        "images_per_s": settings.batch / total_s,
         "settings": {k: str(v) for k, v in asdict(settings).items()},
     }
 
@@ -310,8 +324,11 @@ def format_report(result: dict) -> str:
     lines.append(f"{'total':<12}{result['total_s']:>10.3f}{result['total_tflop']:>10.3f}"
                  f"{result['attention_tflop']:>12.3f}{result['floor_s']:>10.3f}"
                  f"{result['floor_s'] / result['total_s']:>10.1%}")
+    memory = f"peak RSS {result['peak_rss_gib']:.2f} GiB"
+    if result.get("peak_device_memory_gib") is not None:
+        memory += f", peak GPU memory {result['peak_device_memory_gib']:.2f} GiB"
     lines.append(f"ratio to floor {result['ratio_to_floor']:.2f}; achieved {result['achieved_tflops']:.3g} "
-                 f"TFLOP/s; peak RSS {result['peak_rss_gib']:.2f} GiB")
+                 f"TFLOP/s; {result['images_per_s']:.3g} images/s; {memory}")
     return "\n".join(lines)
 
 

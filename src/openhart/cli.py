@@ -360,8 +360,9 @@ def _add_bench(commands) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs, median reported (default 3)")
     p.add_argument("--cfg", type=float, default=4.5, help="guidance scale (default 4.5)")
-    p.add_argument("--matmul-size", type=int, default=2048,
-                   help="side of the matmul that measures the peak (default 2048)")
+    p.add_argument("--matmul-size", type=int, default=None,
+                   help="side of the matmul that measures the peak (default 2048 on the CPU, "
+                        "8192 on GPUs)")
     p.add_argument("--json", type=Path, default=None, help="write the full result as JSON here")
     p.set_defaults(handler=run_bench_command)
 
