@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs: the Noto Color Emoji font (`openhart data emoji`).
+# Debian packages the test suite needs: the Noto Color Emoji font (`openhart data emoji`) and
+# Chromium with its WebDriver (the browser test of `openhart serve`, tests/web).
 # Installs only what is missing; uses sudo when not root.
 set -euo pipefail
-packages=(fonts-noto-color-emoji)
+packages=(fonts-noto-color-emoji chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

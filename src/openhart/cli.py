@@ -15,15 +15,16 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import config_to_dict, tokenizer_small
+from .config import tokenizer_small
 from .device import default_dtype, resolve_device, resolve_dtype
 from .eval.metrics import psnr
-from .images import load_image, save_png, to_pil
+from .images import image_grid, load_image, save_png, to_pil
+from .metadata import generation_metadata
 from .loading import load_tokenizer
 from .text.encoder import SYSTEM_PROMPT_FILE
 from .tokenizer import HybridTokenizer
 
-EXIT_BAD_INPUT = 2
+EXIT_OK, EXIT_INTERNAL_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(ValueError):
@@ -45,6 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # CheckpointError and UsageError are ValueErrors too.
         print(f"openhart {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"openhart {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug, not the user's input: show where it happened
+        import traceback
+
+        traceback.print_exc()
+        print(f"openhart {args.command}: internal error (a bug in openhart, not in your input); "
+              "please report it with the traceback above", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.commands import add_commands as add_eval
     from .train.commands import add_commands as add_train
 
+    from .web.commands import add_commands as add_web
+
     add_train(commands)
     add_eval(commands)
+    add_web(commands)
     return parser
 
 
@@ -77,6 +91,8 @@ examples:
   openhart generate "a red fox in snow" --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct --out fox.png
   openhart generate "a lighthouse at dusk" --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct \\
       --seed 7 --cfg 4.5 --num-images 4 --out lighthouse.png      # writes lighthouse-000.png ... -003.png
+  openhart generate "red apple" "grinning face" "flag: Japan" --num-images 4 --grid --out grid.png
+      one 3 x 4 grid image: a row per prompt, a column per image
   openhart generate --prompts-file prompts.txt --model my-model --text-encoder my-encoder --out out/img.png
   openhart generate "a red apple" --model tests/fixtures/conformance/hart-tiny --text-encoder random --out apple.png
       tiny random checkpoint and random text encoder: shows the pipeline, not quality
@@ -104,6 +120,9 @@ def _add_generate(commands) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.5)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    p.add_argument("--grid", action="store_true",
+                   help="write one grid image to --out (a row per prompt, a column per image) "
+                        "instead of one PNG per image")
     p.add_argument("--negative-prompt", default=None,
                    help="text for the unconditional branch (default: HART's zero features)")
     p.add_argument("--top-k", type=int, default=None,
@@ -162,19 +181,20 @@ def run_generate(args: argparse.Namespace) -> int:
     with _scale_progress(pipe, args.quiet) as on_scale:
         out = pipe(prompts, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
                    sampling=sampling, seed=args.seed, on_scale=on_scale)
-    paths = _output_paths(args.out, len(out.images))
-    for i, (image, prompt, path) in enumerate(zip(out.images, out.prompts, paths)):
-        save_png(image, path, {
-            "prompt": prompt,
-            "negative_prompt": args.negative_prompt or "",
-            "seed": str(out.seed),
-            "model": pipe.name,
-            "openhart": json.dumps({"version": __version__, "index": i, "seed": out.seed,
-                                    "model": str(args.model), "text_encoder": str(args.text_encoder),
-                                    "dtype": str(dtype).removeprefix("torch."),
-                                    "sampling": config_to_dict(out.sampling)}),
-        })
-        print(f"{path}  seed {out.seed}  {prompt!r}")
+    metadata = [generation_metadata(
+        prompt=prompt, negative_prompt=args.negative_prompt, seed=out.seed, index=i,
+        model_name=pipe.name, model=str(args.model), text_encoder=str(args.text_encoder),
+        dtype=str(dtype).removeprefix("torch."), sampling=out.sampling, num_images=len(out.images))
+        for i, prompt in enumerate(out.prompts)]
+    if args.grid:
+        grid = image_grid(out.images, columns=args.num_images)
+        save_png(grid, args.out, dict(metadata[0], prompt=" | ".join(prompts),
+                                      images=json.dumps([json.loads(m["openhart"]) for m in metadata])))
+        print(f"{args.out}  seed {out.seed}  {len(prompts)} prompt(s) x {args.num_images} image(s)")
+        return 0
+    for image, path, text in zip(out.images, _output_paths(args.out, len(out.images)), metadata):
+        save_png(image, path, text)
+        print(f"{path}  seed {out.seed}  {text['prompt']!r}")
     return 0
 
 

@@ -1,8 +1,10 @@
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -136,3 +138,80 @@ def test_convert_round_trip(tmp_path, capsys):
     assert main(["generate", "a", "--model", str(dst), "--text-encoder", "random", "--out", str(out),
                  "--quiet", "--dtype", "bf16"]) == 0
     assert out.is_file()
+
+
+# ----- polish: help examples, exit codes, grid ------------------------------------------------------
+
+def _subcommands():
+    from openhart.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_every_subcommand_help_shows_an_example_whose_files_exist(name, capsys):
+    import re
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text
+    assert re.search(rf"^\s+(torchrun .*-m )?openhart {name}\b", text, re.M), text
+    root = Path(__file__).resolve().parents[2]
+    for path in re.findall(r"(?:configs|tests/fixtures|assets)/[\w./-]+", text):
+        assert (root / path.rstrip(".")).exists(), f"{name} --help names {path}, which does not exist"
+
+
+def test_version_and_no_command(capsys):
+    from openhart import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
+    assert main([]) == 2
+
+
+def test_exit_codes_bad_usage_2_internal_error_1(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--no-such-option"])
+    assert exit_info.value.code == 2
+
+    import openhart.cli as cli
+
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "run_convert", broken)
+    assert main(["convert", "a", "b"]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom" in err and "internal error" in err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_convert", interrupted)
+    assert main(["convert", "a", "b"]) == 130
+
+
+def test_generate_writes_a_grid_for_several_prompts(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["generate", "a red apple", "a blue sky", "--model", str(HART_TINY), "--text-encoder",
+                 "random", "--num-images", "3", "--grid", "--seed", "5", "--out", str(out),
+                 "--head-steps", "2"]) == 0
+    grid = Image.open(out)
+    size = 128  # hart-tiny
+    assert grid.size == (3 * size + 2 * 2, 2 * size + 2)
+    assert grid.text["prompt"] == "a red apple | a blue sky"
+    images = json.loads(grid.text["images"])
+    assert [m["index"] for m in images] == list(range(6)) and all(m["seed"] == 5 for m in images)
+    assert not list(tmp_path.glob("grid-*.png"))
+    # the grid's cells are the images that one file per image would hold
+    single = tmp_path / "one.png"
+    assert main(["generate", "a red apple", "a blue sky", "--model", str(HART_TINY), "--text-encoder",
+                 "random", "--num-images", "3", "--seed", "5", "--out", str(single), "--head-steps", "2"]) == 0
+    fourth = Image.open(tmp_path / "one-004.png")  # second prompt, second image
+    cell = grid.crop((size + 2, size + 2, 2 * size + 2, 2 * size + 2))
+    assert np.array_equal(np.asarray(cell), np.asarray(fourth.convert("RGB")))

@@ -34,6 +34,7 @@ def add_commands(commands) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.5)")
     p.add_argument("--long-steps", type=int, default=30, help="steps of the residual head in (c)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(handler=run_eval)
 
 
@@ -47,7 +48,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model = default_model_dir()
     results = evaluate(model, args.data, args.out, text_encoder=args.text_encoder, inception=args.inception,
                        seed=args.seed, limit=args.limit, batch_size=args.batch_size, cfg=args.cfg,
-                       long_steps=args.long_steps, progress=lambda m: print(m, file=sys.stderr))
+                       long_steps=args.long_steps, progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
     print(format_results(results))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'contact_sheet.png'}")
     return 0

@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 TRAIN_EXAMPLES = """\
 examples:
-  openhart train tokenizer --config configs/tokenizer-tiny.json
-  openhart train tokenizer --config configs/tokenizer-tiny.json --set run.steps=2000 --set optim.lr=2e-4
-  openhart train transformer --config configs/transformer-tiny.json
+  openhart train tokenizer --config configs/tokenizer-shapes.json
+  openhart train tokenizer --config configs/tokenizer-shapes.json --set run.steps=2000 --set optim.lr=2e-4
+  openhart train transformer --config configs/transformer-shapes.json
   torchrun --nproc_per_node 8 -m openhart train transformer --config my.json --set run.parallel=fsdp
   a run resumes from the newest checkpoint of its output_dir by default (--resume none starts afresh)
 """

@@ -1,0 +1,159 @@
+"""The Gradio app of `openhart serve`: one thin layer over `HARTPipeline`.
+
+The page takes text and numbers only (no file, path or pickle inputs). Each request is checked
+against `ServeLimits` on the server, runs on the one worker of the model, and returns PNGs that
+carry the same metadata as `openhart generate` writes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+from ..config import SamplingConfig
+from ..images import save_png
+from ..metadata import generation_metadata
+from ..pipeline import HARTPipeline
+from .limits import GenerationRequest, RequestError, ServeLimits, validate_request
+
+RANDOM_SEED_BOUND = 2**32
+KEEP_FILES = 64  # newest PNGs kept in the output folder; Gradio serves its own copies
+
+
+def import_gradio():
+    """Gradio, with its analytics off (set before the import, which reads it)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    try:
+        import gradio
+    except ImportError as error:
+        raise ValueError("openhart serve needs Gradio, a dependency of openhart: reinstall "
+                         "openhart (pip install -e .) or pip install 'gradio>=6,<7'") from error
+    return gradio
+
+
+class Generator:
+    """Runs validated requests through the pipeline and writes the PNGs with their metadata."""
+
+    def __init__(self, pipe: HARTPipeline, *, model: str, text_encoder: str, output_dir: Path):
+        self.pipe = pipe
+        self.model = model
+        self.text_encoder = text_encoder
+        self.output_dir = output_dir
+        self.dtype = str(pipe.model.transformer.head.weight.dtype).removeprefix("torch.")
+
+    def __call__(self, request: GenerationRequest, on_scale=None) -> tuple[list[Path], float]:
+        sampling = SamplingConfig(cfg_scale=request.guidance, top_k=request.top_k, top_p=request.top_p,
+                                  smooth=request.smooth, head_steps=request.head_steps,
+                                  use_residual=request.use_residual)
+        start = time.perf_counter()
+        out = self.pipe(request.prompt, negative_prompt=request.negative_prompt,
+                        num_images_per_prompt=request.num_images, sampling=sampling,
+                        seed=request.seed, on_scale=on_scale)
+        seconds = time.perf_counter() - start
+        stem = uuid.uuid4().hex[:12]
+        paths = []
+        for i, image in enumerate(out.images):
+            path = self.output_dir / f"openhart-{stem}-{i:02d}.png"
+            save_png(image, path, generation_metadata(
+                prompt=request.prompt, negative_prompt=request.negative_prompt, seed=out.seed,
+                index=i, model_name=self.pipe.name, model=self.model, text_encoder=self.text_encoder,
+                dtype=self.dtype, sampling=out.sampling, num_images=len(out.images)))
+            paths.append(path)
+        self._prune()
+        return paths, seconds
+
+    def _prune(self) -> None:
+        files = sorted(self.output_dir.glob("openhart-*.png"), key=lambda p: p.stat().st_mtime)
+        for old in files[:-KEEP_FILES]:
+            old.unlink(missing_ok=True)
+
+
+def build_app(generator: Generator, limits: ServeLimits):
+    """The Blocks of the page, queued with one worker and at most `limits.queue_size` waiting."""
+    gr = import_gradio()
+    config = generator.pipe.model.config
+    vocab = config.transformer.vocab_size
+    num_scales = config.transformer.num_scales
+    default_steps = min(config.head.sampling_steps, limits.max_head_steps)
+    size = config.image_size
+
+    def run(prompt, negative_prompt, seed, guidance, num_images, top_k, top_p, smooth, head_steps,
+            use_residual, progress=gr.Progress()):
+        try:
+            request = validate_request(
+                limits, vocab, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+                guidance=guidance, top_k=top_k, top_p=top_p, smooth=smooth, head_steps=head_steps,
+                use_residual=use_residual, num_images=num_images)
+        except RequestError as error:
+            raise gr.Error(str(error), title="Invalid input") from None
+        progress(0, desc="encoding the prompt")
+        done = []
+
+        def on_scale(record) -> None:
+            done.append(record.si)
+            progress((len(done), num_scales), desc=f"scale {len(done)} of {num_scales}")
+
+        paths, seconds = generator(request, on_scale)
+        gallery = [(str(p), f"seed {request.seed} · image {i + 1}") for i, p in enumerate(paths)]
+        status = (f"{len(paths)} image(s) of {size}x{size} in {seconds:.2f} s · seed {request.seed} · "
+                  f"guidance {request.guidance:g}")
+        return gallery, status
+
+    with gr.Blocks(title="openhart", analytics_enabled=False) as app:
+        gr.Markdown(f"## openhart · HART text-to-image\nModel **{generator.pipe.name}** "
+                    f"({size}x{size}, text encoder {Path(generator.text_encoder).name}). "
+                    f"Images download as PNGs with their prompt, seed and settings.")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                # No max_length on the widgets: an over-long prompt gets the server's message
+                # instead of being cut silently.
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="red apple", elem_id="prompt",
+                                    info=f"at most {limits.max_prompt_chars} characters")
+                negative = gr.Textbox(label="Negative prompt (optional)", lines=1,
+                                      elem_id="negative-prompt")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed",
+                                     scale=3)
+                    randomize = gr.Button("🎲 Random", elem_id="random-seed", scale=1, min_width=100)
+                guidance = gr.Slider(0, limits.max_guidance, value=min(4.5, limits.max_guidance),
+                                     step=0.1, label="Guidance (CFG)", elem_id="guidance")
+                num_images = gr.Slider(1, limits.max_images, value=min(4, limits.max_images), step=1,
+                                       label="Images", elem_id="num-images")
+                with gr.Accordion("Sampling", open=False):
+                    top_k = gr.Slider(0, vocab, value=0, step=1, elem_id="top-k",
+                                      label="Top-k (0: the official per-scale schedule)")
+                    top_p = gr.Slider(0, 0.99, value=0, step=0.01, label="Top-p (0: off)",
+                                      elem_id="top-p")
+                    smooth = gr.Checkbox(value=True, label="Gumbel smoothing of code embeddings",
+                                         elem_id="smooth")
+                    use_residual = gr.Checkbox(value=True, label="Residual diffusion (off: discrete tokens only)",
+                                               elem_id="residual")
+                    head_steps = gr.Slider(1, limits.max_head_steps, value=default_steps, step=1,
+                                           label="Residual diffusion steps", elem_id="head-steps")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=3, min_width=320):
+                gallery = gr.Gallery(label="Images", columns=4, height=520, object_fit="contain",
+                                     buttons=["download", "fullscreen"], interactive=False,
+                                     elem_id="gallery")
+                status = gr.Markdown(elem_id="status")
+        inputs = [prompt, negative, seed, guidance, num_images, top_k, top_p, smooth, head_steps,
+                  use_residual]
+        gr.on([button.click, prompt.submit], run, inputs, [gallery, status], concurrency_limit=1,
+              api_name="generate")
+        randomize.click(lambda: secrets.randbelow(RANDOM_SEED_BOUND), None, seed, queue=False,
+                        api_name=False)
+    app.queue(max_size=limits.queue_size, default_concurrency_limit=1)
+    return app
+
+
+def launch(app, host: str, port: int, output_dir: Path, *, quiet: bool = False) -> None:
+    """Serve until interrupted: no share link, no server-side rendering, local fonts only."""
+    gr = import_gradio()
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])  # no web fonts: offline
+    app.launch(server_name=host, server_port=port, share=False, ssr_mode=False, quiet=quiet,
+               allowed_paths=[str(output_dir)], footer_links=[], theme=theme, show_error=False,
+               mcp_server=False)

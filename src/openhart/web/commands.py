@@ -1,0 +1,101 @@
+"""`openhart serve`: the web UI over a model folder (the shipped emoji model by default)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+SERVE_EXAMPLES = """\
+examples:
+  openhart serve
+      the small emoji model that ships with openhart, at http://127.0.0.1:7860
+  openhart serve --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct --max-images 4
+  openhart serve --host 0.0.0.0 --port 8080
+      reachable from other machines (no authentication: only on a network you trust)
+"""
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def add_commands(commands) -> None:
+    p = commands.add_parser(
+        "serve", help="start the web UI (Gradio) on this machine",
+        description="Serve a Gradio page for text-to-image with a HART model: prompt, negative "
+                    "prompt, seed, guidance, sampling settings and a gallery of PNGs with their "
+                    "metadata. One worker per model and a bounded queue; limits are enforced on "
+                    "the server. Binds to 127.0.0.1 unless --host says otherwise.",
+        epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None,
+                   help="model folder (default: the small emoji model that ships with openhart)")
+    p.add_argument("--text-encoder", default=None,
+                   help="text encoder folder or packaged name (default: the one the model names)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+    p.add_argument("--max-images", type=int, default=8, help="images per request at most (default 8)")
+    p.add_argument("--max-prompt-chars", type=int, default=300,
+                   help="longest prompt in characters (default 300)")
+    p.add_argument("--queue-size", type=int, default=16,
+                   help="requests that may wait at once (default 16)")
+    p.add_argument("--quiet", action="store_true", help="no start-up banner")
+    p.set_defaults(handler=run_serve)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ..cli import UsageError
+    from ..device import default_dtype, resolve_device, resolve_dtype
+    from ..pipeline import HARTPipeline, recorded_text_encoder
+    from .app import Generator, build_app, import_gradio, launch
+    from .limits import ServeLimits
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    limits = ServeLimits(max_prompt_chars=args.max_prompt_chars, max_images=args.max_images,
+                         queue_size=args.queue_size)
+    import_gradio()  # fail before loading the model if Gradio is missing
+    if not is_loopback(args.host):
+        logging.getLogger("openhart").warning(
+            "binding to %s: anyone who can reach this machine on port %d can use the app and its "
+            "compute (there is no authentication); use --host 127.0.0.1 to keep it local",
+            args.host, args.port)
+    device = resolve_device(args.device)
+    dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
+    if args.model is None:
+        from ..default_model import default_model_dir
+
+        args.model = default_model_dir()
+    if args.text_encoder is None:
+        args.text_encoder = recorded_text_encoder(args.model)
+    pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
+                                        dtype=dtype)
+    output_dir = Path(tempfile.mkdtemp(prefix="openhart-serve-"))
+    try:
+        app = build_app(Generator(pipe, model=str(args.model), text_encoder=str(args.text_encoder),
+                                  output_dir=output_dir), limits)
+        if not args.quiet:
+            print(f"openhart serve: model {pipe.name} on {device} ({str(dtype).removeprefix('torch.')}); "
+                  f"open http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr, flush=True)
+        launch(app, args.host, args.port, output_dir, quiet=args.quiet)
+    except OSError as error:
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: {error}; free the port or pass "
+                         "another --port") from error
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return 0

@@ -1,0 +1,104 @@
+"""Server-side limits of the web UI: every request is checked here, whatever the widgets allowed.
+
+A browser's widgets can be bypassed (Gradio's HTTP API takes any JSON), so the handler validates
+the raw values again and turns them into a `GenerationRequest`, or raises `RequestError` with a
+message that the page shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MAX_SEED = 2**63 - 1
+
+
+class RequestError(ValueError):
+    """A request outside the server's limits; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Bounds of one web request (`openhart serve --max-images ...` changes them).
+
+    Attributes:
+        max_prompt_chars: longest prompt (and negative prompt), in characters.
+        max_images: images per request.
+        max_guidance: largest guidance scale.
+        max_head_steps: most diffusion steps of the residual head.
+        queue_size: requests waiting at most; later ones are turned away until the queue drains.
+    """
+
+    max_prompt_chars: int = 300
+    max_images: int = 8
+    max_guidance: float = 20.0
+    max_head_steps: int = 50
+    queue_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_chars", "max_images", "max_head_steps", "queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.max_guidance > 0:
+            raise ValueError(f"max-guidance must be > 0, got {self.max_guidance}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request. `top_k` None means the official per-scale schedule."""
+
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    guidance: float
+    top_k: int | None
+    top_p: float
+    smooth: bool
+    head_steps: int
+    use_residual: bool
+    num_images: int
+
+
+def _number(name: str, value, low: float, high: float, *, integer: bool) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a number, got {value!r}")
+    if integer and value != int(value):
+        raise RequestError(f"{name} must be a whole number, got {value}")
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    return int(value) if integer else float(value)
+
+
+def _text(name: str, value, limit: int, *, required: bool) -> str | None:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be text, got {type(value).__name__}")
+    value = value.strip()
+    if required and not value:
+        raise RequestError("the prompt is empty: describe the image you want, e.g. 'red apple'")
+    if len(value) > limit:
+        raise RequestError(f"the {name} is too long: {len(value)} characters, at most {limit} are "
+                           "allowed; shorten it")
+    return value or None
+
+
+def validate_request(limits: ServeLimits, vocab_size: int, *, prompt, negative_prompt, seed,
+                     guidance, top_k, top_p, smooth, head_steps, use_residual,
+                     num_images) -> GenerationRequest:
+    """Check raw UI/API values against `limits`; top_k 0 selects the official schedule."""
+    top_k = _number("top-k", top_k, 0, vocab_size, integer=True)
+    if not isinstance(smooth, bool) or not isinstance(use_residual, bool):
+        raise RequestError("smoothing and residual diffusion must be true or false")
+    return GenerationRequest(
+        prompt=_text("prompt", prompt, limits.max_prompt_chars, required=True),
+        negative_prompt=_text("negative prompt", negative_prompt, limits.max_prompt_chars, required=False),
+        seed=_number("seed", seed, 0, MAX_SEED, integer=True),
+        guidance=_number("guidance", guidance, 0, limits.max_guidance, integer=False),
+        top_k=top_k or None,
+        top_p=_number("top-p", top_p, 0, 0.99, integer=False),
+        smooth=smooth,
+        head_steps=_number("diffusion steps", head_steps, 1, limits.max_head_steps, integer=True),
+        use_residual=use_residual,
+        num_images=_number("number of images", num_images, 1, limits.max_images, integer=True),
+    )
