@@ -88,3 +88,19 @@ def test_released_tokenizer_size_on_meta():
     assert sum(p.numel() for p in tokenizer.parameters()) == 108_948_355
     assert sum(p.numel() for p in tokenizer.encoder.parameters()) == 44_107_872
     assert sum(p.numel() for p in tokenizer.decoder.parameters()) == 64_653_923
+
+
+def test_split_group_norm_matches_torch_group_norm():
+    """The GPU path for large groups (tokenizer/layers.py) computes the same function."""
+    import torch.nn.functional as F
+
+    from openhart.tokenizer.layers import split_group_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 24, 24, generator=g) * 3 + 5  # a mean far from 0
+    weight, bias = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    want = F.group_norm(x, 32, weight, bias, 1e-6)
+    torch.testing.assert_close(split_group_norm(x, 32, weight, bias, 1e-6), want, atol=2e-5, rtol=1e-5)
+    got = split_group_norm(x.bfloat16(), 32, weight.bfloat16(), bias.bfloat16(), 1e-6).float()
+    want = F.group_norm(x.bfloat16().float(), 32, weight.bfloat16().float(), bias.bfloat16().float(), 1e-6)
+    assert (got - want).abs().max() <= 0.015 * want.abs().max()  # bf16 rounding (torch: 0.003)

@@ -15,10 +15,40 @@ from ..config import GROUP_NORM_GROUPS
 
 # GroupNorm epsilon of the LDM autoencoder.
 NORM_EPS = 1e-6
+# Per-group size from which GPUs use `split_group_norm` (PyTorch's CUDA GroupNorm gives each of the
+# B x 32 groups one thread block: 1.1 ms per call at 1024 px on an H200, 17% of a generation).
+SPLIT_GROUP_NORM_MIN = 1 << 16
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(GROUP_NORM_GROUPS, channels, eps=NORM_EPS, affine=True)
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state-dict keys); large groups on GPUs take the
+    split-reduction path, everything else (the CPU, conformance) PyTorch's kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cuda" and x[0].numel() // self.num_groups >= SPLIT_GROUP_NORM_MIN:
+            return split_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def split_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                     eps: float) -> torch.Tensor:
+    """GroupNorm as two fp32-accumulated reductions (which parallelise within a group) and one
+    fused multiply-add: y = x * a + b with per-(sample, channel) a = w / std, b = bias - mean a.
+    Statistics are fp32; a and b are rounded to x's dtype, as the output is."""
+    B, C = x.shape[:2]
+    x_BGn = x.reshape(B, groups, -1)
+    n = x_BGn.shape[-1]
+    mean = x_BGn.sum(-1, dtype=torch.float32) / n
+    mean_sq = torch.linalg.vector_norm(x_BGn, dim=-1, dtype=torch.float32).square() / n
+    rstd = torch.rsqrt((mean_sq - mean.square()).clamp_min(0) + eps)
+    a = weight.float().view(1, groups, -1) * rstd[..., None]
+    b = bias.float().view(1, groups, -1) - mean[..., None] * a
+    shape = (B, C) + (1,) * (x.ndim - 2)
+    return torch.addcmul(b.reshape(shape).to(x.dtype), x, a.reshape(shape).to(x.dtype))
+
+
+def group_norm(channels: int) -> GroupNorm:
+    return GroupNorm(GROUP_NORM_GROUPS, channels, eps=NORM_EPS, affine=True)
 
 
 class ResnetBlock(nn.Module):
