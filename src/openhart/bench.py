@@ -68,9 +68,14 @@ class BenchSettings:
 
 def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, size: int = MATMUL_SIZE,
                        repeats: int = 7, budget_s: float = 20.0) -> float:
-    """Median TFLOP/s of a size^3 matmul (fewer repeats if one takes long)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    """Median TFLOP/s of a size^3 matmul (fewer repeats if one takes long). Where one product
+    would take over a quarter of the budget (bf16 emulated on a CPU without native bf16: minutes
+    at 2048), the side is halved until it fits; the rate is then that of the smaller product."""
+    side = min(size, 256)
+    while side < size and 2 * (2 * side) ** 3 / 1e12 / _matmul_rate(dtype, device, side, 1) < budget_s / 4:
+        side *= 2
+    a = torch.randn(side, side, device=device).to(dtype)
+    b = torch.randn(side, side, device=device).to(dtype)
     a @ b
     times, spent = [], 0.0
     while len(times) < repeats and (len(times) < 1 or spent < budget_s):
@@ -80,7 +85,19 @@ def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, size: int = MAT
         synchronize(device)
         times.append(time.perf_counter() - start)
         spent += times[-1]
-    return 2 * size**3 / statistics.median(times) / 1e12
+    return 2 * side**3 / statistics.median(times) / 1e12
+
+
+def _matmul_rate(dtype: torch.dtype, device: torch.device, side: int, repeats: int) -> float:
+    """TFLOP/s of one warm side^3 product (a quick probe)."""
+    a = torch.randn(side, side, device=device).to(dtype)
+    a @ a
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    synchronize(device)
+    return 2 * side**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
 def exp_rate(device: torch.device, numel: int = EXP_ELEMENTS, total: float = EXP_TOTAL) -> float:
