@@ -249,6 +249,9 @@ class HARTPipeline:
 def recorded_text_encoder(model_dir: str | os.PathLike) -> str:
     """The text encoder an openhart model folder names in its config.json ("random", a packaged
     encoder's name or a folder)."""
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"model folder not found: {model_dir} (pass the folder that holds "
+                                "config.json, or llm/ and tokenizer/ for the official release)")
     config = Path(model_dir) / "config.json"
     spec = json.loads(config.read_text(encoding="utf-8")).get("text_encoder") if config.is_file() else None
     if not spec:

@@ -65,6 +65,17 @@ def test_loopback_hosts(host, local):
     assert is_loopback(host) is local
 
 
+def test_serve_refuses_a_port_in_use_before_loading_the_model(capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--model", "/nonexistent/model"]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 def test_serve_warns_before_binding_beyond_this_machine(caplog, capsys, tmp_path):
     with caplog.at_level(logging.WARNING, logger="openhart"):
         code = main(["serve", "--host", "0.0.0.0", "--model", str(tmp_path / "missing")])
@@ -76,7 +87,8 @@ def test_serve_warns_before_binding_beyond_this_machine(caplog, capsys, tmp_path
 @pytest.mark.parametrize("argv, message", [
     (["serve", "--port", "0"], "--port must be between 1 and 65535"),
     (["serve", "--max-images", "0"], "max-images must be >= 1"),
-    (["serve", "--model", "/nonexistent/model"], "/nonexistent/model"),
+    (["serve", "--model", "/nonexistent/model"], "model folder not found: /nonexistent/model"),
+    (["serve", "--host", "no-such-host.invalid"], "is not an address of this machine"),
 ])
 def test_serve_bad_input_exits_2_with_a_message(argv, message, capsys):
     assert main(argv) == 2

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -56,6 +57,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail before loading the model when the address cannot be bound."""
+    from ..cli import UsageError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host!r} is not an address of this machine ({error})") from error
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as error:
+            raise UsageError(f"cannot listen on {host}:{port} ({error.strerror}): the port is in use "
+                             "or not allowed; pass another --port") from error
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from ..cli import UsageError
     from ..device import default_dtype, resolve_device, resolve_dtype
@@ -68,6 +87,7 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(max_prompt_chars=args.max_prompt_chars, max_images=args.max_images,
                          queue_size=args.queue_size)
     import_gradio()  # fail before loading the model if Gradio is missing
+    check_port_free(args.host, args.port)
     if not is_loopback(args.host):
         logging.getLogger("openhart").warning(
             "binding to %s: anyone who can reach this machine on port %d can use the app and its "
@@ -91,9 +111,9 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"openhart serve: model {pipe.name} on {device} ({str(dtype).removeprefix('torch.')}); "
                   f"open http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr, flush=True)
         launch(app, args.host, args.port, output_dir, quiet=args.quiet)
-    except OSError as error:
-        raise UsageError(f"cannot serve on {args.host}:{args.port}: {error}; free the port or pass "
-                         "another --port") from error
+    except OSError as error:  # lost a race for the port after the check above
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: the port is in use; pass another "
+                         "--port") from error
     except KeyboardInterrupt:
         pass
     finally:
