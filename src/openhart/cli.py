@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import tokenizer_small
+from .config import LAST_SCALE_MODES, tokenizer_small
 from .device import default_dtype, resolve_device, resolve_dtype
 from .eval.metrics import psnr
 from .images import image_grid, load_image, save_png, to_pil
@@ -118,7 +118,8 @@ def _add_generate(commands) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="output PNG; with several images, -000, -001, ... are added to the name")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.5)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="guidance scale (default: the model folder's, 4.5 for the official model)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--grid", action="store_true",
                    help="write one grid image to --out (a row per prompt, a column per image) "
@@ -126,10 +127,22 @@ def _add_generate(commands) -> None:
     p.add_argument("--negative-prompt", default=None,
                    help="text for the unconditional branch (default: HART's zero features)")
     p.add_argument("--top-k", type=int, default=None,
-                   help="top-k at every scale (default: official 600 for scales < 7, then 300)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default off)")
+                   help="top-k at every scale, 0 = off (default: the model folder's; officially "
+                        "600 for scales < 7, then 300)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling threshold, 0 = off (default: the model folder's)")
     p.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=None,
                    help="Gumbel smoothing of code embeddings (default on, as the official scripts)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the residual diffusion head's continuous detail (default on; "
+                        "--no-residual gives discrete-only images)")
+    p.add_argument("--last-scale", choices=LAST_SCALE_MODES, default=None,
+                   help="which embedding the residual is added to: 'consistent' (the code the "
+                        "head was conditioned on), 'official' (the smoothed embedding of a second "
+                        "draw, as the official sampler) or 'gumbel' (default: the model folder's)")
+    p.add_argument("--head-temperature", type=float, default=None,
+                   help="noise temperature of the residual head, 0 = no noise after the first "
+                        "step (default: the model folder's, 1 for the official model)")
     p.add_argument("--head-steps", type=int, default=None,
                    help="diffusion steps of the residual head (default 8)")
     p.add_argument("--maskgit-iters", type=int, default=None,
@@ -177,7 +190,8 @@ def run_generate(args: argparse.Namespace) -> int:
                                         dtype=dtype, weights=args.weights, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(
         None, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
-        head_steps=args.head_steps, maskgit_iters=args.maskgit_iters)
+        head_steps=args.head_steps, maskgit_iters=args.maskgit_iters, use_residual=args.residual,
+        head_temperature=args.head_temperature, last_scale=args.last_scale)
     with _scale_progress(pipe, args.quiet) as on_scale:
         out = pipe(prompts, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
                    sampling=sampling, seed=args.seed, on_scale=on_scale)

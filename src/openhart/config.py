@@ -246,6 +246,10 @@ class HARTConfig:
         return self.tokenizer.image_size
 
 
+# How the last scale combines a code and its residual (see `SamplingConfig.last_scale`).
+LAST_SCALE_MODES = ("official", "consistent", "gumbel")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
     """Runtime knobs of text-to-image sampling; defaults are the official scripts' (spec 3.12).
@@ -263,6 +267,15 @@ class SamplingConfig:
         head_temperature: noise temperature of the residual head's sampler.
         maskgit_iters: MaskGIT iterations over the last scale (1 = all tokens at once).
         use_residual: add the diffusion head's continuous residual (False = discrete-only images).
+        last_scale: how a last-scale token is formed from its code and its residual:
+            "official": the head is conditioned on the drawn code, and its residual is added to
+                the Gumbel-smoothed embedding of a second, independent draw (the official
+                release; with `smooth` off both are the same code);
+            "consistent": the token is the embedding of the code the head was conditioned on,
+                plus its residual (no smoothing at the last scale);
+            "gumbel": the head is conditioned on the code of the Gumbel draw whose smoothed
+                embedding the residual is added to.
+            Models that openhart trains record "consistent" in their folder's defaults.
     """
 
     cfg_scale: float = 4.5
@@ -275,6 +288,7 @@ class SamplingConfig:
     head_temperature: float = 1.0
     maskgit_iters: int = 1
     use_residual: bool = True
+    last_scale: str = "official"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -292,6 +306,8 @@ class SamplingConfig:
             _fail(name, f"head_temperature must be >= 0, got {self.head_temperature}")
         if self.maskgit_iters < 1:
             _fail(name, f"maskgit_iters must be >= 1, got {self.maskgit_iters}")
+        if self.last_scale not in LAST_SCALE_MODES:
+            _fail(name, f"last_scale must be one of {list(LAST_SCALE_MODES)}, got {self.last_scale!r}")
 
     def top_k_at(self, si: int) -> int:
         if self.top_k is not None:

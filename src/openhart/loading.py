@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import HARTConfig, TokenizerConfig, config_from_dict, config_to_dict
+from .config import HARTConfig, SamplingConfig, TokenizerConfig, config_from_dict, config_to_dict
 from .convert import official
 from .model import HARTModel
 from .serialization import (
@@ -35,6 +35,8 @@ OFFICIAL_LLM_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 OFFICIAL_EMA_NAME = "ema_model.bin"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# The key of config.json that holds a model's recommended sampling settings.
+SAMPLING_KEY = "sampling"
 # Official weight files in order of preference.
 OFFICIAL_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 
@@ -160,19 +162,38 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str | None = N
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
 
 
-def save_model(model: HARTModel, path: str | os.PathLike, *, text_encoder: dict | None = None) -> Path:
+def save_model(model: HARTModel, path: str | os.PathLike, *, text_encoder: dict | None = None,
+               sampling: SamplingConfig | None = None) -> Path:
     """Write `model` as an openhart folder (config.json + model.safetensors), atomically.
 
     Args:
         text_encoder: how the model's text features were made ({"kind": "huggingface", "path",
             "context_tokens", "context_dim"} or {"kind": "random", "seed", ...}); recorded in
             config.json so that the pipeline can find its text encoder.
+        sampling: the sampling settings recommended for this model, recorded in config.json
+            (`recommended_sampling` reads them back; the official defaults when absent).
     """
     config = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION,
               "config": config_to_dict(model.config)}
     if text_encoder is not None:
         config["text_encoder"] = text_encoder
+    if sampling is not None:
+        config[SAMPLING_KEY] = config_to_dict(sampling)
     return _save_folder(path, config, model.state_dict(), MODEL_TYPE)
+
+
+def recommended_sampling(path: str | os.PathLike) -> SamplingConfig:
+    """The sampling defaults of a model folder: the `sampling` object of an openhart folder's
+    config.json (missing fields take `SamplingConfig`'s defaults), or the official defaults for
+    official folders and openhart folders that record none."""
+    config_path = Path(path) / CONFIG_NAME
+    data = read_json(config_path) if config_path.is_file() else {}
+    if data.get("model_type") != MODEL_TYPE or data.get(SAMPLING_KEY) is None:
+        return SamplingConfig()
+    try:
+        return config_from_dict(SamplingConfig, data[SAMPLING_KEY])
+    except ValueError as error:
+        raise CheckpointError(f"{config_path}: {SAMPLING_KEY}: {error}") from error
 
 
 def _read_own_model(folder: Path, data: dict) -> tuple[HARTConfig, dict, str]:

@@ -22,7 +22,7 @@ from PIL import Image
 from .config import SamplingConfig
 from .device import default_dtype
 from .images import to_pil
-from .loading import load_model
+from .loading import load_model, recommended_sampling
 from .model import HARTModel
 from .sampling import ScaleRecord, generate
 from .text.encoder import HFPromptEncoder, PromptEmbedding, load_prompt_encoder, load_system_prompt
@@ -37,6 +37,7 @@ RANDOM_TEXT_ENCODER = "random"
 SAMPLING_ARGUMENTS = {
     "guidance_scale": "cfg_scale", "top_k": "top_k", "top_p": "top_p", "smooth": "smooth",
     "head_steps": "head_steps", "maskgit_iters": "maskgit_iters", "use_residual": "use_residual",
+    "head_temperature": "head_temperature", "last_scale": "last_scale",
 }
 
 
@@ -67,7 +68,7 @@ class HARTPipeline:
 
     def __init__(self, model: HARTModel, text_encoder: HFPromptEncoder | None, *, name: str = "hart",
                  text_encoder_loader: Callable[[], HFPromptEncoder] | None = None,
-                 low_memory: bool = False):
+                 low_memory: bool = False, default_sampling: SamplingConfig | None = None):
         """Args:
             model: the HART networks.
             text_encoder: the prompt encoder (may be None with a `text_encoder_loader`).
@@ -75,7 +76,10 @@ class HARTPipeline:
             low_memory: free the prompt encoder once the prompts of a call are encoded, and
                 reload it for the next call (peak memory of the encoder or of the model, never
                 of both).
+            default_sampling: the settings a call starts from (`from_pretrained` takes the
+                model folder's recommended ones); the official defaults when None.
         """
+        self.default_sampling = default_sampling or SamplingConfig()
         if low_memory and text_encoder_loader is None:
             raise ValueError("low_memory needs a text_encoder_loader to reload the text encoder")
         if text_encoder is None and text_encoder_loader is None:
@@ -133,9 +137,10 @@ class HARTPipeline:
         if text_encoder is None:
             text_encoder = recorded_text_encoder(model_dir)
         model = load_model(model_dir, device=device, dtype=dtype, weights=weights)
+        defaults = {"name": Path(model_dir).resolve().name, "default_sampling": recommended_sampling(model_dir)}
         max_length = model.config.transformer.context_tokens
         if isinstance(text_encoder, HFPromptEncoder):
-            return cls(model, text_encoder, name=Path(model_dir).resolve().name)
+            return cls(model, text_encoder, **defaults)
         if str(text_encoder) == RANDOM_TEXT_ENCODER:
             def loader():
                 return random_prompt_encoder(model.config.transformer.context_dim, max_length,
@@ -147,8 +152,8 @@ class HARTPipeline:
             def loader():
                 return load_prompt_encoder(text_encoder, max_length=max_length, device=device,
                                            dtype=dtype, system_prompt=system_prompt)
-        return cls(model, None if low_memory else loader(), name=Path(model_dir).resolve().name,
-                   text_encoder_loader=loader, low_memory=low_memory)
+        return cls(model, None if low_memory else loader(), text_encoder_loader=loader,
+                   low_memory=low_memory, **defaults)
 
     @property
     def device(self) -> torch.device:
@@ -177,13 +182,15 @@ class HARTPipeline:
         return prompts, negatives
 
     def resolve_sampling(self, sampling: SamplingConfig | None, **overrides) -> SamplingConfig:
-        """SamplingConfig from a base config and pipeline keywords (e.g. guidance_scale)."""
-        base = sampling or SamplingConfig()
+        """SamplingConfig from a base config (the model's recommended settings by default) and
+        pipeline keywords (e.g. guidance_scale)."""
+        base = sampling or self.default_sampling
         fields = {}
         for name, value in overrides.items():
             if value is None:
                 continue
-            if name in ("guidance_scale", "top_p") and (not isinstance(value, (int, float)) or value < 0):
+            if name in ("guidance_scale", "top_p", "head_temperature") and (
+                    not isinstance(value, (int, float)) or value < 0):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
             if name == "top_k" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {value!r}")
@@ -218,16 +225,20 @@ class HARTPipeline:
                  guidance_scale: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, smooth: bool | None = None, head_steps: int | None = None,
                  maskgit_iters: int | None = None, use_residual: bool | None = None,
+                 head_temperature: float | None = None, last_scale: str | None = None,
                  on_scale: Callable[[ScaleRecord], None] | None = None) -> PipelineOutput:
         """Generate `num_images_per_prompt` images for each prompt.
 
         The unconditional branch is HART's all-zero text features unless `negative_prompt` is
         given. The same `seed` (or generator state) on the same device gives the same images.
+        Settings not given (as keywords or in `sampling`) are the model folder's recommended
+        ones (`default_sampling`).
         """
         prompts, negatives = self.check_inputs(prompt, negative_prompt, num_images_per_prompt)
         resolved = self.resolve_sampling(
             sampling, guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, smooth=smooth,
-            head_steps=head_steps, maskgit_iters=maskgit_iters, use_residual=use_residual)
+            head_steps=head_steps, maskgit_iters=maskgit_iters, use_residual=use_residual,
+            head_temperature=head_temperature, last_scale=last_scale)
         if generator is None:
             seed = secrets.randbits(63) if seed is None else int(seed)
             generator = torch.Generator(device=self.device).manual_seed(seed)

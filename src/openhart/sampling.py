@@ -6,7 +6,10 @@
    multinomial draw; optional Gumbel smoothing of the code embedding; accumulate f_hat and
    downsample it to the next scale's input.
 3. The last scale: MaskGIT iterations (one by default) predict its codes, and the residual
-   diffusion head samples the continuous residual of every predicted token.
+   diffusion head samples the continuous residual of every predicted token, conditioned on the
+   token's hidden state and code. `sampling.last_scale` says which embedding the residual is
+   added to: the official sampler's smoothed embedding of a second draw, or (openhart's models)
+   exactly the code the head was conditioned on.
 4. Decode f_hat + last codes + residual with the tokenizer to pixels in [0, 1].
 
 Every random draw comes from the one `generator` argument.
@@ -168,7 +171,8 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
         x = torch.gather(x_2BlC, 1, both[..., None].expand(-1, -1, x_2BlC.shape[-1]))
         hidden = tf.forward_scale(x, tf.scale_rope(K - 1, position_ids, both, patch_nums), cache)
         logits = guided_logits(tf.logits(hidden, cond_BTC), guidance)
-        idx_Bn, h_BnCv = select_codes(logits, quantizer.codebook.weight, sampling, K - 1, ratio, generator)
+        idx_Bn, h_BnCv = select_last_scale_codes(logits, quantizer.codebook.weight, sampling, K - 1,
+                                                 ratio, generator)
         record = ScaleRecord(si=K - 1, hidden=hidden, logits=logits, indices=idx_Bn, h=h_BnCv)
         timer.mark(f"scale_{K - 1}")
         if sampling.use_residual:
@@ -230,20 +234,45 @@ def filter_logits(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.T
 
 
 def select_codes(logits_BlV: torch.Tensor, codebook_VC: torch.Tensor, sampling: SamplingConfig,
-                 si: int, ratio: float, generator: torch.Generator | None
+                 si: int, ratio: float, generator: torch.Generator | None, *,
+                 smooth: bool | None = None, gumbel_code: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one code per token and its embedding (Gumbel-smoothed when `sampling.smooth`).
+    """Draw one code per token and its embedding (Gumbel-smoothed when `smooth`).
 
+    The code is a multinomial draw. With smoothing, the embedding mixes the codebook with the
+    Gumbel-softmax weights of a second draw, as the official sampler does; `gumbel_code` then
+    returns that second draw's code (the argmax of its perturbed logits) instead.
+
+    Args:
+        smooth: Gumbel smoothing of the embedding (default `sampling.smooth`).
     Returns:
         codes (B, l) int64, embeddings (B, l, Cv) in the codebook's dtype.
     """
     B, l, V = logits_BlV.shape
+    smooth = sampling.smooth if smooth is None else smooth
     filtered = filter_logits(logits_BlV, sampling.top_k_at(si), sampling.top_p)
     probs = filtered.softmax(dim=-1).reshape(-1, V)
     idx_Bl = torch.multinomial(probs, 1, generator=generator).reshape(B, l)
-    if not sampling.smooth:
+    if not smooth:
         return idx_Bl, F.embedding(idx_Bl, codebook_VC)
     tau = max(GUMBEL_TAU_START * (1 - ratio * GUMBEL_TAU_DECAY), GUMBEL_TAU_MIN)
     gumbels = -torch.empty_like(filtered).exponential_(generator=generator).log()
-    weights = ((filtered * (1 + ratio) + gumbels) / tau).softmax(dim=-1)
-    return idx_Bl, (weights @ codebook_VC.float()).to(codebook_VC.dtype)
+    perturbed = filtered * (1 + ratio) + gumbels
+    embedding = ((perturbed / tau).softmax(dim=-1) @ codebook_VC.float()).to(codebook_VC.dtype)
+    return (perturbed.argmax(dim=-1) if gumbel_code else idx_Bl), embedding
+
+
+def select_last_scale_codes(logits_BlV: torch.Tensor, codebook_VC: torch.Tensor,
+                            sampling: SamplingConfig, si: int, ratio: float,
+                            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`select_codes` at the last scale, as `sampling.last_scale` asks.
+
+    Returns the code that conditions the residual head and the embedding the residual is added
+    to: the official pair (a code and the smoothed embedding of another draw), the consistent
+    one (a code and exactly its codebook vector) or the Gumbel one (the smoothed draw's code).
+    With the residual off, "consistent" still means the plain codebook vector of the code.
+    """
+    if sampling.last_scale == "consistent":
+        return select_codes(logits_BlV, codebook_VC, sampling, si, ratio, generator, smooth=False)
+    return select_codes(logits_BlV, codebook_VC, sampling, si, ratio, generator,
+                        gumbel_code=sampling.last_scale == "gumbel")

@@ -96,6 +96,34 @@ def test_generate_writes_png_with_metadata(tmp_path, capsys):
     assert (tmp_path / "img.png").read_bytes() == first, "same seed must give a byte-identical PNG"
 
 
+def test_generate_sampling_flags_reach_the_sampler_and_the_metadata(tmp_path):
+    import json
+
+    assert _generate(tmp_path, "--seed", "5", "--head-temperature", "0.25", "--last-scale", "consistent",
+                     "--no-residual", "--top-p", "0.5") == 0
+    with Image.open(tmp_path / "img.png") as image:
+        sampling = json.loads(image.text["openhart"])["sampling"]
+    assert sampling["head_temperature"] == 0.25 and sampling["last_scale"] == "consistent"
+    assert sampling["use_residual"] is False and sampling["top_p"] == 0.5
+    assert _generate(tmp_path, "--head-temperature", "-1") == 2
+
+
+def test_generate_uses_the_model_folders_defaults(tmp_path):
+    import json
+
+    from openhart.config import SamplingConfig
+    from openhart.loading import load_model, save_model
+
+    folder = save_model(load_model(HART_TINY), tmp_path / "model",
+                        sampling=SamplingConfig(cfg_scale=2.0, head_temperature=0.5, last_scale="consistent"))
+    assert main(["generate", "a red apple", "--model", str(folder), "--text-encoder", "random",
+                 "--out", str(tmp_path / "d.png"), "--quiet", "--seed", "1", "--cfg", "3"]) == 0
+    with Image.open(tmp_path / "d.png") as image:
+        sampling = json.loads(image.text["openhart"])["sampling"]
+    assert sampling["cfg_scale"] == 3.0  # told
+    assert sampling["head_temperature"] == 0.5 and sampling["last_scale"] == "consistent"  # the folder's
+
+
 def test_generate_several_images_and_prompts_file(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("flag: Japan\n\nred apple\n")

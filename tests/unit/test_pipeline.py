@@ -76,3 +76,64 @@ def test_low_memory_mode_frees_the_encoder_and_keeps_the_images(pipe):
 def test_a_model_that_names_no_text_encoder_asks_for_one():
     with pytest.raises(ValueError, match="does not name its text encoder"):
         HARTPipeline.from_pretrained(HART_TINY)
+
+
+def _openhart_folder(tmp_path, sampling):
+    from openhart.loading import load_model, save_model
+
+    return save_model(load_model(HART_TINY), tmp_path / "model", sampling=sampling)
+
+
+def test_model_folder_defaults_are_the_pipelines_defaults(tmp_path):
+    """A folder's recommended sampling settings apply unless a call says otherwise."""
+    from openhart.config import SamplingConfig
+    from openhart.loading import recommended_sampling
+
+    recommended = SamplingConfig(cfg_scale=2.5, top_p=0.9, head_temperature=0.5, last_scale="consistent")
+    folder = _openhart_folder(tmp_path, recommended)
+    assert recommended_sampling(folder) == recommended
+    pipe = HARTPipeline.from_pretrained(folder, text_encoder="random")
+    assert pipe.default_sampling == recommended
+    out = pipe("a red apple", seed=0)
+    assert out.sampling == recommended
+    told = pipe("a red apple", seed=0, guidance_scale=1.0, head_temperature=0.0, last_scale="official")
+    assert (told.sampling.cfg_scale, told.sampling.head_temperature, told.sampling.last_scale) == (1.0, 0.0, "official")
+    assert told.sampling.top_p == 0.9  # not told: still the folder's
+
+
+def test_official_folders_and_older_openhart_folders_sample_as_the_official_code(pipe, tmp_path):
+    from openhart.config import SamplingConfig
+    from openhart.loading import recommended_sampling
+
+    assert pipe.default_sampling == SamplingConfig() and pipe.default_sampling.last_scale == "official"
+    assert recommended_sampling(_openhart_folder(tmp_path, None)) == SamplingConfig()
+
+
+def test_converted_official_model_records_the_official_defaults(tmp_path):
+    import json
+
+    from openhart.convert import convert_official_checkpoint
+
+    dst = convert_official_checkpoint(HART_TINY, tmp_path / "converted")
+    recorded = json.loads((dst / "config.json").read_text())["sampling"]
+    assert recorded["last_scale"] == "official" and recorded["cfg_scale"] == 4.5
+
+
+def test_bad_recorded_sampling_names_the_file(tmp_path):
+    import json
+
+    from openhart.config import SamplingConfig
+
+    folder = _openhart_folder(tmp_path, SamplingConfig())
+    data = json.loads((folder / "config.json").read_text())
+    data["sampling"]["last_scale"] = "sideways"
+    (folder / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="config.json: sampling: .*last_scale must be one of"):
+        HARTPipeline.from_pretrained(folder, text_encoder="random")
+
+
+def test_head_temperature_and_last_scale_arguments_are_checked(pipe):
+    with pytest.raises(ValueError, match="head_temperature must be a number >= 0"):
+        pipe("a", head_temperature=-1.0)
+    with pytest.raises(ValueError, match="last_scale must be one of"):
+        pipe("a", last_scale="mine")

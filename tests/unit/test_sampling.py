@@ -77,3 +77,80 @@ def test_maskgit_rounds_cover_every_token_once(iterations):
     allpos = torch.cat(rounds, dim=1).sort(dim=1).values
     assert torch.equal(allpos, torch.arange(16).expand(3, -1))
     assert all(r.shape[1] >= 1 for r in rounds)
+
+
+def _last_scale_record(model, context, positions, **kwargs):
+    records = []
+    generate(model, context, positions, SamplingConfig(**{"cfg_scale": 3.0, **kwargs}),
+             torch.Generator().manual_seed(0), on_scale=records.append)
+    last = records[-1]
+    assert last.si == model.config.transformer.num_scales - 1 and last.residual is not None
+    return last
+
+
+@pytest.mark.parametrize("maskgit_iters", [1, 3])
+def test_consistent_last_scale_adds_the_residual_to_the_conditioning_code(tiny_model, tiny_context,
+                                                                          maskgit_iters):
+    """With smoothing on, each last-scale token minus its residual is exactly the codebook
+    vector of the code that conditioned the residual head."""
+    codebook = tiny_model.tokenizer.quantizer.codebook.weight
+    last = _last_scale_record(tiny_model, *tiny_context, smooth=True, last_scale="consistent",
+                              maskgit_iters=maskgit_iters)
+    torch.testing.assert_close(last.h - last.residual, codebook[last.indices], rtol=0, atol=1e-6)
+    # ... and that code is the one the head saw: the condition is rebuilt from it exactly
+    hidden = last.hidden
+    expected = tiny_model.transformer.diffusion_condition(hidden, codebook[last.indices].repeat(2, 1, 1))
+    torch.testing.assert_close(last.diffusion_cond, expected)
+
+
+def test_official_last_scale_adds_the_residual_to_a_second_draw(tiny_model, tiny_context):
+    """The official sampler's quirk, kept as an option: the smoothed embedding comes from a
+    separate draw, so tokens - residual is not the conditioning code's vector."""
+    codebook = tiny_model.tokenizer.quantizer.codebook.weight
+    last = _last_scale_record(tiny_model, *tiny_context, smooth=True, last_scale="official")
+    assert not torch.allclose(last.h - last.residual, codebook[last.indices], atol=1e-3)
+
+
+def test_gumbel_last_scale_conditions_on_the_smoothed_draw(tiny_model, tiny_context):
+    codebook = tiny_model.tokenizer.quantizer.codebook.weight
+    last = _last_scale_record(tiny_model, *tiny_context, smooth=True, last_scale="gumbel")
+    base = last.h - last.residual  # the smoothed embedding: nearly one-hot at the last scale
+    nearest = torch.cdist(base.reshape(-1, base.shape[-1]), codebook).argmin(-1).reshape(last.indices.shape)
+    assert (nearest == last.indices).float().mean() > 0.9
+
+
+def test_last_scale_modes_share_every_code(tiny_model, tiny_context):
+    """The modes differ only in how the last scale is finished: the drawn codes are the same."""
+    runs = {mode: _run(tiny_model, *tiny_context, seed=0, last_scale=mode) for mode in ("official", "consistent")}
+    assert all(torch.equal(a, b) for a, b in zip(runs["official"].indices, runs["consistent"].indices))
+    assert not torch.equal(runs["official"].latent, runs["consistent"].latent)
+    without_smoothing = {mode: _run(tiny_model, *tiny_context, seed=0, smooth=False, last_scale=mode)
+                         for mode in ("official", "consistent")}
+    assert torch.equal(without_smoothing["official"].images, without_smoothing["consistent"].images)
+
+
+def test_head_temperature_scales_the_noise_of_every_step(tiny_model):
+    """Temperature 0 adds no noise after the initial draw; 1 adds the learned variance's."""
+    from openhart.diffusion.sampler import DiffusionNoise, sample_residual
+    from openhart.diffusion.schedule import DiffusionSchedule
+
+    head = tiny_model.head
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(6, head.config.cond_dim, generator=g)
+    schedule = DiffusionSchedule.cosine(head.config.num_train_timesteps, 4)
+    initial = torch.randn(6, head.config.latent_channels, generator=g)
+
+    def run(temperature, step_seed):
+        steps = [torch.randn(6, head.config.latent_channels, generator=torch.Generator().manual_seed(step_seed + k))
+                 for k in range(4)]
+        return sample_residual(head, cond, schedule, guidance=None, temperature=temperature,
+                               noise=DiffusionNoise(initial=initial, steps=steps))
+
+    assert torch.equal(run(0.0, 1), run(0.0, 100))
+    assert not torch.equal(run(1.0, 1), run(1.0, 100))
+    assert not torch.equal(run(0.5, 1), run(1.0, 1))
+
+
+def test_unknown_last_scale_mode_is_refused():
+    with pytest.raises(ValueError, match="last_scale must be one of"):
+        SamplingConfig(last_scale="mine")

@@ -9,7 +9,8 @@ from openhart.web.commands import is_loopback
 from openhart.web.limits import MAX_SEED, RequestError, ServeLimits, validate_request
 
 GOOD = dict(prompt="  red apple ", negative_prompt="", seed=7, guidance=4.5, top_k=0, top_p=0.0,
-            smooth=True, head_steps=8, use_residual=True, num_images=2)
+            smooth=True, head_steps=8, use_residual=True, num_images=2, head_temperature=1.0,
+            last_scale="consistent")
 
 
 def check(**changes):
@@ -23,6 +24,7 @@ def test_a_good_request_is_normalised():
     assert request.top_k is None  # 0: the official per-scale schedule
     assert check(top_k=100).top_k == 100
     assert check(seed=MAX_SEED).seed == MAX_SEED
+    assert check(head_temperature=0).head_temperature == 0.0 and check().last_scale == "consistent"
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -47,6 +49,9 @@ def test_a_good_request_is_normalised():
     (dict(head_steps=51), "diffusion steps must be between 1 and 50"),
     (dict(smooth="yes"), "must be true or false"),
     (dict(num_images=True), "number of images must be a number"),
+    (dict(head_temperature=-0.1), "residual temperature must be between 0 and 2"),
+    (dict(head_temperature=float("nan")), "residual temperature must be a number"),
+    (dict(last_scale="mine"), "last scale must be one of official, consistent, gumbel"),
 ])
 def test_requests_outside_the_limits_are_refused(changes, message):
     with pytest.raises(RequestError, match=message):

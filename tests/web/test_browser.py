@@ -165,7 +165,8 @@ def test_api_clients_cannot_bypass_the_limits(server):
 
     client = Client(server, verbose=False)
     arguments = dict(prompt="a red apple", negative_prompt="", seed=0, guidance=4.5, top_k=0,
-                     top_p=0.0, smooth=True, head_steps=2, use_residual=True)
+                     top_p=0.0, smooth=True, head_steps=2, use_residual=True, head_temperature=1.0,
+                     last_scale="official")
     # Gradio's slider check or openhart's own (tests/unit/test_web_limits.py), whichever runs first.
     with pytest.raises(Exception, match=f"greater than maximum value {MAX_IMAGES}|number of images must be"):
         client.predict(**dict(arguments, num_images=MAX_IMAGES + 1), api_name="/generate")
@@ -178,5 +179,7 @@ def test_api_clients_cannot_bypass_the_limits(server):
         client.predict(**dict(arguments, num_images=1, prompt="x" * 100), api_name="/generate")
     with pytest.raises(Exception, match="prompt is empty"):
         client.predict(**dict(arguments, num_images=1, prompt="   "), api_name="/generate")
+    with pytest.raises(Exception, match="greater than maximum value 2|residual temperature must be"):
+        client.predict(**dict(arguments, num_images=1, head_temperature=5.0), api_name="/generate")
     gallery, status = client.predict(**dict(arguments, num_images=2), api_name="/generate")
     assert len(gallery) == 2 and "2 image(s)" in status

@@ -26,7 +26,7 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     Returns:
         `dst`, after reloading it and checking every tensor.
     """
-    from ..loading import load_model, save_model
+    from ..loading import load_model, recommended_sampling, save_model
     from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
 
     src, dst = Path(src), Path(dst)
@@ -35,7 +35,7 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     if system_prompt_file is not None and not Path(system_prompt_file).is_file():
         raise FileNotFoundError(f"system prompt file not found: {system_prompt_file}")
     model = load_model(src, dtype=dtype, weights=weights)
-    save_model(model, dst)
+    save_model(model, dst, text_encoder=_recorded_text_encoder(src), sampling=recommended_sampling(src))
     prompt_source = Path(system_prompt_file) if system_prompt_file else src / SYSTEM_PROMPT_FILE
     if prompt_source.is_file():
         with atomic_path(dst / SYSTEM_PROMPT_FILE) as tmp:
@@ -46,3 +46,12 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
         if not torch.equal(tensor, expected[key]):
             raise RuntimeError(f"verification failed: {key} differs after reloading {dst}")
     return dst
+
+
+def _recorded_text_encoder(src: Path) -> dict | None:
+    """The `text_encoder` entry of an openhart folder's config.json (None for official folders)."""
+    from ..loading import CONFIG_NAME, MODEL_TYPE
+    from ..serialization import read_json
+
+    data = read_json(src / CONFIG_NAME) if (src / CONFIG_NAME).is_file() else {}
+    return data.get("text_encoder") if data.get("model_type") == MODEL_TYPE else None

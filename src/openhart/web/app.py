@@ -7,17 +7,18 @@ carry the same metadata as `openhart generate` writes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import time
 import uuid
 from pathlib import Path
 
-from ..config import SamplingConfig
+from ..config import LAST_SCALE_MODES
 from ..images import save_png
 from ..metadata import generation_metadata
 from ..pipeline import HARTPipeline
-from .limits import GenerationRequest, RequestError, ServeLimits, validate_request
+from .limits import MAX_HEAD_TEMPERATURE, GenerationRequest, RequestError, ServeLimits, validate_request
 
 RANDOM_SEED_BOUND = 2**32
 KEEP_FILES = 64  # newest PNGs kept in the output folder; Gradio serves its own copies
@@ -45,9 +46,11 @@ class Generator:
         self.dtype = str(pipe.model.transformer.head.weight.dtype).removeprefix("torch.")
 
     def __call__(self, request: GenerationRequest, on_scale=None) -> tuple[list[Path], float]:
-        sampling = SamplingConfig(cfg_scale=request.guidance, top_k=request.top_k, top_p=request.top_p,
-                                  smooth=request.smooth, head_steps=request.head_steps,
-                                  use_residual=request.use_residual)
+        sampling = dataclasses.replace(
+            self.pipe.default_sampling, cfg_scale=request.guidance, top_k=request.top_k,
+            top_p=request.top_p, smooth=request.smooth, head_steps=request.head_steps,
+            use_residual=request.use_residual, head_temperature=request.head_temperature,
+            last_scale=request.last_scale)
         start = time.perf_counter()
         out = self.pipe(request.prompt, negative_prompt=request.negative_prompt,
                         num_images_per_prompt=request.num_images, sampling=sampling,
@@ -77,16 +80,18 @@ def build_app(generator: Generator, limits: ServeLimits):
     config = generator.pipe.model.config
     vocab = config.transformer.vocab_size
     num_scales = config.transformer.num_scales
-    default_steps = min(config.head.sampling_steps, limits.max_head_steps)
+    defaults = generator.pipe.default_sampling  # the model folder's recommended settings
+    default_steps = min(defaults.head_steps or config.head.sampling_steps, limits.max_head_steps)
     size = config.image_size
 
     def run(prompt, negative_prompt, seed, guidance, num_images, top_k, top_p, smooth, head_steps,
-            use_residual, progress=gr.Progress()):
+            use_residual, head_temperature, last_scale, progress=gr.Progress()):
         try:
             request = validate_request(
                 limits, vocab, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
                 guidance=guidance, top_k=top_k, top_p=top_p, smooth=smooth, head_steps=head_steps,
-                use_residual=use_residual, num_images=num_images)
+                use_residual=use_residual, num_images=num_images, head_temperature=head_temperature,
+                last_scale=last_scale)
         except RequestError as error:
             raise gr.Error(str(error), title="Invalid input") from None
         progress(0, desc="encoding the prompt")
@@ -118,21 +123,30 @@ def build_app(generator: Generator, limits: ServeLimits):
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed",
                                      scale=3)
                     randomize = gr.Button("🎲 Random", elem_id="random-seed", scale=1, min_width=100)
-                guidance = gr.Slider(0, limits.max_guidance, value=min(4.5, limits.max_guidance),
+                guidance = gr.Slider(0, limits.max_guidance, value=min(defaults.cfg_scale, limits.max_guidance),
                                      step=0.1, label="Guidance (CFG)", elem_id="guidance")
                 num_images = gr.Slider(1, limits.max_images, value=min(4, limits.max_images), step=1,
                                        label="Images", elem_id="num-images")
                 with gr.Accordion("Sampling", open=False):
-                    top_k = gr.Slider(0, vocab, value=0, step=1, elem_id="top-k",
-                                      label="Top-k (0: the official per-scale schedule)")
-                    top_p = gr.Slider(0, 0.99, value=0, step=0.01, label="Top-p (0: off)",
-                                      elem_id="top-p")
-                    smooth = gr.Checkbox(value=True, label="Gumbel smoothing of code embeddings",
+                    top_k = gr.Slider(0, vocab, value=min(defaults.top_k or 0, vocab), step=1,
+                                      elem_id="top-k", label="Top-k (0: the official per-scale schedule)")
+                    top_p = gr.Slider(0, 0.99, value=min(defaults.top_p, 0.99), step=0.01,
+                                      label="Top-p (0: off)", elem_id="top-p")
+                    smooth = gr.Checkbox(value=defaults.smooth, label="Gumbel smoothing of code embeddings",
                                          elem_id="smooth")
-                    use_residual = gr.Checkbox(value=True, label="Residual diffusion (off: discrete tokens only)",
+                    use_residual = gr.Checkbox(value=defaults.use_residual,
+                                               label="Residual diffusion (off: discrete tokens only)",
                                                elem_id="residual")
                     head_steps = gr.Slider(1, limits.max_head_steps, value=default_steps, step=1,
                                            label="Residual diffusion steps", elem_id="head-steps")
+                    head_temperature = gr.Slider(
+                        0, MAX_HEAD_TEMPERATURE, value=min(defaults.head_temperature, MAX_HEAD_TEMPERATURE),
+                        step=0.05, label="Residual temperature (0: no noise after the first step)",
+                        elem_id="head-temperature")
+                    last_scale = gr.Radio(
+                        list(LAST_SCALE_MODES), value=defaults.last_scale, elem_id="last-scale",
+                        label="Last scale: residual added to the head's code (consistent), to a "
+                              "second smoothed draw (official) or to the smoothed draw's code (gumbel)")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3, min_width=320):
                 gallery = gr.Gallery(label="Images", columns=4, height=520, object_fit="contain",
@@ -140,7 +154,7 @@ def build_app(generator: Generator, limits: ServeLimits):
                                      elem_id="gallery")
                 status = gr.Markdown(elem_id="status")
         inputs = [prompt, negative, seed, guidance, num_images, top_k, top_p, smooth, head_steps,
-                  use_residual]
+                  use_residual, head_temperature, last_scale]
         gr.on([button.click, prompt.submit], run, inputs, [gallery, status], concurrency_limit=1,
               api_name="generate")
         randomize.click(lambda: secrets.randbelow(RANDOM_SEED_BOUND), None, seed, queue=False,

@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..config import LAST_SCALE_MODES
+
 MAX_SEED = 2**63 - 1
+MAX_HEAD_TEMPERATURE = 2.0
 
 
 class RequestError(ValueError):
@@ -57,6 +60,8 @@ class GenerationRequest:
     head_steps: int
     use_residual: bool
     num_images: int
+    head_temperature: float
+    last_scale: str
 
 
 def _number(name: str, value, low: float, high: float, *, integer: bool) -> float | int:
@@ -85,11 +90,13 @@ def _text(name: str, value, limit: int, *, required: bool) -> str | None:
 
 def validate_request(limits: ServeLimits, vocab_size: int, *, prompt, negative_prompt, seed,
                      guidance, top_k, top_p, smooth, head_steps, use_residual,
-                     num_images) -> GenerationRequest:
+                     num_images, head_temperature, last_scale) -> GenerationRequest:
     """Check raw UI/API values against `limits`; top_k 0 selects the official schedule."""
     top_k = _number("top-k", top_k, 0, vocab_size, integer=True)
     if not isinstance(smooth, bool) or not isinstance(use_residual, bool):
         raise RequestError("smoothing and residual diffusion must be true or false")
+    if last_scale not in LAST_SCALE_MODES:
+        raise RequestError(f"last scale must be one of {', '.join(LAST_SCALE_MODES)}, got {last_scale!r}")
     return GenerationRequest(
         prompt=_text("prompt", prompt, limits.max_prompt_chars, required=True),
         negative_prompt=_text("negative prompt", negative_prompt, limits.max_prompt_chars, required=False),
@@ -101,4 +108,7 @@ def validate_request(limits: ServeLimits, vocab_size: int, *, prompt, negative_p
         head_steps=_number("diffusion steps", head_steps, 1, limits.max_head_steps, integer=True),
         use_residual=use_residual,
         num_images=_number("number of images", num_images, 1, limits.max_images, integer=True),
+        head_temperature=_number("residual temperature", head_temperature, 0, MAX_HEAD_TEMPERATURE,
+                                 integer=False),
+        last_scale=last_scale,
     )
