@@ -36,20 +36,49 @@ def features_net(tmp_path_factory):
 
 def test_eval_writes_results_and_a_contact_sheet(tiny_model_dir, features_net, tmp_path, capsys):
     heldout = write_shapes(tmp_path / "heldout", count=100, size=64)
-    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(heldout), "--out", str(tmp_path / "ev"),
-                 "--inception", str(features_net), "--long-steps", "12", "--batch-size", "50"])
-    assert code == 0, capsys.readouterr().err
+    train_folder = write_shapes(tmp_path / "train", count=120, size=64)
+    variants = "discrete_only,hybrid_official,hybrid_consistent_temp0"
+    args = ["eval", "--model", str(tiny_model_dir), "--data", str(heldout), "--out", str(tmp_path / "ev"),
+            "--train-data", str(train_folder), "--train-samples", "100", "--variants", variants,
+            "--inception", str(features_net), "--batch-size", "50"]
+    assert main(args) == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert results["images"] == 100
-    assert set(results["reconstruction"]) == {"continuous", "discrete_only"}
-    assert set(results["generation"]) == {"hybrid", "discrete_only", "hybrid_12_steps"}
+    assert results["reconstruction"]["images"] == 100
+    assert set(results["reconstruction"]) == {"images", "continuous", "discrete_only"}
     rec = results["reconstruction"]
     assert rec["continuous"]["psnr"] > rec["discrete_only"]["psnr"]  # the residual carries detail
-    assert all(m["fid"] >= 0 for m in results["generation"].values())
+    assert results["gallery"] == {"images": 220, "chance_top1": 1 / 220, "chance_top5": 5 / 220}
+    assert set(results["splits"]) == {"heldout", "train"}
+    for split in results["splits"].values():
+        assert split["images"] == 100
+        assert set(split["generation"]) == set(variants.split(","))
+        assert set(split["accuracy"]) == {"last_scale_top1", "all_scales_top1"}
+        assert all(0 <= a <= 1 for a in split["accuracy"].values())
+        for m in split["generation"].values():
+            assert m["fid"] >= 0 and 0 <= m["retrieval_top1"] <= m["retrieval_top5"] <= 1
+    # the recorded settings of each variant are the effective ones
+    assert results["variants"]["hybrid_consistent_temp0"]["head_temperature"] == 0.0
+    assert results["variants"]["hybrid_official"]["last_scale"] == "official"
+    assert results["variants"]["discrete_only"]["use_residual"] is False
     from PIL import Image
     sheet = Image.open(tmp_path / "ev" / "contact_sheet.png")
     assert sheet.size == (6 * 64 + 5 * 2, 8 * 64 + 7 * 2)
-    assert "| reconstruction | rFID" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| reconstruction | rFID" in out and "| train (100) | hybrid_official |" in out
+
+    # a second run reuses the gallery features and gives the same numbers
+    gallery_file = tmp_path / "ev" / "gallery_features.safetensors"
+    written = gallery_file.stat().st_mtime_ns
+    assert main(args) == 0
+    assert gallery_file.stat().st_mtime_ns == written
+    assert json.loads((tmp_path / "ev" / "results.json").read_text()) == results
+
+
+def test_unknown_variant_is_a_clear_error(tiny_model_dir, features_net, tmp_path, capsys):
+    heldout = write_shapes(tmp_path / "heldout", count=100, size=64)
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(heldout), "--out", str(tmp_path / "ev"),
+                 "--inception", str(features_net), "--variants", "hybrid,mine"])
+    assert code == 2 and "unknown evaluation variant(s) ['hybrid', 'mine']" in capsys.readouterr().err
 
 
 def test_a_set_below_the_fid_minimum_says_so(tiny_model_dir, features_net, tmp_path, capsys):

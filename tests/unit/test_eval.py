@@ -51,3 +51,41 @@ def test_shipped_inception_gives_2048_pool_features():
     net = InceptionFeatures(batch_size=2)
     feats = net(torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     assert feats.shape == (3, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()
+
+
+def test_retrieval_ranks_by_cosine_similarity():
+    from openhart.eval.retrieval import retrieval_ranks, retrieval_rates
+
+    gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    queries = torch.tensor([[2.0, 0.1],    # closest to 0, then 2
+                            [0.9, 1.0],    # closest to 2, then 1 and 0
+                            [5.0, 0.0]])   # exactly 0 (scale does not matter)
+    ranks = retrieval_ranks(queries, gallery, torch.tensor([2, 0, 0]))
+    assert ranks.tolist() == [1, 2, 0]
+    rates = retrieval_rates(ranks, len(gallery), ks=(1, 2))
+    assert rates == {"top1": 1 / 3, "chance_top1": 1 / 4, "top2": 2 / 3, "chance_top2": 2 / 4}
+    # an identical gallery image ties with the target: it does not push it down
+    assert retrieval_ranks(queries[:1], torch.cat([gallery[:1], gallery[:1]]), torch.tensor([1])).tolist() == [0]
+    with pytest.raises(ValueError, match="target indices"):
+        retrieval_ranks(queries, gallery, torch.tensor([0, 1, 4]))
+
+
+def test_teacher_forced_accuracy_counts_the_argmax_of_each_scale(tiny_model, tiny_context):
+    from openhart.eval.accuracy import teacher_forced_accuracy
+
+    tf, quantizer = tiny_model.transformer, tiny_model.tokenizer.quantizer
+    patch_nums = tf.config.patch_nums
+    g = torch.Generator().manual_seed(0)
+    codes = [torch.randint(0, tf.config.vocab_size, (2, pn * pn), generator=g) for pn in patch_nums]
+    context, positions = tiny_context
+    out = tf(context, positions, quantizer.teacher_forcing_input(codes, patch_nums))
+    predicted = out.logits.argmax(-1)
+    # make the targets agree with the prediction on exactly the first 5 tokens of the last scale
+    last = predicted[:, tf.scale_slices()[-1]].clone()
+    last[:, 5:] = (last[:, 5:] + 1) % tf.config.vocab_size
+    codes[-1] = last
+    accuracy = teacher_forced_accuracy(tf, quantizer, codes, context, positions, batch_size=1)
+    assert accuracy["last_scale_top1"] == pytest.approx(5 / patch_nums[-1] ** 2)
+    # all scales: the earlier scales' predictions do not depend on the last scale's codes
+    earlier = sum(int((predicted[:, s] == c).sum()) for s, c in zip(tf.scale_slices()[:-1], codes[:-1]))
+    assert accuracy["all_scales_top1"] == pytest.approx((earlier + 10) / (2 * sum(p * p for p in patch_nums)))

