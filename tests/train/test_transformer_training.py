@@ -49,6 +49,57 @@ def test_export_generates_images_through_the_pipeline(latent_cache, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_export_records_the_consistent_last_scale_and_stores_half_precision(latent_cache, tmp_path):
+    """Models openhart trains recommend the consistent last scale (and the run's other sampling
+    settings); an fp16 export is half the size and loads back in the compute dtype."""
+    import json
+
+    from openhart.cli import main
+    from openhart.loading import load_model
+
+    config = transformer_config(tmp_path / "run", latent_cache, run={"steps": 2},
+                                sampling={"cfg_scale": 2.0, "head_temperature": 0.5})
+    exported = _train(config)
+    recorded = json.loads((exported / "config.json").read_text())["sampling"]
+    assert recorded["last_scale"] == "consistent" and recorded["cfg_scale"] == 2.0
+    assert recorded["head_temperature"] == 0.5
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "half"), "--dtype", "fp16"]) == 0
+    assert json.loads((tmp_path / "half" / "config.json").read_text())["sampling"] == recorded
+    full_size = (exported / "model.safetensors").stat().st_size
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.55 * full_size
+    full, half = load_model(exported), load_model(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    for (name, a), (_, b) in zip(full.state_dict().items(), half.state_dict().items()):
+        torch.testing.assert_close(b, a.half().float() if a.is_floating_point() else a, rtol=0, atol=0,
+                                   msg=name)
+    assert load_model(tmp_path / "half", dtype=torch.bfloat16).head.input_proj.weight.dtype == torch.bfloat16
+    pipe = HARTPipeline.from_pretrained(tmp_path / "half", dtype=torch.float32)
+    assert pipe.default_sampling.last_scale == "consistent"
+    assert pipe("a red circle", seed=0).images[0].size == (64, 64)
+
+
+def test_sample_steps_log_teacher_forced_accuracy_on_training_and_heldout_data(latent_cache, tmp_path):
+    config = transformer_config(tmp_path / "run", latent_cache, heldout_cache=str(latent_cache),
+                                run={"steps": 2, "sample_every": 2}, samples={"accuracy_examples": 6})
+    _train(config)
+    import json
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step_lines = [m for m in lines if "ce" in m]
+    assert all(0 <= m["last_scale_accuracy"] <= 1 for m in step_lines)
+    (sampled,) = [m for m in lines if "train_last_scale_top1" in m]
+    assert sampled["step"] == 2
+    # the held-out cache is the training cache here, and both use the same seeded subset
+    assert sampled["heldout_last_scale_top1"] == sampled["train_last_scale_top1"]
+    assert 0 <= sampled["train_all_scales_top1"] <= 1
+
+
+def test_a_heldout_cache_of_other_scales_is_refused(latent_cache, shapes_dir, tiny_tokenizer_dir, tmp_path):
+    other = make_cache(shapes_dir, tiny_tokenizer_dir, tmp_path / "c32", 32)
+    with pytest.raises(ValueError, match="heldout_cache .* other scales or another text encoder"):
+        TransformerTask(train_config_from_dict(TransformerTrainConfig, transformer_config(
+            tmp_path / "run", latent_cache, heldout_cache=str(other))))
+
+
 def _module(cache_path, **losses):
     cache = LatentCache(cache_path)
     task = TransformerTask(train_config_from_dict(TransformerTrainConfig, transformer_config(

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..device import resolve_dtype
+
 TRAIN_EXAMPLES = """\
 examples:
   openhart train tokenizer --config configs/tokenizer-shapes.json
@@ -200,6 +202,9 @@ def _add_export(commands) -> None:
     p.add_argument("checkpoint", type=Path, help="a ckpt-*.pt file, a checkpoints/ folder or a run folder")
     p.add_argument("out", type=Path, help="model folder to write")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="default: ema")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="storage dtype of the weights (default fp32; fp16 halves the folder, and "
+                        "loading casts back to the compute dtype)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder's files")
     p.set_defaults(handler=run_export)
 
@@ -211,6 +216,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out} already exists; choose a new folder or pass --overwrite")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        out = export_checkpoint(args.checkpoint, args.out, weights=args.weights)
-    print(f"wrote {out} ({args.weights} weights)")
+        out = export_checkpoint(args.checkpoint, args.out, weights=args.weights,
+                                dtype=resolve_dtype(args.dtype))
+    print(f"wrote {out} ({args.weights} weights, stored as {args.dtype})")
     return 0

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import config_from_dict, config_to_dict
+from ..config import SamplingConfig, config_from_dict, config_to_dict
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 PARALLEL_MODES = ("ddp", "fsdp")
 
 
@@ -32,7 +32,9 @@ class RunConfig:
         steps: optimizer steps in total.
         batch_size: global batch (split evenly across processes).
         seed: seeds the weights, the data order and every random draw of training.
-        precision: "fp32", or "bf16" autocast (weights and optimizer states stay fp32).
+        precision: "fp32", "bf16" autocast (weights and optimizer states stay fp32), or "auto":
+            bf16 autocast where the device multiplies bf16 natively (CPUs with AMX or
+            AVX512-BF16, CUDA GPUs with bf16), fp32 elsewhere.
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "mps".
         parallel: with several processes (torchrun), "ddp" (replicated weights) or "fsdp"
             (sharded weights, gradients and optimizer states).
@@ -265,14 +267,20 @@ class SampleConfig:
     """Sample images written during training (fixed prompts, fixed seed).
 
     Args:
-        prompts: the prompts of the sample grid.
+        prompts: the prompts of the sample grid (drawn with the run's `sampling` settings).
         seed: seed of the sampler.
-        cfg_scale: guidance of the samples.
+        accuracy_examples: at each sample step, the teacher-forced code accuracy of the EMA
+            weights is measured on this many training examples (a fixed, seeded subset) and on
+            as many of `heldout_cache` (0: not measured).
     """
 
     prompts: tuple[str, ...] = ("a red apple", "a smiling face")
     seed: int = 0
-    cfg_scale: float = 4.5
+    accuracy_examples: int = 256
+
+    def __post_init__(self) -> None:
+        if self.accuracy_examples < 0:
+            _fail("samples config", f"accuracy_examples must be >= 0, got {self.accuracy_examples}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,6 +297,14 @@ class TransformerTrainConfig:
         init_from: start from these weights (a training checkpoint or a model folder), e.g. the
             lower-resolution stage of progressive training; optimizer and step start afresh.
         checkpointing: activation checkpointing of the transformer blocks.
+        sampling: the sampling settings recorded in the exported model folder as its
+            recommended defaults, and used for the sample images: `SamplingConfig` fields
+            (guidance `cfg_scale`, `top_k`, `top_p`, `head_temperature`, ...). Fields not given
+            take `SamplingConfig`'s defaults, except `last_scale`, which is "consistent" for the
+            models openhart trains.
+        heldout_cache: a latent cache of held-out images (`openhart cache` of another folder,
+            same tokenizer and text encoder): its teacher-forced accuracy is logged at each
+            sample step.
     """
 
     run: RunConfig
@@ -299,10 +315,22 @@ class TransformerTrainConfig:
     model: Any = "tiny"
     init_from: str | None = None
     checkpointing: bool = False
+    sampling: dict = field(default_factory=dict)
+    heldout_cache: str | None = None
 
     def __post_init__(self) -> None:
         if not self.cache:
             _fail("transformer train config", "cache is required (a folder from `openhart cache`)")
+        try:
+            self.recommended_sampling()
+        except ValueError as error:
+            _fail("transformer train config", f"sampling: {error}")
+
+    def recommended_sampling(self) -> SamplingConfig:
+        """The `sampling` section as a `SamplingConfig` (last scale "consistent" unless given)."""
+        if not isinstance(self.sampling, dict):
+            raise ValueError(f"must be an object of SamplingConfig fields, got {self.sampling!r}")
+        return config_from_dict(SamplingConfig, {"last_scale": "consistent", **self.sampling})
 
 
 C = TypeVar("C")

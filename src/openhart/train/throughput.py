@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import nullcontext
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -18,6 +17,7 @@ from ..bench import matmul_peak_tflops
 from ..data.stream import BatchStream
 from ..device import synchronize
 from .config import OptimConfig, RunConfig
+from .trainer import autocast_context, resolved_precision
 from .distributed import Distributed
 from .optim import build_optimizer
 from .trainer import TrainingTask
@@ -31,8 +31,7 @@ def training_throughput(task: TrainingTask, run: RunConfig, optim: OptimConfig, 
     optimizer = build_optimizer(module, optim.lr, optim.weight_decay, tuple(optim.betas))
     params = [p for p in module.parameters() if p.requires_grad]
     stream = BatchStream(task.dataset(), run.batch_size, run.seed)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                if run.precision == "bf16" else nullcontext())
+    autocast = autocast_context(run.precision, device)
 
     def one_step(step: int):
         batch = task.collate(stream.next_batch(), device)
@@ -64,7 +63,7 @@ def training_throughput(task: TrainingTask, run: RunConfig, optim: OptimConfig, 
              "fp32": matmul_peak_tflops(torch.float32, device)}
     achieved = flops / seconds / 1e12
     return {
-        "task": task.kind, "precision": run.precision, "batch_size": run.batch_size,
+        "task": task.kind, "precision": resolved_precision(run.precision, device), "batch_size": run.batch_size,
         "parameters": sum(p.numel() for p in params),
         "seconds_per_step": seconds, "images_per_s": counts["images"] / seconds,
         "tokens_per_s": counts["tokens"] / seconds, "tflop_per_step": flops / 1e12,

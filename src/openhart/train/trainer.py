@@ -132,8 +132,10 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
             _truncate_metrics(out / METRICS_FILE, step)
         writer = _tensorboard(out, run.tensorboard) if dist.is_main else None
 
-        autocast = (torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16)
-                    if run.precision == "bf16" else nullcontext())
+        autocast = autocast_context(run.precision, dist.device)
+        if run.precision == "auto":
+            logger.info("precision auto: %s on %s", resolved_precision(run.precision, dist.device),
+                        dist.device)
         params = [p for p in model.parameters() if p.requires_grad]
         bar = tqdm(total=run.steps, initial=step, disable=quiet or not dist.is_main, file=sys.stderr,
                    desc=f"train {task.kind}", dynamic_ncols=True)
@@ -197,6 +199,22 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
+
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """"fp32" or "bf16": `precision` with "auto" decided for `device`."""
+    if precision != "auto":
+        return precision
+    from ..device import has_native_bf16
+
+    return "bf16" if has_native_bf16(device) else "fp32"
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast when the (resolved) precision is bf16, else a no-op context."""
+    if resolved_precision(precision, device) == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
 
 def _resume_source(resume: str | None, ckpt_dir: Path) -> Path | None:
     if resume is None:

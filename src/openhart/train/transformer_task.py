@@ -28,7 +28,6 @@ from torch import nn
 from ..config import (
     DiffusionHeadConfig,
     HARTConfig,
-    SamplingConfig,
     TransformerConfig,
     config_from_dict,
     config_to_dict,
@@ -36,6 +35,7 @@ from ..config import (
 from ..data.latent_cache import CachedBatch, LatentCache, collate
 from ..diffusion.head import DiffusionHead
 from ..diffusion.schedule import DiffusionSchedule
+from ..eval.accuracy import teacher_forced_accuracy
 from ..images import image_grid, save_png, to_pil
 from ..loading import load_model, save_model
 from ..model import HARTModel
@@ -151,8 +151,10 @@ class HARTTrainingModule(nn.Module):
 
         loss = cfg.ce * ce + cfg.diffusion * diff
         with torch.no_grad():
-            accuracy = (out.logits.argmax(-1) == targets).float().mean()
+            hits = out.logits.argmax(-1) == targets
+            accuracy, last_accuracy = hits.float().mean(), hits[:, -kept:].float().mean()
         metrics = {"ce": ce.detach(), "diffusion": diff.detach(), "accuracy": accuracy,
+                   "last_scale_accuracy": last_accuracy,
                    "kept_tokens": torch.tensor(float(kept)), "dropped_text": dropped.float().mean()}
         return loss, metrics
 
@@ -186,7 +188,10 @@ class TransformerTask(TrainingTask):
             raise ValueError(f"the cache's scales {list(self.patch_nums)} are not a prefix of the "
                              f"model's {list(self.model_config.transformer.patch_nums)}")
         self.init_state = _initial_weights(config.init_from, self.model_config) if config.init_from else None
+        if config.heldout_cache:
+            self._heldout_cache()  # checked before training starts
         self._prompts = None
+        self._accuracy_sets = None
 
     def build(self, device: torch.device) -> nn.Module:
         module = HARTTrainingModule(self.model_config, self.tokenizer.to(device), self.config.losses,
@@ -215,7 +220,8 @@ class TransformerTask(TrainingTask):
         return {"images": batch.size, "tokens": batch.size * sum(pn * pn for pn in self.patch_nums)}
 
     def extra_state(self, dist) -> dict[str, Any]:
-        return {"text_encoder": self.cache.text_encoder}
+        return {"text_encoder": self.cache.text_encoder,
+                "sampling": config_to_dict(self.config.recommended_sampling())}
 
     def frozen_state(self) -> dict[str, torch.Tensor]:
         return {f"tokenizer.{k}": v.detach().cpu() for k, v in self.tokenizer.state_dict().items()}
@@ -227,19 +233,52 @@ class TransformerTask(TrainingTask):
 
     @torch.no_grad()
     def write_samples(self, step: int, state: dict[str, torch.Tensor], folder: Path) -> dict[str, float]:
+        """The sample grid of the fixed prompts, and the teacher-forced accuracy of these weights
+        on training and held-out examples (returned as metrics)."""
+        model = self.model_from(state)
+        metrics = self._accuracy_metrics(model)
         prompts = self._sample_prompts()
         if prompts is None:
-            return {}
+            return metrics
         features, positions = prompts
-        model = self.model_from(state)
         samples = self.config.samples
         generator = torch.Generator().manual_seed(samples.seed)
-        out = generate(model, features, positions, SamplingConfig(cfg_scale=samples.cfg_scale),
-                       generator, patch_nums=self.patch_nums)
+        out = generate(model, features, positions, self.config.recommended_sampling(), generator,
+                       patch_nums=self.patch_nums)
         folder.mkdir(parents=True, exist_ok=True)
         save_png(image_grid(to_pil(out.images), columns=min(4, len(out.images))),
                  folder / f"step-{step:08d}.png", {"prompts": " | ".join(samples.prompts)})
-        return {}
+        return metrics
+
+    def _accuracy_metrics(self, model: HARTModel) -> dict[str, float]:
+        """Teacher-forced top-1 accuracy on a fixed subset of the training cache and on the
+        held-out cache: {"train_last_scale_top1", "train_all_scales_top1", "heldout_..."}."""
+        count = self.config.samples.accuracy_examples
+        if count == 0:
+            return {}
+        if self._accuracy_sets is None:
+            sets = {"train": self.cache}
+            if self.config.heldout_cache:
+                sets["heldout"] = self._heldout_cache()
+            self._accuracy_sets = {}
+            for name, cache in sets.items():
+                order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(0))
+                examples = [cache.get(int(i)) for i in order[:count]]
+                self._accuracy_sets[name] = collate(examples, self.patch_nums, torch.device("cpu"))
+        metrics = {}
+        for name, batch in self._accuracy_sets.items():
+            accuracy = teacher_forced_accuracy(model.transformer, model.tokenizer.quantizer, batch.codes,
+                                               batch.context, batch.position_ids)
+            metrics.update({f"{name}_{key}": value for key, value in accuracy.items()})
+        return metrics
+
+    def _heldout_cache(self) -> LatentCache:
+        heldout = LatentCache(self.config.heldout_cache)
+        if heldout.patch_nums[: len(self.patch_nums)] != self.patch_nums or heldout.text_encoder != self.cache.text_encoder:
+            raise ValueError(f"heldout_cache {self.config.heldout_cache} was made with other scales or "
+                             "another text encoder than the training cache; build it with the same "
+                             "tokenizer and text encoder")
+        return heldout
 
     def _sample_prompts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self._prompts is None:
@@ -251,7 +290,8 @@ class TransformerTask(TrainingTask):
         return self._prompts
 
     def export(self, state: dict[str, torch.Tensor], folder: Path) -> Path:
-        return save_model(self.model_from(state), folder, text_encoder=self.cache.text_encoder)
+        return save_model(self.model_from(state), folder, text_encoder=self.cache.text_encoder,
+                          sampling=self.config.recommended_sampling())
 
 
 def text_encoder_from_spec(spec: dict):
