@@ -34,7 +34,8 @@ def features_net(tmp_path_factory):
     return path
 
 
-def test_eval_writes_results_and_a_contact_sheet(tiny_model_dir, features_net, tmp_path, capsys):
+def test_eval_writes_results_and_a_contact_sheet(tiny_model_dir, features_net, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     heldout = write_shapes(tmp_path / "heldout", count=100, size=64)
     train_folder = write_shapes(tmp_path / "train", count=120, size=64)
     variants = "discrete_only,hybrid_official,hybrid_consistent_temp0"
@@ -53,6 +54,7 @@ def test_eval_writes_results_and_a_contact_sheet(tiny_model_dir, features_net, t
         assert split["images"] == 100
         assert set(split["generation"]) == set(variants.split(","))
         assert set(split["accuracy"]) == {"last_scale_top1", "all_scales_top1"}
+        assert set(split["reconstruction_retrieval"]) == {"continuous", "discrete_only"}
         assert all(0 <= a <= 1 for a in split["accuracy"].values())
         for m in split["generation"].values():
             assert m["fid"] >= 0 and 0 <= m["retrieval_top1"] <= m["retrieval_top5"] <= 1
@@ -67,7 +69,7 @@ def test_eval_writes_results_and_a_contact_sheet(tiny_model_dir, features_net, t
     assert "| reconstruction | rFID" in out and "| train (100) | hybrid_official |" in out
 
     # a second run reuses the gallery features and gives the same numbers
-    gallery_file = tmp_path / "ev" / "gallery_features.safetensors"
+    (gallery_file,) = (tmp_path / "cache" / "openhart" / "eval").glob("gallery-*.safetensors")
     written = gallery_file.stat().st_mtime_ns
     assert main(args) == 0
     assert gallery_file.stat().st_mtime_ns == written

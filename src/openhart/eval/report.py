@@ -1,7 +1,8 @@
 """`openhart eval`: the evaluation that tests HART's central claim, on held-out and training captions.
 
 (a) Tokenizer reconstruction of the held-out images through the continuous path (codes +
-    residual) against the discrete-only path (codes alone): rFID, PSNR, SSIM.
+    residual) against the discrete-only path (codes alone): rFID, PSNR, SSIM; and the retrieval
+    rates of the reconstructions of each split, the ceiling that generated images can reach.
 (b) The transformer's teacher-forced top-1 code accuracy, at the last scale and over all
     scales, on the held-out images and on a fixed, seeded subset of the training images.
 (c) Generation variants (`VARIANTS`: discrete-only, hybrid with the official or the consistent
@@ -38,7 +39,6 @@ from .metrics import psnr, ssim
 from .retrieval import retrieval_ranks, retrieval_rates
 
 SHEET_ROWS = 8
-GALLERY_FILE = "gallery_features.safetensors"
 
 # Generation variants: changes to the model folder's recommended sampling settings.
 VARIANTS: dict[str, dict] = {
@@ -108,17 +108,19 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
     splits = [_split(name, folders[name], picks[name], offsets[name], gallery_images) for name in picks]
 
     say(f"Inception features of the gallery ({len(gallery_images)} images)")
-    gallery_features = _gallery_features(features, gallery_images, folders, size, Path(out_dir))
+    gallery_features = _gallery_features(features, gallery_images, folders, size)
 
     say("(a) tokenizer reconstructions")
     heldout = splits[0]
-    continuous, discrete = _reconstructions(pipe.model.tokenizer, heldout.images, batch_size)
+    recons = {split.name: _reconstructions(pipe.model.tokenizer, split.images, batch_size) for split in splits}
+    continuous, discrete = recons["heldout"]
+    recon_features = {name: [features(images) for images in pair] for name, pair in recons.items()}
     real_heldout = gallery_features[heldout.gallery_index]
     reconstruction = {
-        name: {"rfid": frechet_distance(real_heldout, features(images)),
+        name: {"rfid": frechet_distance(real_heldout, recon_features["heldout"][i]),
                "psnr": float(psnr(images, heldout.images).mean()),
                "ssim": float(ssim(images, heldout.images).mean())}
-        for name, images in (("continuous", continuous), ("discrete_only", discrete))
+        for i, (name, images) in enumerate((("continuous", continuous), ("discrete_only", discrete)))
     }
 
     results_splits, sheet_images = {}, {}
@@ -126,6 +128,12 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
         say(f"(b) teacher-forced accuracy: {split.name}")
         accuracy = _accuracy(pipe, split, batch_size)
         real_features = gallery_features[split.gallery_index]
+        # retrieval of the tokenizer's reconstructions: the best a generated image can hope for
+        oracle = {}
+        for name, feats in zip(("continuous", "discrete_only"), recon_features[split.name]):
+            ranks = retrieval_ranks(feats, gallery_features, split.gallery_index)
+            oracle[name] = {f"retrieval_{k}": v for k, v in retrieval_rates(ranks, len(gallery_features)).items()
+                            if not k.startswith("chance")}
         generation = {}
         for name in variants:
             say(f"(c) generation, {split.name} captions: {name}")
@@ -140,7 +148,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
             if split.name == "heldout":
                 sheet_images[name] = images[:SHEET_ROWS]
         results_splits[split.name] = {"images": len(split.captions), "accuracy": accuracy,
-                                      "generation": generation}
+                                      "reconstruction_retrieval": oracle, "generation": generation}
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,9 +200,17 @@ def _split(name: str, folder: ImageCaptionFolder, picks: list[int], offset: int,
                  gallery_index=index)
 
 
+def feature_cache_dir() -> Path:
+    """Where gallery features are kept between evaluations: $XDG_CACHE_HOME/openhart/eval
+    (~/.cache/openhart/eval by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "openhart" / "eval"
+
+
 def _gallery_features(features: InceptionFeatures, images: torch.Tensor,
-                      folders: dict[str, ImageCaptionFolder], size: int, out: Path) -> torch.Tensor:
-    """Inception features of the gallery, reused from `out` when the same files were featurised."""
+                      folders: dict[str, ImageCaptionFolder], size: int) -> torch.Tensor:
+    """Inception features of the gallery, reused when the same files (paths, sizes, times,
+    captions) were featurised at the same resolution by the same network."""
     from safetensors.torch import load_file, save_file
 
     key = hashlib.sha256()
@@ -203,7 +219,9 @@ def _gallery_features(features: InceptionFeatures, images: torch.Tensor,
             stat = path.stat()
             key.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{caption}\n".encode())
     key.update(f"{size}|{features.path}".encode())
-    digest, cached = key.hexdigest(), out / GALLERY_FILE
+    digest = key.hexdigest()
+    out = feature_cache_dir()
+    cached = out / f"gallery-{digest[:24]}.safetensors"
     if cached.is_file():
         from safetensors import safe_open
 
@@ -276,6 +294,9 @@ def format_results(results: dict) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for split, data in results["splits"].items():
         acc = data["accuracy"]
+        for name, m in data["reconstruction_retrieval"].items():
+            lines.append(f"| {split} ({data['images']}) | reconstruction, {name.replace('_', '-')} | | | "
+                         f"{100 * m['retrieval_top1']:.1f}% | {100 * m['retrieval_top5']:.1f}% | | |")
         for name, m in data["generation"].items():
             lines.append(f"| {split} ({data['images']}) | {name} | {m['fid']:.2f} | "
                          f"{m['kid_x1000']:.2f} ± {m['kid_x1000_std']:.2f} | "
