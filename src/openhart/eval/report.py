@@ -90,6 +90,8 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
         raise ValueError(f"train_samples must be >= 1, got {train_samples}")
     say = progress or (lambda _: None)
     pipe = HARTPipeline.from_pretrained(model_dir, text_encoder=text_encoder, dtype=torch.float32)
+    base = pipe.resolve_sampling(None, guidance_scale=cfg)
+    settings = {name: dataclasses.replace(base, **VARIANTS[name]) for name in variants}
     size = pipe.model.config.image_size
     features = InceptionFeatures(inception)
 
@@ -113,8 +115,8 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
     say("(a) tokenizer reconstructions")
     heldout = splits[0]
     recons = {split.name: _reconstructions(pipe.model.tokenizer, split.images, batch_size) for split in splits}
-    continuous, discrete = recons["heldout"]
-    recon_features = {name: [features(images) for images in pair] for name, pair in recons.items()}
+    continuous, discrete, _ = recons["heldout"]
+    recon_features = {name: [features(images) for images in (c, d)] for name, (c, d, _) in recons.items()}
     real_heldout = gallery_features[heldout.gallery_index]
     reconstruction = {
         name: {"rfid": frechet_distance(real_heldout, recon_features["heldout"][i]),
@@ -126,25 +128,20 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
     results_splits, sheet_images = {}, {}
     for split in splits:
         say(f"(b) teacher-forced accuracy: {split.name}")
-        accuracy = _accuracy(pipe, split, batch_size)
+        accuracy = _accuracy(pipe, split, recons[split.name][2], batch_size)
         real_features = gallery_features[split.gallery_index]
         # retrieval of the tokenizer's reconstructions: the best a generated image can hope for
-        oracle = {}
-        for name, feats in zip(("continuous", "discrete_only"), recon_features[split.name]):
-            ranks = retrieval_ranks(feats, gallery_features, split.gallery_index)
-            oracle[name] = {f"retrieval_{k}": v for k, v in retrieval_rates(ranks, len(gallery_features)).items()
-                            if not k.startswith("chance")}
+        oracle = {name: _retrieval(feats, gallery_features, split.gallery_index)
+                  for name, feats in zip(("continuous", "discrete_only"), recon_features[split.name])}
         generation = {}
-        for name in variants:
+        for name, sampling in settings.items():
             say(f"(c) generation, {split.name} captions: {name}")
-            images = _generate(pipe, split.captions, seed, batch_size, cfg, VARIANTS[name])
+            images = _generate(pipe, split.captions, seed, batch_size, sampling)
             gen_features = features(images)
             kid, kid_std = kernel_inception_distance(real_features, gen_features, seed=seed)
-            ranks = retrieval_ranks(gen_features, gallery_features, split.gallery_index)
             generation[name] = {"fid": frechet_distance(real_features, gen_features), "kid_x1000": kid,
                                 "kid_x1000_std": kid_std,
-                                **{f"retrieval_{k}": v for k, v in retrieval_rates(ranks, len(gallery_features)).items()
-                                   if not k.startswith("chance")}}
+                                **_retrieval(gen_features, gallery_features, split.gallery_index)}
             if split.name == "heldout":
                 sheet_images[name] = images[:SHEET_ROWS]
         results_splits[split.name] = {"images": len(split.captions), "accuracy": accuracy,
@@ -160,12 +157,11 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
                                     *(g[i] for g in sheet_images.values())]))
     save_png(image_grid(rows, columns=len(columns)), out / "contact_sheet.png",
              {"columns": " | ".join(columns), "captions": " | ".join(heldout.captions[:SHEET_ROWS])})
-    base = pipe.resolve_sampling(None, guidance_scale=cfg)
     results = {
         "model": str(model_dir), "data": str(data_dir), "train_data": None if train_data is None else str(train_data),
         "resolution": size, "seed": seed, "batch_size": batch_size, "inception": str(features.path),
         "guidance_scale": base.cfg_scale, "recommended_sampling": config_to_dict(pipe.default_sampling),
-        "variants": {name: config_to_dict(dataclasses.replace(base, **VARIANTS[name])) for name in variants},
+        "variants": {name: config_to_dict(sampling) for name, sampling in settings.items()},
         "gallery": {"images": len(gallery_features), "chance_top1": 1 / len(gallery_features),
                     "chance_top5": min(5, len(gallery_features)) / len(gallery_features)},
         "reconstruction": {"images": len(heldout.captions), **reconstruction},
@@ -235,36 +231,41 @@ def _gallery_features(features: InceptionFeatures, images: torch.Tensor,
     return gallery
 
 
-def _reconstructions(tokenizer, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    continuous, discrete = [], []
+def _reconstructions(tokenizer, images: torch.Tensor, batch_size: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Continuous and discrete-only reconstructions in [0, 1], and the codes of every scale."""
+    continuous, discrete, codes = [], [], []
     for chunk in (images * 2 - 1).split(batch_size):
         tokens = tokenizer.encode(chunk)
         continuous.append((tokenizer.decode_latent(tokens.latent) + 1) / 2)
         discrete.append((tokenizer.decode_tokens(tokens.indices) + 1) / 2)
-    return torch.cat(continuous).clamp(0, 1), torch.cat(discrete).clamp(0, 1)
+        codes.append(tokens.indices)
+    per_scale = [torch.cat(c) for c in zip(*codes)]
+    return torch.cat(continuous).clamp(0, 1), torch.cat(discrete).clamp(0, 1), per_scale
 
 
-def _accuracy(pipe, split: Split, batch_size: int) -> dict[str, float]:
-    """Teacher-forced accuracy on the split's images (codes from the model's own tokenizer)."""
+def _retrieval(features_ND: torch.Tensor, gallery_MD: torch.Tensor, targets_N: torch.Tensor) -> dict[str, float]:
+    """{"retrieval_top1", "retrieval_top5"} of images whose own gallery entries are `targets_N`."""
+    rates = retrieval_rates(retrieval_ranks(features_ND, gallery_MD, targets_N), len(gallery_MD))
+    return {f"retrieval_{k}": v for k, v in rates.items() if not k.startswith("chance")}
+
+
+def _accuracy(pipe, split: Split, codes: list[torch.Tensor], batch_size: int) -> dict[str, float]:
+    """Teacher-forced accuracy on the split's images, given their codes of every scale."""
     model = pipe.model
-    codes, contexts, positions = [], [], []
+    contexts, positions = [], []
     for start in range(0, len(split.captions), batch_size):
-        chunk = split.images[start:start + batch_size] * 2 - 1
-        codes.append(model.tokenizer.encode(chunk).indices)
         cond, _ = pipe.encode_prompt(split.captions[start:start + batch_size], None)
         contexts.append(cond.features)
         positions.append(cond.position_ids)
-    per_scale = [torch.cat(c) for c in zip(*codes)]
-    return teacher_forced_accuracy(model.transformer, model.tokenizer.quantizer, per_scale,
+    return teacher_forced_accuracy(model.transformer, model.tokenizer.quantizer, codes,
                                    torch.cat(contexts), torch.cat(positions), batch_size=batch_size)
 
 
-def _generate(pipe, captions: list[str], seed: int, batch_size: int, cfg: float | None,
-              settings: dict) -> torch.Tensor:
+def _generate(pipe, captions: list[str], seed: int, batch_size: int, sampling) -> torch.Tensor:
     """One image per caption, (N, 3, R, R) in [0, 1]; batch b uses seed + b."""
     images = []
     for b, start in enumerate(range(0, len(captions), batch_size)):
-        sampling = dataclasses.replace(pipe.resolve_sampling(None, guidance_scale=cfg), **settings)
         out = pipe(captions[start:start + batch_size], seed=seed + b, sampling=sampling)
         images += [_array(image) for image in out.images]
     return torch.stack(images).permute(0, 3, 1, 2).float() / 255

@@ -17,10 +17,9 @@ from ..bench import matmul_peak_tflops
 from ..data.stream import BatchStream
 from ..device import synchronize
 from .config import OptimConfig, RunConfig
-from .trainer import autocast_context, resolved_precision
 from .distributed import Distributed
 from .optim import build_optimizer
-from .trainer import TrainingTask
+from .trainer import TrainingTask, autocast_context, resolved_precision
 
 
 def training_throughput(task: TrainingTask, run: RunConfig, optim: OptimConfig, *, steps: int = 10,

@@ -188,8 +188,8 @@ class TransformerTask(TrainingTask):
             raise ValueError(f"the cache's scales {list(self.patch_nums)} are not a prefix of the "
                              f"model's {list(self.model_config.transformer.patch_nums)}")
         self.init_state = _initial_weights(config.init_from, self.model_config) if config.init_from else None
-        if config.heldout_cache:
-            self._heldout_cache()  # checked before training starts
+        self.sampling = config.recommended_sampling()
+        self.heldout = self._open_heldout_cache(config.heldout_cache) if config.heldout_cache else None
         self._prompts = None
         self._accuracy_sets = None
 
@@ -221,7 +221,7 @@ class TransformerTask(TrainingTask):
 
     def extra_state(self, dist) -> dict[str, Any]:
         return {"text_encoder": self.cache.text_encoder,
-                "sampling": config_to_dict(self.config.recommended_sampling())}
+                "sampling": config_to_dict(self.sampling)}
 
     def frozen_state(self) -> dict[str, torch.Tensor]:
         return {f"tokenizer.{k}": v.detach().cpu() for k, v in self.tokenizer.state_dict().items()}
@@ -243,7 +243,7 @@ class TransformerTask(TrainingTask):
         features, positions = prompts
         samples = self.config.samples
         generator = torch.Generator().manual_seed(samples.seed)
-        out = generate(model, features, positions, self.config.recommended_sampling(), generator,
+        out = generate(model, features, positions, self.sampling, generator,
                        patch_nums=self.patch_nums)
         folder.mkdir(parents=True, exist_ok=True)
         save_png(image_grid(to_pil(out.images), columns=min(4, len(out.images))),
@@ -258,8 +258,8 @@ class TransformerTask(TrainingTask):
             return {}
         if self._accuracy_sets is None:
             sets = {"train": self.cache}
-            if self.config.heldout_cache:
-                sets["heldout"] = self._heldout_cache()
+            if self.heldout is not None:
+                sets["heldout"] = self.heldout
             self._accuracy_sets = {}
             for name, cache in sets.items():
                 order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(0))
@@ -272,10 +272,11 @@ class TransformerTask(TrainingTask):
             metrics.update({f"{name}_{key}": value for key, value in accuracy.items()})
         return metrics
 
-    def _heldout_cache(self) -> LatentCache:
-        heldout = LatentCache(self.config.heldout_cache)
+    def _open_heldout_cache(self, path: str) -> LatentCache:
+        """The held-out cache, checked against the training cache before training starts."""
+        heldout = LatentCache(path)
         if heldout.patch_nums[: len(self.patch_nums)] != self.patch_nums or heldout.text_encoder != self.cache.text_encoder:
-            raise ValueError(f"heldout_cache {self.config.heldout_cache} was made with other scales or "
+            raise ValueError(f"heldout_cache {path} was made with other scales or "
                              "another text encoder than the training cache; build it with the same "
                              "tokenizer and text encoder")
         return heldout
@@ -291,7 +292,7 @@ class TransformerTask(TrainingTask):
 
     def export(self, state: dict[str, torch.Tensor], folder: Path) -> Path:
         return save_model(self.model_from(state), folder, text_encoder=self.cache.text_encoder,
-                          sampling=self.config.recommended_sampling())
+                          sampling=self.sampling)
 
 
 def text_encoder_from_spec(spec: dict):
