@@ -6,6 +6,12 @@ rate in the same process, counts FLOPs with `torch.utils.flop_counter` (attentio
 limit and the ratio of the total time to the floor:
 
     floor = non-attention FLOP / matmul peak + max(attention FLOP / matmul peak, scores / exp rate)
+
+The matmul peak is that of the fastest dtype the machine runs natively (`floor_dtype`: bf16 where
+the CPU has AMX or AVX512-BF16 and on GPUs, fp32 elsewhere), whatever dtype the run uses, so that
+an fp32 run on a bf16 machine is not flattered by the slower fp32 peak. With `profile=True` one
+more generation runs under torch.profiler: the top ops by self time, and the time spent outside
+matmul, convolution and attention kernels (`outside_kernels_s`), show where the rest goes.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import resource
 import statistics
 import time
@@ -45,6 +52,11 @@ SDPA_OPS = tuple(getattr(torch.ops.aten, name, None) for name in (
 # On GPUs a 2048^3 matmul and 262,144 exps are launch-bound: measure the rates at GPU sizes there.
 GPU_MATMUL_SIZE = 8192
 GPU_EXP_ELEMENTS = 1 << 26
+# Profiler op names whose self time is kernel work: matmuls, convolutions, attention. Everything
+# else (elementwise ops, copies, norms, indexing, Python between ops) is "outside the kernels".
+KERNEL_OP_PATTERN = re.compile(
+    r"^(aten::(mm|addmm|bmm|baddbmm|addmv|mv|dot|_?mkldnn_.*|.*convolution.*|_slow_conv2d_.*"
+    r"|_scaled_dot_product_.*|scaled_dot_product_attention)|mkldnn::.*)$")
 PROMPT = "a photo of a red fox sitting in fresh snow at dawn, soft light, high detail"
 
 
@@ -62,6 +74,8 @@ class BenchSettings:
     text_encoder: str = "qwen2-1.5b"
     seed: int = 0
     matmul_size: int | None = None  # None: 2048 on the CPU, 8192 on GPUs
+    profile: bool = False
+    profile_top: int = 15
 
 
 # ----- machine rates ---------------------------------------------------------------------------------
@@ -267,7 +281,57 @@ def _run_bench(settings: BenchSettings) -> dict:
     }
     exp_per_s = exp_rate(settings.device, GPU_EXP_ELEMENTS if gpu else EXP_ELEMENTS,
                          max(EXP_TOTAL, 4 * GPU_EXP_ELEMENTS) if gpu else EXP_TOTAL)
-    return summarize(settings, runs, counting.counts, rates, exp_per_s)
+    result = summarize(settings, runs, counting.counts, rates, exp_per_s)
+    if settings.profile:
+        result.update(profile_run(model, make_encoder, settings))
+    return result
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a profiler op: matmul, convolution, attention (kernel work) or other."""
+    if not KERNEL_OP_PATTERN.match(name):
+        return "other"
+    if "scaled_dot_product" in name:
+        return "attention"
+    if "conv" in name:
+        return "convolution"
+    return "matmul"
+
+
+def profile_run(model: HARTModel, make_encoder: Callable[[], HFPromptEncoder | None],
+                settings: BenchSettings) -> dict:
+    """One more generation under torch.profiler.
+
+    Returns `profile` (the `profile_top` ops by self time: name, kind, seconds, calls),
+    `profile_wall_s` (the profiled run's wall time, profiler overhead included), `kernel_s`
+    (self time of matmul, convolution and attention ops) and `outside_kernels_s` = wall - kernel.
+    On GPUs self time is device time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    gpu = settings.device.type == "cuda"
+    if gpu:
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        run_once(model, make_encoder, settings, PhaseTimer(settings.device))
+        synchronize(settings.device)
+        wall = time.perf_counter() - start
+    rows = []
+    for event in prof.key_averages():
+        self_us = event.self_device_time_total if gpu else event.self_cpu_time_total
+        if self_us > 0:
+            rows.append({"name": event.key, "kind": kernel_kind(event.key), "seconds": self_us / 1e6,
+                         "calls": event.count})
+    rows.sort(key=lambda r: r["seconds"], reverse=True)
+    kernel = sum(r["seconds"] for r in rows if r["kind"] != "other")
+    by_kind = defaultdict(float)
+    for r in rows:
+        by_kind[r["kind"]] += r["seconds"]
+    return {"profile": rows[:settings.profile_top], "profile_wall_s": wall,
+            "profile_seconds_by_kind": dict(by_kind), "kernel_s": kernel,
+            "outside_kernels_s": max(0.0, wall - kernel)}
 
 
 # ----- report ---------------------------------------------------------------------------------------
@@ -283,9 +347,8 @@ def summarize(settings: BenchSettings, runs: list[dict], counts: dict, rates: di
     phases = list(runs[0])
     median = {p: statistics.median(r[p] for r in runs) for p in phases}
     totals = [sum(r.values()) for r in runs]
-    peak = rates["bf16"] if settings.dtype == torch.bfloat16 else rates["fp32"]
-    if settings.dtype == torch.float16 and settings.device.type != "cpu":
-        peak = rates["bf16"]
+    floor_dtype = "bf16" if has_native_bf16(settings.device) or settings.device.type == "cuda" else "fp32"
+    peak = rates[floor_dtype]
 
     def floor(c: dict) -> float:
         non_attention = (c["flops"] - c["attention_flops"]) / 1e12 / peak
@@ -315,7 +378,7 @@ def summarize(settings: BenchSettings, runs: list[dict], counts: dict, rates: di
         "attention_tflop": total["attention_flops"] / 1e12, "attention_scores": total["scores"],
         "total_tflop": total["flops"] / 1e12,
         "peak_tflops": rates, "exp_rate": exp_per_s,
-        "floor_s": floor_s, "ratio_to_floor": total_s / floor_s if floor_s else float("inf"),
+        "floor_dtype": floor_dtype, "floor_s": floor_s, "ratio_to_floor": total_s / floor_s if floor_s else float("inf"),
         "achieved_tflops": total["flops"] / 1e12 / total_s,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_device_memory_gib": (torch.cuda.max_memory_allocated(settings.device) / 2**30
@@ -332,7 +395,7 @@ def format_report(result: dict) -> str:
         f"(median of {result['repeats']})",
         f"machine: matmul peak bf16 {result['peak_tflops']['bf16']:.3g} TFLOP/s, fp32 "
         f"{result['peak_tflops']['fp32']:.3g} TFLOP/s; exp {result['exp_rate']:.3g}/s; native bf16: "
-        f"{result['native_bf16']}",
+        f"{result['native_bf16']}; floor at the {result['floor_dtype']} peak",
         f"{'phase':<12}{'seconds':>10}{'TFLOP':>10}{'attn TFLOP':>12}{'floor s':>10}{'of limit':>10}",
     ]
     for name, row in result["phase_details"].items():
@@ -346,6 +409,13 @@ def format_report(result: dict) -> str:
         memory += f", peak GPU memory {result['peak_device_memory_gib']:.2f} GiB"
     lines.append(f"ratio to floor {result['ratio_to_floor']:.2f}; achieved {result['achieved_tflops']:.3g} "
                  f"TFLOP/s; {result['images_per_s']:.3g} images/s; {memory}")
+    if "profile" in result:
+        lines.append(f"profile of one more run: {result['profile_wall_s']:.3f} s wall, "
+                     f"{result['kernel_s']:.3f} s in matmul/convolution/attention kernels, "
+                     f"{result['outside_kernels_s']:.3f} s outside them")
+        lines.append(f"{'op (by self time)':<56}{'kind':>12}{'seconds':>10}{'calls':>8}")
+        for row in result["profile"]:
+            lines.append(f"{row['name'][:55]:<56}{row['kind']:>12}{row['seconds']:>10.3f}{row['calls']:>8}")
     return "\n".join(lines)
 
 

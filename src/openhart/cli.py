@@ -367,6 +367,7 @@ examples:
   openhart bench --size 1024 --dtype bf16 --json bench-1024-bf16.json
   openhart bench --size 1024 --dtype bf16 --low-memory          # text encoder freed after encoding
   openhart bench --preset tiny --warmup 0 --repeats 1           # seconds, for a smoke test
+  openhart bench --size 512 --profile                            # plus the top ops by self time
 """
 
 
@@ -397,6 +398,9 @@ def _add_bench(commands) -> None:
     p.add_argument("--matmul-size", type=int, default=None,
                    help="side of the matmul that measures the peak (default 2048 on the CPU, "
                         "8192 on GPUs)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one more run: top ops by self time and the time outside "
+                        "matmul/convolution/attention kernels")
     p.add_argument("--json", type=Path, default=None, help="write the full result as JSON here")
     p.set_defaults(handler=run_bench_command)
 
@@ -413,7 +417,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     settings = BenchSettings(preset=args.preset, size=args.size, dtype=dtype, device=device,
                              batch=args.batch, low_memory=args.low_memory, warmup=args.warmup,
                              repeats=args.repeats, cfg=args.cfg, text_encoder=args.text_encoder,
-                             matmul_size=args.matmul_size)
+                             matmul_size=args.matmul_size, profile=args.profile)
     result = run_bench(settings)
     print(format_report(result))
     if args.json is not None:

@@ -39,3 +39,49 @@ def test_low_memory_and_attention_counts():
 def test_default_dtype_follows_the_hardware():
     cpu = torch.device("cpu")
     assert default_dtype(cpu) == (torch.bfloat16 if has_native_bf16(cpu) else torch.float32)
+
+
+def test_floor_uses_the_fastest_native_dtype_and_profile_splits_kernel_time(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--warmup", "0", "--repeats", "1", "--dtype", "fp32",
+                 "--matmul-size", "128", "--profile", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    native = has_native_bf16(torch.device("cpu"))
+    assert result["floor_dtype"] == ("bf16" if native else "fp32")
+    assert result["dtype"] == "float32"  # the run's dtype, measured against the floor's peak
+    # the floor is recomputable from the counts and the floor dtype's peak
+    peak = result["peak_tflops"][result["floor_dtype"]]
+    floor = 0.0
+    for row in result["phase_details"].values():
+        attention = max(row["attention_tflop"] / peak, row["scores"] / result["exp_rate"])
+        floor += (row["tflop"] - row["attention_tflop"]) / peak + attention
+    assert abs(floor - result["floor_s"]) <= 1e-9 + 1e-6 * floor
+    assert result["ratio_to_floor"] == result["total_s"] / result["floor_s"]
+
+    profile = result["profile"]
+    assert 0 < len(profile) <= 15
+    assert all(set(row) == {"name", "kind", "seconds", "calls"} for row in profile)
+    assert [row["seconds"] for row in profile] == sorted((row["seconds"] for row in profile), reverse=True)
+    kinds = {row["kind"] for row in profile}
+    assert "matmul" in kinds or "attention" in kinds
+    by_kind = result["profile_seconds_by_kind"]
+    kernel = sum(v for k, v in by_kind.items() if k != "other")
+    assert abs(result["kernel_s"] - kernel) < 1e-9
+    assert 0 < result["kernel_s"] < result["profile_wall_s"]
+    assert abs(result["outside_kernels_s"] - (result["profile_wall_s"] - result["kernel_s"])) < 1e-9
+    printed = capsys.readouterr().out
+    assert "outside them" in printed and "op (by self time)" in printed
+
+
+def test_kernel_kinds_of_profiler_op_names():
+    from openhart.bench import kernel_kind
+
+    assert kernel_kind("aten::mm") == "matmul"
+    assert kernel_kind("aten::addmm") == "matmul"
+    assert kernel_kind("aten::bmm") == "matmul"
+    assert kernel_kind("aten::mkldnn_convolution") == "convolution"
+    assert kernel_kind("aten::_slow_conv2d_forward") == "convolution"
+    assert kernel_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    for other in ("aten::copy_", "aten::mul", "aten::native_group_norm", "aten::cat", "aten::linear_backward",
+                  "aten::mm_backward_hypothetical"):
+        assert kernel_kind(other) == "other", other
