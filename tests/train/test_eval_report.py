@@ -89,3 +89,41 @@ def test_a_set_below_the_fid_minimum_says_so(tiny_model_dir, features_net, tmp_p
                  "--inception", str(features_net)])
     assert code == 2 and "has 20 images; FID and KID need at least 100" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
+
+
+def test_eval_curve_measures_retrieval_at_every_checkpoint(latent_cache, features_net, tmp_path, capsys,
+                                                           monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = train_config_from_dict(TransformerTrainConfig, transformer_config(
+        tmp_path / "run", latent_cache, run={"steps": 2, "checkpoint_every": 1, "sample_every": 2},
+        samples={"prompts": ["a red circle"], "accuracy_examples": 4}))
+    train(TransformerTask(cfg), cfg.run, cfg.optim, config_to_dict(cfg), quiet=True)
+    heldout = write_shapes(tmp_path / "heldout", count=20, size=64)
+    train_folder = write_shapes(tmp_path / "train", count=30, size=64)
+    out = tmp_path / "curve.json"
+    args = ["eval-curve", str(tmp_path / "run"), "--data", str(heldout), "--train-data", str(train_folder),
+            "--out", str(out), "--train-samples", "25", "--inception", str(features_net), "--quiet",
+            "--variant", "hybrid_consistent_temp0"]
+    assert main(args) == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert [p["step"] for p in result["points"]] == [1, 2]
+    assert result["samples"] == 25 and result["gallery_images"] == 50
+    for point in result["points"]:
+        assert 0 <= point["retrieval_top1"] <= point["retrieval_top5"] <= 1
+    # the run logged its teacher-forced accuracy at step 2 (a sample step), not at step 1
+    assert "last_scale_top1" not in result["points"][0]
+    assert 0 <= result["points"][1]["last_scale_top1"] <= 1
+    assert "| step | top-1 | top-5 |" in capsys.readouterr().out
+    # fixed seeds: the same curve again
+    assert main(args) == 0
+    assert json.loads(out.read_text()) == result
+
+
+def test_eval_curve_without_checkpoints_is_a_clear_error(tmp_path, capsys):
+    heldout = write_shapes(tmp_path / "heldout", count=4, size=64)
+    (tmp_path / "empty").mkdir()
+    assert main(["eval-curve", str(tmp_path / "empty"), "--data", str(heldout), "--train-data", str(heldout),
+                 "--out", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoints" in err and "Traceback" not in err
+    assert not (tmp_path / "c.json").exists()

