@@ -35,6 +35,7 @@ from .device import has_native_bf16, synchronize
 from .model import HARTModel
 from .sampling import generate
 from .text.encoder import HFPromptEncoder
+from .tokenizer import use_channels_last
 from .timing import PhaseTimer
 
 # Qwen2-1.5B's architecture (the text encoder of HART-0.7B), built with random weights.
@@ -157,7 +158,9 @@ def build_model(settings: BenchSettings) -> HARTModel:
     config: HARTConfig = hart_tiny() if settings.preset == "tiny" else hart_0p7b(settings.size)
     with torch.device("meta"):
         model = HARTModel(config)
-    return _materialize(model, settings, settings.seed).eval()
+    model = _materialize(model, settings, settings.seed).eval()
+    use_channels_last(model.tokenizer)  # as loading does
+    return model
 
 
 def build_text_encoder(settings: BenchSettings, config: HARTConfig) -> HFPromptEncoder | None:

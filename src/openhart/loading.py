@@ -25,7 +25,7 @@ from .serialization import (
     write_json,
     write_safetensors,
 )
-from .tokenizer import HybridTokenizer
+from .tokenizer import HybridTokenizer, use_channels_last
 
 FORMAT_VERSION = 1
 TOKENIZER_MODEL_TYPE = "openhart.tokenizer"
@@ -92,7 +92,8 @@ def load_tokenizer(path: str | os.PathLike, *, device: torch.device | str | None
     with torch.device("meta"):
         tokenizer = HybridTokenizer(config)
     load_into(tokenizer, state, str(weights))
-    return tokenizer.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+    tokenizer = tokenizer.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+    return use_channels_last(tokenizer)
 
 
 def save_tokenizer(tokenizer: HybridTokenizer, path: str | os.PathLike) -> Path:
@@ -159,7 +160,9 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str | None = N
     with torch.device("meta"):
         model = HARTModel(config)
     load_into(model, state, source)
-    return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+    model = model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+    use_channels_last(model.tokenizer)
+    return model
 
 
 def save_model(model: HARTModel, path: str | os.PathLike, *, text_encoder: dict | None = None,

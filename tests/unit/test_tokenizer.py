@@ -104,3 +104,29 @@ def test_split_group_norm_matches_torch_group_norm():
     got = split_group_norm(x.bfloat16(), 32, weight.bfloat16(), bias.bfloat16(), 1e-6).float()
     want = F.group_norm(x.bfloat16().float(), 32, weight.bfloat16().float(), bias.bfloat16().float(), 1e-6)
     assert (got - want).abs().max() <= 0.015 * want.abs().max()  # bf16 rounding (torch: 0.003)
+
+
+def test_channels_last_decoding_matches_the_contiguous_layout(tiny_tokenizer, tiny_images, tmp_path):
+    import copy
+
+    from openhart.loading import load_tokenizer, save_tokenizer
+    from openhart.tokenizer import use_channels_last
+
+    latent = tiny_tokenizer.encode(tiny_images).latent
+    with torch.no_grad():
+        reference = tiny_tokenizer.decode_latent(latent)
+        fast = use_channels_last(copy.deepcopy(tiny_tokenizer))
+        conv = fast.decoder.conv_in.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        out = fast.decode_latent(latent)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    # loading gives the inference layout; saving it writes the same tensors as the contiguous model
+    from safetensors.torch import load_file
+
+    a = save_tokenizer(tiny_tokenizer.float(), tmp_path / "a")
+    b = save_tokenizer(load_tokenizer(a), tmp_path / "b")
+    saved_a, saved_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert saved_a.keys() == saved_b.keys()
+    assert all(torch.equal(saved_a[k], saved_b[k]) for k in saved_a)
+    assert load_tokenizer(a).decoder.conv_out.weight.is_contiguous(memory_format=torch.channels_last)

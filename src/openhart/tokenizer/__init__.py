@@ -1,7 +1,7 @@
 """The HART hybrid tokenizer."""
 
-from .autoencoder import Decoder, Encoder, HybridTokenizer, HybridTokens
+from .autoencoder import Decoder, Encoder, HybridTokenizer, HybridTokens, use_channels_last
 from .quantizer import MultiScaleQuantizer, QuantizedLatent
 
 __all__ = ["Decoder", "Encoder", "HybridTokenizer", "HybridTokens", "MultiScaleQuantizer",
-           "QuantizedLatent"]
+           "QuantizedLatent", "use_channels_last"]

@@ -95,10 +95,21 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch * mult[0], 3, 3, padding=1)
 
     def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z_BChw))
+        # channels_last throughout: oneDNN and cuDNN convolve NHWC without reordering each
+        # activation, and GroupNorm, SiLU and nearest upsampling keep the layout (2.5x faster
+        # at 1024 px in bf16 on an AMX CPU; docs/performance.md)
+        h = self.mid(self.conv_in(z_BChw.contiguous(memory_format=torch.channels_last)))
         for level in reversed(self.up):
             h = level(h)
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
+
+
+def use_channels_last(tokenizer: nn.Module) -> nn.Module:
+    """Store the decoder's convolution weights channels_last (inference), so that no weight is
+    reordered per call either. Saving writes contiguous copies, so folders do not change."""
+    tokenizer.decoder.to(memory_format=torch.channels_last)
+    tokenizer.post_quant_conv.to(memory_format=torch.channels_last)
+    return tokenizer
 
 
 class HybridTokenizer(nn.Module):
