@@ -33,8 +33,13 @@ class UsageError(ValueError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="openhart: %(levelname)s: %(message)s", level=logging.WARNING)
-    for noisy in ("transformers", "httpx", "huggingface_hub"):
+    for noisy in ("transformers", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # huggingface_hub resets its logger when imported: its retry notices would bury the one-line
+    # error of a failed download (its progress bars stay)
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"openhart {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(commands)
+    _add_download(commands)
     _add_convert(commands)
     _add_reconstruct(commands)
     _add_bench(commands)
@@ -108,9 +114,11 @@ def _add_generate(commands) -> None:
     )
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts")
     p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
-    p.add_argument("--model", type=Path, default=None,
-                   help="model folder: the official release (with llm/ and tokenizer/) or openhart's "
-                        "(default: the small emoji model that ships with openhart)")
+    p.add_argument("--model", default=None,
+                   help="a Hub repo id (mit-han-lab/hart-0.7b-1024px, optionally @revision; "
+                        "downloaded once into the Hugging Face cache) or a local folder in the "
+                        "official layout (llm/ and tokenizer/) or openhart's (default: the small "
+                        "emoji model that ships with openhart)")
     p.add_argument("--text-encoder", default=None,
                    help="local Hugging Face text encoder folder (e.g. Qwen2-VL-1.5B-Instruct), a "
                         "packaged one (all-MiniLM-L6-v2), or 'random' (demo only); default: the "
@@ -178,14 +186,6 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
     device = resolve_device(args.device)
     dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
-    if args.model is None:
-        from .default_model import default_model_dir
-
-        args.model = default_model_dir()
-    if args.text_encoder is None:
-        from .pipeline import recorded_text_encoder
-
-        args.text_encoder = recorded_text_encoder(args.model)
     pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
                                         dtype=dtype, weights=args.weights, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(
@@ -197,7 +197,7 @@ def run_generate(args: argparse.Namespace) -> int:
                    sampling=sampling, seed=args.seed, on_scale=on_scale)
     metadata = [generation_metadata(
         prompt=prompt, negative_prompt=args.negative_prompt, seed=out.seed, index=i,
-        model_name=pipe.name, model=str(args.model), text_encoder=str(args.text_encoder),
+        model_name=pipe.name, model=pipe.source, text_encoder=pipe.text_encoder_name,
         dtype=str(dtype).removeprefix("torch."), sampling=out.sampling, num_images=len(out.images))
         for i, prompt in enumerate(out.prompts)]
     if args.grid:
@@ -239,6 +239,49 @@ class _scale_progress:
             self.bar.close()
 
 
+# ----- download ------------------------------------------------------------------------------------
+
+DOWNLOAD_EXAMPLES = """\
+examples:
+  openhart download mit-han-lab/hart-0.7b-1024px
+      the released model (llm/config.json, the EMA weights, tokenizer/) and its text encoder
+      mit-han-lab/Qwen2-VL-1.5B-Instruct, into the Hugging Face cache (HF_HOME)
+  openhart download mit-han-lab/hart-0.7b-1024px@main --weights raw
+  HF_HUB_OFFLINE=1 openhart generate "a red fox in snow" --model mit-han-lab/hart-0.7b-1024px --out fox.png
+      later, without a network: everything comes from the cache
+"""
+
+
+def _add_download(commands) -> None:
+    p = commands.add_parser(
+        "download", help="fetch a model and its text encoder from the Hugging Face Hub into the cache",
+        description="Download the files a Hub model needs (only those: for the official release "
+                    "llm/config.json, the EMA weights unless --weights raw, and tokenizer/) and "
+                    "the text encoder it names, into the Hugging Face cache, and print where they "
+                    "are. Files already cached are not downloaded again. Respects HF_HOME, "
+                    "HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE.",
+        epilog=DOWNLOAD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="Hub repo id, optionally @revision (a local folder is checked and printed)")
+    p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                   help="official models: EMA or raw llm weights (default: EMA when present)")
+    p.add_argument("--text-encoder", default=None,
+                   help="text encoder to fetch instead of the one the model names; 'none' skips it")
+    p.set_defaults(handler=run_download)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from .hub import resolve_model, resolve_text_encoder
+
+    source = resolve_model(args.name, weights=args.weights)
+    print(f"model {source.name}: {source.path}")
+    encoder = args.text_encoder or source.text_encoder
+    if encoder is None:
+        print("text encoder: the model names none; pass --text-encoder when you generate")
+    elif encoder != "none":
+        print(f"text encoder {encoder}: {resolve_text_encoder(encoder)}")
+    return 0
+
+
 # ----- convert -------------------------------------------------------------------------------------
 
 CONVERT_EXAMPLES = """\
@@ -256,7 +299,7 @@ def _add_convert(commands) -> None:
                     "load DST back and check every tensor.",
         epilog=CONVERT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", type=Path, help="source model folder")
+    p.add_argument("src", help="source model folder, or a Hub repo id (downloaded)")
     p.add_argument("dst", type=Path, help="destination folder (must not exist unless --overwrite)")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 weights (default fp32)")
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
@@ -306,9 +349,10 @@ def _add_reconstruct(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("image", type=Path, help="input image file (PNG, JPEG, ...)")
-    p.add_argument("--tokenizer", type=Path, default=None,
+    p.add_argument("--tokenizer", default=None,
                    help="tokenizer folder, official or openhart layout (or a model folder with "
-                        "tokenizer/); default: the 'small' preset with random weights")
+                        "tokenizer/), or a Hub repo id (only its tokenizer/ is downloaded); "
+                        "default: the 'small' preset with random weights")
     p.add_argument("--out-dir", type=Path, default=None,
                    help="where to write the reconstructions (default: the input's folder)")
     p.add_argument("--size", type=int, default=None,
@@ -331,7 +375,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         print(f"No --tokenizer given: using the 'small' preset with RANDOM weights (seed "
               f"{args.seed}). The reconstructions show the pipeline, not quality.")
     else:
-        tokenizer = load_tokenizer(args.tokenizer)
+        from .hub import resolve_tokenizer
+
+        tokenizer = load_tokenizer(resolve_tokenizer(args.tokenizer))
     tokenizer = tokenizer.to(device).eval()
     size = args.size or tokenizer.config.image_size
     tokenizer.scales_for_size(size)  # fail before reading the image if the size does not fit

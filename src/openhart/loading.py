@@ -30,15 +30,10 @@ from .tokenizer import HybridTokenizer, use_channels_last
 FORMAT_VERSION = 1
 TOKENIZER_MODEL_TYPE = "openhart.tokenizer"
 MODEL_TYPE = "openhart.hart"
-# Official llm weight files: raw weights in order of preference, then the EMA weights.
-OFFICIAL_LLM_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
-OFFICIAL_EMA_NAME = "ema_model.bin"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # The key of config.json that holds a model's recommended sampling settings.
 SAMPLING_KEY = "sampling"
-# Official weight files in order of preference.
-OFFICIAL_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 
 def resolve_tokenizer_dir(path: str | os.PathLike) -> Path:
@@ -73,7 +68,7 @@ def load_tokenizer(path: str | os.PathLike, *, device: torch.device | str | None
     try:
         if official.is_official_tokenizer_config(data):
             config = official.tokenizer_config_from_official(data)
-            weights = _first_existing(folder, OFFICIAL_WEIGHT_NAMES)
+            weights = _first_existing(folder, official.TOKENIZER_WEIGHTS)
             state = official.convert_tokenizer_state_dict(
                 read_state_dict(weights), data["model_type"], str(weights))
         elif data.get("model_type") == TOKENIZER_MODEL_TYPE:
@@ -228,7 +223,7 @@ def _read_official_model(folder: Path, weights: str) -> tuple[HARTConfig, dict, 
     except ValueError as error:
         raise CheckpointError(f"{llm / CONFIG_NAME}: {error}") from error
     llm_weights = _official_llm_weights(llm, weights)
-    tok_weights = _first_existing(tok, OFFICIAL_WEIGHT_NAMES)
+    tok_weights = _first_existing(tok, official.TOKENIZER_WEIGHTS)
     state = official.convert_llm_state_dict(
         read_state_dict(llm_weights, skip=lambda k: k == "attn_bias_for_masking"), str(llm_weights))
     tokenizer_state = official.convert_tokenizer_state_dict(
@@ -239,9 +234,9 @@ def _read_official_model(folder: Path, weights: str) -> tuple[HARTConfig, dict, 
 
 
 def _official_llm_weights(llm: Path, weights: str) -> Path:
-    ema = llm / OFFICIAL_EMA_NAME
+    ema = llm / official.LLM_EMA_WEIGHTS
     if weights == "ema" or (weights == "auto" and ema.is_file()):
         if not ema.is_file():
             raise CheckpointError(f"weights='ema' was asked for but {ema} does not exist")
         return ema
-    return _first_existing(llm, OFFICIAL_LLM_WEIGHT_NAMES)
+    return _first_existing(llm, official.LLM_RAW_WEIGHTS)

@@ -30,9 +30,6 @@ from .text.random_encoder import random_prompt_encoder
 
 logger = logging.getLogger(__name__)
 
-# `text_encoder="random"` builds a seeded random encoder (demos and tests, no meaning).
-RANDOM_TEXT_ENCODER = "random"
-
 # Pipeline keyword -> SamplingConfig field.
 SAMPLING_ARGUMENTS = {
     "guidance_scale": "cfg_scale", "top_k": "top_k", "top_p": "top_p", "smooth": "smooth",
@@ -68,7 +65,8 @@ class HARTPipeline:
 
     def __init__(self, model: HARTModel, text_encoder: HFPromptEncoder | None, *, name: str = "hart",
                  text_encoder_loader: Callable[[], HFPromptEncoder] | None = None,
-                 low_memory: bool = False, default_sampling: SamplingConfig | None = None):
+                 low_memory: bool = False, default_sampling: SamplingConfig | None = None,
+                 source: str | None = None, text_encoder_name: str | None = None):
         """Args:
             model: the HART networks.
             text_encoder: the prompt encoder (may be None with a `text_encoder_loader`).
@@ -78,7 +76,11 @@ class HARTPipeline:
                 of both).
             default_sampling: the settings a call starts from (`from_pretrained` takes the
                 model folder's recommended ones); the official defaults when None.
+            source: where the model came from (a Hub id or a folder), for metadata.
+            text_encoder_name: the text encoder as named (a Hub id, folder or packaged name).
         """
+        self.source = source or name
+        self.text_encoder_name = text_encoder_name or getattr(text_encoder, "name", None) or "custom"
         self.default_sampling = default_sampling or SamplingConfig()
         if low_memory and text_encoder_loader is None:
             raise ValueError("low_memory needs a text_encoder_loader to reload the text encoder")
@@ -106,20 +108,22 @@ class HARTPipeline:
                              f"expects {self.model.config.transformer.context_tokens}")
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike | None = None, *,
+    def from_pretrained(cls, model: str | os.PathLike | None = None, *,
                         text_encoder: str | os.PathLike | HFPromptEncoder | None = None,
                         device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                         weights: str = "auto", system_prompt: str | None = None,
                         low_memory: bool = False) -> "HARTPipeline":
-        """Load a model folder (official or openhart) and a local text encoder.
+        """Load a model and its text encoder, downloading what a Hub name needs (`openhart.hub`).
 
         Args:
-            model_dir: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/) or an openhart folder;
-                by default the small emoji model that ships with openhart.
-            text_encoder: a local Hugging Face folder (Qwen2 gets the official HART encoding), the
-                name of a packaged encoder ("all-MiniLM-L6-v2"), an already built encoder, or
-                "random" for a seeded random encoder (demos only); by default the encoder the
-                model folder names (models trained by openhart record theirs).
+            model: a Hub repo id ("mit-han-lab/hart-0.7b-1024px", optionally "@revision"), a
+                local folder (official layout with llm/ and tokenizer/, or openhart's); by
+                default the small emoji model that ships with openhart.
+            text_encoder: a Hub repo id or a local Hugging Face folder (Qwen2 gets the official
+                HART encoding), the name of a packaged encoder ("all-MiniLM-L6-v2"), an already
+                built encoder, or "random" for a seeded random encoder (demos only); by default
+                the encoder the model names (mit-han-lab/Qwen2-VL-1.5B-Instruct for official
+                models; models trained by openhart record theirs).
             device, dtype: where and in which dtype to run (default: CPU, in bf16 where the
                 hardware multiplies bf16 natively and fp32 elsewhere).
             weights: "auto" (EMA when present), "ema" or "raw" for official folders.
@@ -128,31 +132,36 @@ class HARTPipeline:
             low_memory: load the text encoder for each call and free it once the prompts are
                 encoded.
         """
-        if model_dir is None:
-            from .default_model import default_model_dir
+        from .hub import RANDOM_TEXT_ENCODER, resolve_model, resolve_text_encoder
 
-            model_dir = default_model_dir()
+        source = resolve_model(model, weights=weights)
         device = torch.device(device or "cpu")
         dtype = dtype or default_dtype(device)
         if text_encoder is None:
-            text_encoder = recorded_text_encoder(model_dir)
-        model = load_model(model_dir, device=device, dtype=dtype, weights=weights)
-        defaults = {"name": Path(model_dir).resolve().name, "default_sampling": recommended_sampling(model_dir)}
-        max_length = model.config.transformer.context_tokens
+            text_encoder = source.text_encoder
+            if text_encoder is None:
+                raise ValueError(f"{source.name} does not name its text encoder: pass one (text_encoder=... "
+                                 "or --text-encoder), e.g. mit-han-lab/Qwen2-VL-1.5B-Instruct")
+        hart = load_model(source.path, device=device, dtype=dtype, weights=weights)
+        defaults = {"name": source.name, "default_sampling": recommended_sampling(source.path),
+                    "source": source.hub_id or str(source.path)}
+        max_length = hart.config.transformer.context_tokens
         if isinstance(text_encoder, HFPromptEncoder):
-            return cls(model, text_encoder, **defaults)
+            return cls(hart, text_encoder, text_encoder_name=text_encoder.name or "custom", **defaults)
+        defaults["text_encoder_name"] = str(text_encoder)
         if str(text_encoder) == RANDOM_TEXT_ENCODER:
             def loader():
-                return random_prompt_encoder(model.config.transformer.context_dim, max_length,
+                return random_prompt_encoder(hart.config.transformer.context_dim, max_length,
                                              device=device, dtype=dtype)
         else:
+            encoder_path = resolve_text_encoder(text_encoder)
             if system_prompt is None:
-                system_prompt = load_system_prompt(model_dir, text_encoder)
+                system_prompt = load_system_prompt(source.path, encoder_path)
 
             def loader():
-                return load_prompt_encoder(text_encoder, max_length=max_length, device=device,
+                return load_prompt_encoder(encoder_path, max_length=max_length, device=device,
                                            dtype=dtype, system_prompt=system_prompt)
-        return cls(model, None if low_memory else loader(), text_encoder_loader=loader,
+        return cls(hart, None if low_memory else loader(), text_encoder_loader=loader,
                    low_memory=low_memory, **defaults)
 
     @property
@@ -255,17 +264,3 @@ class HARTPipeline:
         )
         return PipelineOutput(images=to_pil(out.images), prompts=[p for p in prompts for _ in range(n)],
                               seed=seed, sampling=resolved, latents=out.latent)
-
-
-def recorded_text_encoder(model_dir: str | os.PathLike) -> str:
-    """The text encoder an openhart model folder names in its config.json ("random", a packaged
-    encoder's name or a folder)."""
-    if not Path(model_dir).is_dir():
-        raise FileNotFoundError(f"model folder not found: {model_dir} (pass the folder that holds "
-                                "config.json, or llm/ and tokenizer/ for the official release)")
-    config = Path(model_dir) / "config.json"
-    spec = json.loads(config.read_text(encoding="utf-8")).get("text_encoder") if config.is_file() else None
-    if not spec:
-        raise ValueError(f"{model_dir} does not name its text encoder: pass one (text_encoder=... or "
-                         "--text-encoder), e.g. Qwen2-VL-1.5B-Instruct for hart-0.7b-1024px")
-    return RANDOM_TEXT_ENCODER if spec.get("kind") == "random" else spec["path"]

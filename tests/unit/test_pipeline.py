@@ -73,8 +73,22 @@ def test_low_memory_mode_frees_the_encoder_and_keeps_the_images(pipe):
         HARTPipeline(pipe.model, pipe.text_encoder, low_memory=True)
 
 
-def test_a_model_that_names_no_text_encoder_asks_for_one():
+def test_a_model_that_names_no_text_encoder_asks_for_one(tmp_path):
+    from openhart.loading import load_model, save_model
+
+    folder = save_model(load_model(HART_TINY), tmp_path / "model")  # records no text encoder
     with pytest.raises(ValueError, match="does not name its text encoder"):
+        HARTPipeline.from_pretrained(folder)
+
+
+def test_an_official_model_defaults_to_the_official_text_encoder(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    # an empty cache and no network: the error names the encoder and the command that fetches it
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="mit-han-lab/Qwen2-VL-1.5B-Instruct is not in the Hugging Face "
+                                         "cache .*`openhart download mit-han-lab/Qwen2-VL-1.5B-Instruct"):
         HARTPipeline.from_pretrained(HART_TINY)
 
 

@@ -18,7 +18,7 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     """Write `src` (official release or openhart folder) as an openhart folder, and verify it.
 
     Args:
-        src: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/).
+        src: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/), or a Hub repo id.
         dst: new folder (or an existing one with `overwrite=True`).
         dtype: floating dtype of the written weights.
         weights: "auto" (EMA when present), "ema" or "raw".
@@ -29,13 +29,20 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     from ..loading import load_model, recommended_sampling, save_model
     from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
 
-    src, dst = Path(src), Path(dst)
+    from ..hub import OFFICIAL_TEXT_ENCODER, resolve_model
+
+    dst = Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; choose a new folder or pass overwrite=True")
     if system_prompt_file is not None and not Path(system_prompt_file).is_file():
         raise FileNotFoundError(f"system prompt file not found: {system_prompt_file}")
+    source = resolve_model(src, weights=weights)
+    src = source.path
     model = load_model(src, dtype=dtype, weights=weights)
-    save_model(model, dst, text_encoder=_recorded_text_encoder(src), sampling=recommended_sampling(src))
+    # the converted folder names its text encoder: the recorded one, or the official models' one
+    text_encoder = ({"kind": "huggingface", "path": OFFICIAL_TEXT_ENCODER} if source.official
+                    else _recorded_text_encoder(src))
+    save_model(model, dst, text_encoder=text_encoder, sampling=recommended_sampling(src))
     prompt_source = Path(system_prompt_file) if system_prompt_file else src / SYSTEM_PROMPT_FILE
     if prompt_source.is_file():
         with atomic_path(dst / SYSTEM_PROMPT_FILE) as tmp:

@@ -197,6 +197,20 @@ _LLM_KEY_RULES = [
 LLM_SKIPPED_KEYS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
 
 
+# Weight files of the official layout: llm/ holds the EMA weights and the raw ones (in order of
+# preference); tokenizer/ its weights (in order of preference).
+LLM_EMA_WEIGHTS = "ema_model.bin"
+LLM_RAW_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def is_official_folder(folder) -> bool:
+    """Whether `folder` is the root of an official model (llm/config.json, tokenizer/config.json)."""
+    from pathlib import Path
+
+    return (Path(folder) / "llm" / "config.json").is_file() and (Path(folder) / "tokenizer" / "config.json").is_file()
+
+
 def is_official_llm_config(data: Mapping) -> bool:
     return data.get("model_type") == LLM_MODEL_TYPE
 

@@ -36,7 +36,8 @@ def add_commands(commands) -> None:
                     "captions and, with --train-data, a seeded subset of the training captions. "
                     "Fixed seeds.",
         epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--model", default=None,
+                   help="a model folder or Hub repo id (default: the shipped model)")
     p.add_argument("--data", type=Path, required=True, help="held-out image-caption folder")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json and contact_sheet.png")
     p.add_argument("--train-data", type=Path, default=None,
@@ -85,11 +86,9 @@ def add_commands(commands) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from .report import evaluate, format_results
 
-    model = args.model
-    if model is None:
-        from ..default_model import default_model_dir
+    from ..hub import resolve_model
 
-        model = default_model_dir()
+    model = resolve_model(args.model).path
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results = evaluate(model, args.data, args.out, train_data=args.train_data,
                        train_samples=args.train_samples, text_encoder=args.text_encoder,

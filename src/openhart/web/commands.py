@@ -31,10 +31,12 @@ def add_commands(commands) -> None:
                     "metadata. One worker per model and a bounded queue; limits are enforced on "
                     "the server. Binds to 127.0.0.1 unless --host says otherwise.",
         epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None,
-                   help="model folder (default: the small emoji model that ships with openhart)")
+    p.add_argument("--model", default=None,
+                   help="a Hub repo id (e.g. mit-han-lab/hart-0.7b-1024px) or a model folder "
+                        "(default: the small emoji model that ships with openhart)")
     p.add_argument("--text-encoder", default=None,
-                   help="text encoder folder or packaged name (default: the one the model names)")
+                   help="text encoder: Hub repo id, folder or packaged name (default: the one the "
+                        "model names)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -78,7 +80,7 @@ def check_port_free(host: str, port: int) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from ..cli import UsageError
     from ..device import default_dtype, resolve_device, resolve_dtype
-    from ..pipeline import HARTPipeline, recorded_text_encoder
+    from ..pipeline import HARTPipeline
     from .app import Generator, build_app, import_gradio, launch
     from .limits import ServeLimits
 
@@ -95,17 +97,11 @@ def run_serve(args: argparse.Namespace) -> int:
             args.host, args.port)
     device = resolve_device(args.device)
     dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
-    if args.model is None:
-        from ..default_model import default_model_dir
-
-        args.model = default_model_dir()
-    if args.text_encoder is None:
-        args.text_encoder = recorded_text_encoder(args.model)
     pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
                                         dtype=dtype)
     output_dir = Path(tempfile.mkdtemp(prefix="openhart-serve-"))
     try:
-        app = build_app(Generator(pipe, model=str(args.model), text_encoder=str(args.text_encoder),
+        app = build_app(Generator(pipe, model=pipe.source, text_encoder=pipe.text_encoder_name,
                                   output_dir=output_dir), limits)
         if not args.quiet:
             print(f"openhart serve: model {pipe.name} on {device} ({str(dtype).removeprefix('torch.')}); "
