@@ -36,7 +36,7 @@ def main() -> None:
     positions = torch.arange(T, device=device).expand(args.batch, -1)
 
     def run() -> None:
-        generate(model, context, positions, SamplingConfig(cfg_scale=4.5),
+        generate(model, context, positions, SamplingConfig(guidance_scale=4.5),
                  torch.Generator(device=device).manual_seed(0))
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -1,5 +1,7 @@
 """openhart: an open, device-agnostic, trainable implementation of HART (arXiv 2410.10812)."""
 
+__version__ = "0.1.0"  # first: modules imported below read it
+
 from .config import (
     DiffusionHeadConfig,
     HARTConfig,
@@ -14,8 +16,6 @@ from .model import HARTModel
 from .pipeline import HARTPipeline, PipelineOutput
 from .tokenizer import HybridTokenizer, HybridTokens
 from .transformer import HARTTransformer
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DiffusionHead",

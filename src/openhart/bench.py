@@ -71,7 +71,7 @@ class BenchSettings:
     low_memory: bool = False
     warmup: int = 1
     repeats: int = 3
-    cfg: float = 4.5
+    guidance_scale: float = 4.5
     text_encoder: str = "qwen2-1.5b"
     seed: int = 0
     matmul_size: int | None = None  # None: 2048 on the CPU, 8192 on GPUs
@@ -226,7 +226,7 @@ def run_once(model: HARTModel, make_encoder: Callable[[], HFPromptEncoder | None
     if settings.low_memory:
         del encoder
         gc.collect()
-    generate(model, context, positions, SamplingConfig(cfg_scale=settings.cfg),
+    generate(model, context, positions, SamplingConfig(guidance_scale=settings.guidance_scale),
              torch.Generator(device=settings.device).manual_seed(settings.seed), timer=timer)
     return dict(timer.seconds)
 

@@ -19,7 +19,6 @@ from .config import LAST_SCALE_MODES, tokenizer_small
 from .device import default_dtype, resolve_device, resolve_dtype
 from .eval.metrics import psnr
 from .images import image_grid, load_image, save_png, to_pil
-from .metadata import generation_metadata
 from .loading import load_tokenizer
 from .text.encoder import SYSTEM_PROMPT_FILE
 from .tokenizer import HybridTokenizer
@@ -96,7 +95,7 @@ examples:
       the small emoji model that ships with openhart (64 px, offline)
   openhart generate "a red fox in snow" --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct --out fox.png
   openhart generate "a lighthouse at dusk" --model hart-0.7b-1024px --text-encoder Qwen2-VL-1.5B-Instruct \\
-      --seed 7 --cfg 4.5 --num-images 4 --out lighthouse.png      # writes lighthouse-000.png ... -003.png
+      --seed 7 --guidance-scale 4.5 --num-images 4 --out lighthouse.png      # writes lighthouse-000.png ... -003.png
   openhart generate "red apple" "grinning face" "flag: Japan" --num-images 4 --grid --out grid.png
       one 3 x 4 grid image: a row per prompt, a column per image
   openhart generate --prompts-file prompts.txt --model my-model --text-encoder my-encoder --out out/img.png
@@ -126,8 +125,9 @@ def _add_generate(commands) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="output PNG; with several images, -000, -001, ... are added to the name")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
-    p.add_argument("--cfg", type=float, default=None,
-                   help="guidance scale (default: the model folder's, 4.5 for the official model)")
+    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's, 4.5 for the official "
+                        "model)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--grid", action="store_true",
                    help="write one grid image to --out (a row per prompt, a column per image) "
@@ -189,24 +189,19 @@ def run_generate(args: argparse.Namespace) -> int:
     pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
                                         dtype=dtype, weights=args.weights, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(
-        None, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
+        None, guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
         head_steps=args.head_steps, maskgit_iters=args.maskgit_iters, use_residual=args.residual,
         head_temperature=args.head_temperature, last_scale=args.last_scale)
     with _scale_progress(pipe, args.quiet) as on_scale:
         out = pipe(prompts, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
                    sampling=sampling, seed=args.seed, on_scale=on_scale)
-    metadata = [generation_metadata(
-        prompt=prompt, negative_prompt=args.negative_prompt, seed=out.seed, index=i,
-        model_name=pipe.name, model=pipe.source, text_encoder=pipe.text_encoder_name,
-        dtype=str(dtype).removeprefix("torch."), sampling=out.sampling, num_images=len(out.images))
-        for i, prompt in enumerate(out.prompts)]
     if args.grid:
         grid = image_grid(out.images, columns=args.num_images)
-        save_png(grid, args.out, dict(metadata[0], prompt=" | ".join(prompts),
-                                      images=json.dumps([json.loads(m["openhart"]) for m in metadata])))
+        save_png(grid, args.out, dict(out.metadata[0], prompt=" | ".join(prompts),
+                                      images=json.dumps([json.loads(m["openhart"]) for m in out.metadata])))
         print(f"{args.out}  seed {out.seed}  {len(prompts)} prompt(s) x {args.num_images} image(s)")
         return 0
-    for image, path, text in zip(out.images, _output_paths(args.out, len(out.images)), metadata):
+    for image, path, text in zip(out.images, _output_paths(args.out, len(out.images)), out.metadata):
         save_png(image, path, text)
         print(f"{path}  seed {out.seed}  {text['prompt']!r}")
     return 0
@@ -440,7 +435,8 @@ def _add_bench(commands) -> None:
                    help="random text encoder to time, or none (random features)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs, median reported (default 3)")
-    p.add_argument("--cfg", type=float, default=4.5, help="guidance scale (default 4.5)")
+    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=4.5,
+                   help="guidance scale (default 4.5)")
     p.add_argument("--matmul-size", type=int, default=None,
                    help="side of the matmul that measures the peak (default 2048 on the CPU, "
                         "8192 on GPUs)")
@@ -462,7 +458,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         raise UsageError(f"output folder does not exist: {args.json.parent}")
     settings = BenchSettings(preset=args.preset, size=args.size, dtype=dtype, device=device,
                              batch=args.batch, low_memory=args.low_memory, warmup=args.warmup,
-                             repeats=args.repeats, cfg=args.cfg, text_encoder=args.text_encoder,
+                             repeats=args.repeats, guidance_scale=args.guidance_scale, text_encoder=args.text_encoder,
                              matmul_size=args.matmul_size, profile=args.profile)
     result = run_bench(settings)
     print(format_report(result))

@@ -7,10 +7,11 @@ elsewhere. Official `config.json` field names are translated in `openhart.conver
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 # Scale side lengths of the released HART-0.7B-1024px model (spec section 0).
 HART_1024_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
@@ -255,7 +256,7 @@ class SamplingConfig:
     """Runtime knobs of text-to-image sampling; defaults are the official scripts' (spec 3.12).
 
     Args:
-        cfg_scale: classifier-free guidance; scale si uses t = cfg_scale * si / (K - 1), and the
+        guidance_scale: classifier-free guidance; scale si uses t = guidance_scale * si / (K - 1), and the
             last scale (and the diffusion head) reuse (K - 2) / (K - 1).
         top_k: keep the k most likely codes at every scale; None uses the official per-scale
             schedule `scale_top_k` (the official code ignores its own `top_k` argument); 0 disables.
@@ -278,7 +279,7 @@ class SamplingConfig:
             Models that openhart trains record "consistent" in their folder's defaults.
     """
 
-    cfg_scale: float = 4.5
+    guidance_scale: float = 4.5
     top_k: int | None = None
     scale_top_k: tuple[int, ...] = (600, 300)
     top_k_switch_scale: int = 7
@@ -290,22 +291,31 @@ class SamplingConfig:
     use_residual: bool = True
     last_scale: str = "official"
 
+    # Field names of earlier versions, still read from config.json files and training configs.
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"cfg_scale": "guidance_scale"}
+
     def __post_init__(self) -> None:
+        """Every sampling setting is checked here, once: the pipeline, the CLI and the web UI
+        show these messages."""
         name = type(self).__name__
-        if not self.cfg_scale >= 0:
-            _fail(name, f"cfg_scale must be >= 0 (0 = no guidance), got {self.cfg_scale}")
-        if self.top_k is not None and self.top_k < 0:
-            _fail(name, f"top_k must be >= 0 (0 = off) or None (official schedule), got {self.top_k}")
-        if len(self.scale_top_k) != 2 or min(self.scale_top_k) < 0:
-            _fail(name, f"scale_top_k must be two values >= 0, got {self.scale_top_k}")
-        if not 0.0 <= self.top_p < 1.0:
-            _fail(name, f"top_p must be in [0, 1) (0 = off), got {self.top_p}")
-        if self.head_steps is not None and self.head_steps < 1:
-            _fail(name, f"head_steps must be >= 1, got {self.head_steps}")
-        if not self.head_temperature >= 0:
-            _fail(name, f"head_temperature must be >= 0, got {self.head_temperature}")
-        if self.maskgit_iters < 1:
-            _fail(name, f"maskgit_iters must be >= 1, got {self.maskgit_iters}")
+        if not _is_number(self.guidance_scale) or not 0 <= self.guidance_scale < math.inf:
+            _fail(name, f"guidance_scale must be a finite number >= 0 (0 = no guidance), got {self.guidance_scale!r}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 0):
+            _fail(name, f"top_k must be an integer >= 0 (0 = off) or None (the per-scale schedule "
+                        f"scale_top_k), got {self.top_k!r}")
+        if len(self.scale_top_k) != 2 or not all(_is_int(k) and k >= 0 for k in self.scale_top_k):
+            _fail(name, f"scale_top_k must be two integers >= 0, got {self.scale_top_k!r}")
+        if not _is_number(self.top_p) or not 0.0 <= self.top_p < 1.0:
+            _fail(name, f"top_p must be a number in [0, 1) (0 = off), got {self.top_p!r}")
+        if self.head_steps is not None and (not _is_int(self.head_steps) or self.head_steps < 1):
+            _fail(name, f"head_steps must be an integer >= 1, got {self.head_steps!r}")
+        if not _is_number(self.head_temperature) or not 0 <= self.head_temperature < math.inf:
+            _fail(name, f"head_temperature must be a finite number >= 0, got {self.head_temperature!r}")
+        if not _is_int(self.maskgit_iters) or self.maskgit_iters < 1:
+            _fail(name, f"maskgit_iters must be an integer >= 1, got {self.maskgit_iters!r}")
+        for flag in ("smooth", "use_residual"):
+            if not isinstance(getattr(self, flag), bool):
+                _fail(name, f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.last_scale not in LAST_SCALE_MODES:
             _fail(name, f"last_scale must be one of {list(LAST_SCALE_MODES)}, got {self.last_scale!r}")
 
@@ -313,6 +323,14 @@ class SamplingConfig:
         if self.top_k is not None:
             return self.top_k
         return self.scale_top_k[0] if si < self.top_k_switch_scale else self.scale_top_k[1]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -333,6 +351,12 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    renamed = getattr(cls, "RENAMED_FIELDS", {})
+    for old, new in renamed.items():
+        if old in data:
+            if new in data:
+                raise ValueError(f"{cls.__name__}: give {new!r} only ({old!r} is its former name)")
+            data = {(new if k == old else k): v for k, v in data.items()}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(fields)}")

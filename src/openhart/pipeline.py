@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -23,6 +22,7 @@ from .config import SamplingConfig
 from .device import default_dtype
 from .images import to_pil
 from .loading import load_model, recommended_sampling
+from .metadata import generation_metadata
 from .model import HARTModel
 from .sampling import ScaleRecord, generate
 from .text.encoder import HFPromptEncoder, PromptEmbedding, load_prompt_encoder, load_system_prompt
@@ -30,29 +30,33 @@ from .text.random_encoder import random_prompt_encoder
 
 logger = logging.getLogger(__name__)
 
-# Pipeline keyword -> SamplingConfig field.
-SAMPLING_ARGUMENTS = {
-    "guidance_scale": "cfg_scale", "top_k": "top_k", "top_p": "top_p", "smooth": "smooth",
-    "head_steps": "head_steps", "maskgit_iters": "maskgit_iters", "use_residual": "use_residual",
-    "head_temperature": "head_temperature", "last_scale": "last_scale",
-}
+# Sampling settings that `__call__` takes as keywords: SamplingConfig's own field names.
+SAMPLING_KEYWORDS = ("guidance_scale", "top_k", "top_p", "smooth", "head_steps", "maskgit_iters",
+                     "use_residual", "head_temperature", "last_scale")
+OUTPUT_TYPES = ("pil", "pt", "np")
 
 
 @dataclass
 class PipelineOutput:
     """Attributes:
-        images: one PIL image per prompt and per image of that prompt, prompt-major.
+        images: one image per prompt and per image of that prompt, prompt-major: PIL images
+            (output_type "pil"), a (N, 3, H, W) float tensor in [0, 1] ("pt") or a (N, H, W, 3)
+            float32 array in [0, 1] ("np"). PIL images are rounded to 8 bits; the others are not.
         prompts: the prompt of each image.
-        seed: the seed of the generator, when the pipeline created it (None if one was passed).
+        seed: the seed of the generator, when the pipeline created it (None if generators were
+            passed).
         sampling: the resolved sampling settings.
         latents: final latents (N, Cv, pK, pK) fed to the decoder.
+        metadata: per image, the PNG text chunks that record how it was made
+            (`openhart.metadata.generation_metadata`; `openhart generate` and the web UI write them).
     """
 
-    images: list[Image.Image]
+    images: list[Image.Image] | torch.Tensor | Any
     prompts: list[str]
     seed: int | None
     sampling: SamplingConfig
     latents: torch.Tensor
+    metadata: list[dict[str, str]]
 
 
 class HARTPipeline:
@@ -173,9 +177,10 @@ class HARTPipeline:
     def check_inputs(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None,
                      num_images_per_prompt: int) -> tuple[list[str], list[str] | None]:
         """Validate prompts and counts; return the prompt list and the negative prompt list."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         if not prompts:
-            raise ValueError("no prompt given: pass a non-empty string or a non-empty list of strings")
+            raise ValueError("no prompt given: pass a non-empty string or a non-empty list of strings "
+                             "(or prompt_embeds)")
         for p in prompts:
             if not isinstance(p, str):
                 raise ValueError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
@@ -190,24 +195,15 @@ class HARTPipeline:
             raise ValueError("negative_prompt must be one string, or one string per prompt")
         return prompts, negatives
 
-    def resolve_sampling(self, sampling: SamplingConfig | None, **overrides) -> SamplingConfig:
-        """SamplingConfig from a base config (the model's recommended settings by default) and
-        pipeline keywords (e.g. guidance_scale)."""
+    def resolve_sampling(self, sampling: SamplingConfig | None = None, **overrides) -> SamplingConfig:
+        """The settings of a call: `sampling` (the model's recommended ones by default) with the
+        keywords that are not None (SamplingConfig field names) replaced. SamplingConfig checks
+        every value and its message names the setting."""
+        unknown = sorted(set(overrides) - set(SAMPLING_KEYWORDS))
+        if unknown:
+            raise TypeError(f"unknown sampling setting(s) {unknown}; known: {list(SAMPLING_KEYWORDS)}")
         base = sampling or self.default_sampling
-        fields = {}
-        for name, value in overrides.items():
-            if value is None:
-                continue
-            if name in ("guidance_scale", "top_p", "head_temperature") and (
-                    not isinstance(value, (int, float)) or value < 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-            if name == "top_k" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {value!r}")
-            fields[SAMPLING_ARGUMENTS[name]] = value
-        try:
-            return dataclasses.replace(base, **fields)
-        except ValueError as error:
-            raise ValueError(str(error).replace("cfg_scale", "guidance_scale")) from error
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None
                       ) -> tuple[PromptEmbedding, PromptEmbedding | None]:
@@ -228,39 +224,123 @@ class HARTPipeline:
     # ----- call ------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(self, prompt: str | Sequence[str], *, negative_prompt: str | Sequence[str] | None = None,
-                 num_images_per_prompt: int = 1, sampling: SamplingConfig | None = None,
-                 generator: torch.Generator | None = None, seed: int | None = None,
-                 guidance_scale: float | None = None, top_k: int | None = None,
+    def __call__(self, prompt: str | Sequence[str] | None = None, *,
+                 negative_prompt: str | Sequence[str] | None = None, num_images_per_prompt: int = 1,
+                 guidance_scale: float | None = None,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                 seed: int | None = None, prompt_embeds: PromptEmbedding | torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True,
+                 sampling: SamplingConfig | None = None, top_k: int | None = None,
                  top_p: float | None = None, smooth: bool | None = None, head_steps: int | None = None,
                  maskgit_iters: int | None = None, use_residual: bool | None = None,
                  head_temperature: float | None = None, last_scale: str | None = None,
-                 on_scale: Callable[[ScaleRecord], None] | None = None) -> PipelineOutput:
+                 on_scale: Callable[[ScaleRecord], None] | None = None) -> PipelineOutput | tuple:
         """Generate `num_images_per_prompt` images for each prompt.
 
-        The unconditional branch is HART's all-zero text features unless `negative_prompt` is
-        given. The same `seed` (or generator state) on the same device gives the same images.
-        Settings not given (as keywords or in `sampling`) are the model folder's recommended
-        ones (`default_sampling`).
+        Args:
+            prompt: a prompt or a list of prompts (or None with `prompt_embeds`).
+            negative_prompt: text of the unconditional branch (default: HART's all-zero features).
+            guidance_scale, top_k, top_p, smooth, head_steps, maskgit_iters, use_residual,
+                head_temperature, last_scale: sampling settings (SamplingConfig); those not given
+                here or in `sampling` are the model's recommended ones (`default_sampling`).
+            generator: one torch.Generator for the whole batch, or one per image (each image
+                then depends on its own generator only).
+            seed: seeds a new generator when none is given (a fresh random seed by default);
+                the same seed on the same device gives the same images.
+            prompt_embeds: precomputed text features instead of `prompt`: a PromptEmbedding, or
+                a (B, T, D) tensor whose T tokens are all real (positions 0..T-1).
+            output_type: "pil" (default), "pt" or "np".
+            return_dict: False returns `(images,)`.
         """
-        prompts, negatives = self.check_inputs(prompt, negative_prompt, num_images_per_prompt)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
         resolved = self.resolve_sampling(
             sampling, guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, smooth=smooth,
             head_steps=head_steps, maskgit_iters=maskgit_iters, use_residual=use_residual,
             head_temperature=head_temperature, last_scale=last_scale)
+        cond, uncond, prompts, negatives = self._conditions(prompt, prompt_embeds, negative_prompt,
+                                                            num_images_per_prompt)
+        n = num_images_per_prompt
+        total = len(prompts) * n
+        generators, seed = self._generators(generator, seed, total)
+
+        def rows(embedding: PromptEmbedding | None, start: int, stop: int):
+            if embedding is None:
+                return None, None
+            return (embedding.features.repeat_interleave(n, 0)[start:stop],
+                    embedding.position_ids.repeat_interleave(n, 0)[start:stop])
+
+        # one batch with one generator, or one image per generator
+        chunks = [(0, total)] if len(generators) == 1 else [(i, i + 1) for i in range(total)]
+        images, latents = [], []
+        for (start, stop), gen in zip(chunks, generators):
+            context, positions = rows(cond, start, stop)
+            uncond_context, uncond_positions = rows(uncond, start, stop)
+            out = generate(self.model, context, positions, resolved, gen,
+                           uncond_context_BTD=uncond_context, uncond_position_ids_BT=uncond_positions,
+                           on_scale=on_scale)
+            images.append(out.images)
+            latents.append(out.latent)
+        pixels = torch.cat(images)
+        prompts = [p for p in prompts for _ in range(n)]
+        metadata = [self.image_metadata(prompt=p, negative_prompt=None if not negatives else negatives[i // n],
+                                        seed=seed, index=i, num_images=total, sampling=resolved)
+                    for i, p in enumerate(prompts)]
+        if output_type == "pil":
+            result = to_pil(pixels)
+        elif output_type == "pt":
+            result = pixels.float().clamp(0, 1)
+        else:
+            result = pixels.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        if not return_dict:
+            return (result,)
+        return PipelineOutput(images=result, prompts=prompts, seed=seed, sampling=resolved,
+                              latents=torch.cat(latents), metadata=metadata)
+
+    def image_metadata(self, *, prompt: str, negative_prompt: str | None, seed: int | None, index: int,
+                       num_images: int, sampling: SamplingConfig) -> dict[str, str]:
+        """The PNG text chunks of one generated image."""
+        return generation_metadata(
+            prompt=prompt, negative_prompt=negative_prompt, seed=seed, index=index, model_name=self.name,
+            model=self.source, text_encoder=self.text_encoder_name,
+            dtype=str(self.model.transformer.head.weight.dtype).removeprefix("torch."), sampling=sampling,
+            num_images=num_images)
+
+    def _conditions(self, prompt, prompt_embeds, negative_prompt, num_images_per_prompt):
+        """(text features, negative text features or None, prompts for the metadata, negative
+        prompts or None) of a call."""
+        if prompt_embeds is None:
+            prompts, negatives = self.check_inputs(prompt, negative_prompt, num_images_per_prompt)
+            cond, uncond = self.encode_prompt(prompts, negatives)
+            return cond, uncond, prompts, negatives
+        if prompt is not None:
+            raise ValueError("pass prompt or prompt_embeds, not both")
+        if isinstance(prompt_embeds, torch.Tensor):
+            transformer = self.model.config.transformer
+            if prompt_embeds.ndim != 3 or prompt_embeds.shape[1:] != (transformer.context_tokens,
+                                                                      transformer.context_dim):
+                raise ValueError(f"prompt_embeds must have shape (B, {transformer.context_tokens}, "
+                                 f"{transformer.context_dim}), got {tuple(prompt_embeds.shape)}")
+            B, T = prompt_embeds.shape[:2]
+            prompt_embeds = PromptEmbedding(
+                features=prompt_embeds.to(self.device, torch.float32),
+                mask=torch.ones(B, T, dtype=torch.bool, device=self.device),
+                position_ids=torch.arange(T, device=self.device).expand(B, -1), truncated=[False] * B)
+        B = prompt_embeds.features.shape[0]
+        labels = ["(prompt_embeds)"] * B
+        _, negatives = self.check_inputs(labels, negative_prompt, num_images_per_prompt)
+        uncond = self.encode_prompt(negatives, None)[0] if negatives else None
+        return prompt_embeds, uncond, labels, negatives
+
+    def _generators(self, generator, seed: int | None, total: int) -> tuple[list[torch.Generator], int | None]:
+        """The generators of a call (one, or one per image) and the seed recorded in metadata."""
         if generator is None:
             seed = secrets.randbits(63) if seed is None else int(seed)
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        else:
-            seed = None
-        cond, uncond = self.encode_prompt(prompts, negatives)
-        n = num_images_per_prompt
-        out = generate(
-            self.model, cond.features.repeat_interleave(n, 0), cond.position_ids.repeat_interleave(n, 0),
-            resolved, generator,
-            uncond_context_BTD=None if uncond is None else uncond.features.repeat_interleave(n, 0),
-            uncond_position_ids_BT=None if uncond is None else uncond.position_ids.repeat_interleave(n, 0),
-            on_scale=on_scale,
-        )
-        return PipelineOutput(images=to_pil(out.images), prompts=[p for p in prompts for _ in range(n)],
-                              seed=seed, sampling=resolved, latents=out.latent)
+            return [torch.Generator(device=self.device).manual_seed(seed)], seed
+        if isinstance(generator, torch.Generator):
+            return [generator], None
+        generators = list(generator)
+        if len(generators) != total or not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(f"generator must be one torch.Generator or a list of one per image ({total}), "
+                             f"got {len(generators)} item(s)")
+        return generators, None

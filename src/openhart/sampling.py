@@ -120,7 +120,7 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         ratio = si / (K - 1)
         hidden = tf.forward_scale(x_BlC, rope, cache)
         logits = guided_logits(tf.logits(hidden[:, -1:] if si == 0 else hidden, cond_BTC),
-                               sampling.cfg_scale * ratio)
+                               sampling.guidance_scale * ratio)
         idx_Bl, h_BlCv = select_codes(logits, quantizer.codebook.weight, sampling, si, ratio, generator)
         h_BChw = rearrange(h_BlCv, "b (h w) c -> b c h w", h=patch_nums[si])
         f_hat, next_map = quantizer.next_scale_input(si, f_hat, h_BChw, patch_nums)
@@ -133,7 +133,7 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         rope = tf.scale_rope(si + 1, position_ids, patch_nums=patch_nums)
 
     # 3. the last scale: MaskGIT over its tokens, plus the residual diffusion
-    guidance = sampling.cfg_scale * (K - 2) / (K - 1)  # the official loop's last ratio is reused
+    guidance = sampling.guidance_scale * (K - 2) / (K - 1)  # the official loop's last ratio is reused
     tokens, last_idx = sample_last_scale(model, x_BlC, cond_BTC, position_ids, cache, sampling,
                                          guidance, generator, diffusion_noise, on_scale, timer,
                                          patch_nums)

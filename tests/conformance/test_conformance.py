@@ -190,7 +190,7 @@ def test_inference(case: GoldenCase, model):
     noise = DiffusionNoise(case.input("inf.diff.noise_init"),
                            list(case.input("inf.diff.noise_steps_cond_half")))
     # Argmax selection (top_k=1) makes the official Gumbel smoothing exactly one-hot.
-    out = generate(model, context, positions, SamplingConfig(cfg_scale=cfg, top_k=1, smooth=True),
+    out = generate(model, context, positions, SamplingConfig(guidance_scale=cfg, top_k=1, smooth=True),
                    torch.Generator().manual_seed(0), diffusion_noise=noise, on_scale=records.append)
     assert [r.si for r in records] == list(range(K))
     for r in records:

@@ -58,10 +58,10 @@ def test_export_records_the_consistent_last_scale_and_stores_half_precision(late
     from openhart.loading import load_model
 
     config = transformer_config(tmp_path / "run", latent_cache, run={"steps": 2},
-                                sampling={"cfg_scale": 2.0, "head_temperature": 0.5})
+                                sampling={"guidance_scale": 2.0, "head_temperature": 0.5})
     exported = _train(config)
     recorded = json.loads((exported / "config.json").read_text())["sampling"]
-    assert recorded["last_scale"] == "consistent" and recorded["cfg_scale"] == 2.0
+    assert recorded["last_scale"] == "consistent" and recorded["guidance_scale"] == 2.0
     assert recorded["head_temperature"] == 0.5
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "half"), "--dtype", "fp16"]) == 0
     assert json.loads((tmp_path / "half" / "config.json").read_text())["sampling"] == recorded

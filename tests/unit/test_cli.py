@@ -90,7 +90,7 @@ def test_generate_writes_png_with_metadata(tmp_path, capsys):
     with Image.open(tmp_path / "img.png") as image:
         assert image.size == (128, 128)
         assert image.text["prompt"] == "a red apple" and image.text["seed"] == "5"
-        assert '"cfg_scale": 3.0' in image.text["openhart"]
+        assert '"guidance_scale": 3.0' in image.text["openhart"]
     first = (tmp_path / "img.png").read_bytes()
     assert _generate(tmp_path, "--seed", "5", "--cfg", "3") == 0
     assert (tmp_path / "img.png").read_bytes() == first, "same seed must give a byte-identical PNG"
@@ -115,12 +115,12 @@ def test_generate_uses_the_model_folders_defaults(tmp_path):
     from openhart.loading import load_model, save_model
 
     folder = save_model(load_model(HART_TINY), tmp_path / "model",
-                        sampling=SamplingConfig(cfg_scale=2.0, head_temperature=0.5, last_scale="consistent"))
+                        sampling=SamplingConfig(guidance_scale=2.0, head_temperature=0.5, last_scale="consistent"))
     assert main(["generate", "a red apple", "--model", str(folder), "--text-encoder", "random",
                  "--out", str(tmp_path / "d.png"), "--quiet", "--seed", "1", "--cfg", "3"]) == 0
     with Image.open(tmp_path / "d.png") as image:
         sampling = json.loads(image.text["openhart"])["sampling"]
-    assert sampling["cfg_scale"] == 3.0  # told
+    assert sampling["guidance_scale"] == 3.0  # told
     assert sampling["head_temperature"] == 0.5 and sampling["last_scale"] == "consistent"  # the folder's
 
 

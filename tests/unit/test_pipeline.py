@@ -19,7 +19,7 @@ def test_prompts_to_pil_images(pipe):
     out = pipe(["a red apple", "flag: Japan"], num_images_per_prompt=2, seed=0, guidance_scale=3.0)
     assert len(out.images) == 4 and out.images[0].size == (128, 128) and out.images[0].mode == "RGB"
     assert out.prompts == ["a red apple", "a red apple", "flag: Japan", "flag: Japan"]
-    assert out.seed == 0 and out.sampling.cfg_scale == 3.0
+    assert out.seed == 0 and out.sampling.guidance_scale == 3.0
 
 
 def test_same_seed_same_images(pipe):
@@ -40,10 +40,17 @@ def test_negative_prompt_replaces_the_zero_branch(pipe):
     ({"prompt": ["ok", 3]}, "prompts must be strings"),
     ({"prompt": "   "}, "a prompt is empty"),
     ({"prompt": "a", "num_images_per_prompt": 0}, "num_images_per_prompt must be an integer >= 1"),
-    ({"prompt": "a", "guidance_scale": -1.0}, "guidance_scale must be a number >= 0"),
+    ({"prompt": "a", "guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0"),
+    ({"prompt": "a", "guidance_scale": float("inf")}, "guidance_scale must be a finite number >= 0"),
+    ({"prompt": "a", "guidance_scale": "4.5"}, "guidance_scale must be a finite number >= 0"),
     ({"prompt": "a", "top_k": -5}, "top_k must be an integer >= 0"),
-    ({"prompt": "a", "top_p": 1.5}, r"top_p must be in \[0, 1\)"),
-    ({"prompt": "a", "top_p": -0.1}, "top_p must be a number >= 0"),
+    ({"prompt": "a", "top_k": True}, "top_k must be an integer >= 0"),
+    ({"prompt": "a", "top_p": 1.5}, r"top_p must be a number in \[0, 1\)"),
+    ({"prompt": "a", "top_p": -0.1}, r"top_p must be a number in \[0, 1\)"),
+    ({"prompt": "a", "head_temperature": float("nan")}, "head_temperature must be a finite number"),
+    ({"prompt": "a", "output_type": "latent"}, "output_type must be one of"),
+    ({"prompt": "a", "generator": [1, 2]}, "one torch.Generator or a list of one per image"),
+    ({"prompt": None}, "no prompt given"),
     ({"prompt": ["a", "b"], "negative_prompt": ["x"]}, "one string per prompt"),
 ])
 def test_bad_arguments(pipe, kwargs, message):
@@ -103,7 +110,7 @@ def test_model_folder_defaults_are_the_pipelines_defaults(tmp_path):
     from openhart.config import SamplingConfig
     from openhart.loading import recommended_sampling
 
-    recommended = SamplingConfig(cfg_scale=2.5, top_p=0.9, head_temperature=0.5, last_scale="consistent")
+    recommended = SamplingConfig(guidance_scale=2.5, top_p=0.9, head_temperature=0.5, last_scale="consistent")
     folder = _openhart_folder(tmp_path, recommended)
     assert recommended_sampling(folder) == recommended
     pipe = HARTPipeline.from_pretrained(folder, text_encoder="random")
@@ -111,7 +118,7 @@ def test_model_folder_defaults_are_the_pipelines_defaults(tmp_path):
     out = pipe("a red apple", seed=0)
     assert out.sampling == recommended
     told = pipe("a red apple", seed=0, guidance_scale=1.0, head_temperature=0.0, last_scale="official")
-    assert (told.sampling.cfg_scale, told.sampling.head_temperature, told.sampling.last_scale) == (1.0, 0.0, "official")
+    assert (told.sampling.guidance_scale, told.sampling.head_temperature, told.sampling.last_scale) == (1.0, 0.0, "official")
     assert told.sampling.top_p == 0.9  # not told: still the folder's
 
 
@@ -130,7 +137,7 @@ def test_converted_official_model_records_the_official_defaults(tmp_path):
 
     dst = convert_official_checkpoint(HART_TINY, tmp_path / "converted")
     recorded = json.loads((dst / "config.json").read_text())["sampling"]
-    assert recorded["last_scale"] == "official" and recorded["cfg_scale"] == 4.5
+    assert recorded["last_scale"] == "official" and recorded["guidance_scale"] == 4.5
 
 
 def test_bad_recorded_sampling_names_the_file(tmp_path):
@@ -147,7 +154,59 @@ def test_bad_recorded_sampling_names_the_file(tmp_path):
 
 
 def test_head_temperature_and_last_scale_arguments_are_checked(pipe):
-    with pytest.raises(ValueError, match="head_temperature must be a number >= 0"):
+    with pytest.raises(ValueError, match="head_temperature must be a finite number >= 0"):
         pipe("a", head_temperature=-1.0)
     with pytest.raises(ValueError, match="last_scale must be one of"):
         pipe("a", last_scale="mine")
+
+
+def test_output_types_and_return_dict(pipe):
+    pil = pipe("a red apple", seed=6)
+    pt = pipe("a red apple", seed=6, output_type="pt")
+    np_images = pipe("a red apple", seed=6, output_type="np")
+    assert isinstance(pt.images, torch.Tensor) and pt.images.shape == (1, 3, 128, 128)
+    assert 0 <= float(pt.images.min()) and float(pt.images.max()) <= 1
+    assert np_images.images.shape == (1, 128, 128, 3) and str(np_images.images.dtype) == "float32"
+    # the PIL image is the tensor rounded to 8 bits
+    rounded = (pt.images[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy().tobytes()
+    assert pil.images[0].tobytes() == rounded
+    assert abs(np_images.images - pt.images.permute(0, 2, 3, 1).numpy()).max() == 0
+    (images,) = pipe("a red apple", seed=6, return_dict=False)
+    assert images[0].tobytes() == pil.images[0].tobytes()
+
+
+def test_one_generator_per_image_makes_each_image_independent_of_the_batch(pipe):
+    pair = pipe("a red apple", num_images_per_prompt=2,
+                generator=[torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    alone = pipe("a red apple", generator=[torch.Generator().manual_seed(2)])
+    assert pair.images[1].tobytes() == alone.images[0].tobytes()
+    assert pair.images[0].tobytes() != pair.images[1].tobytes() and pair.seed is None
+
+
+def test_prompt_embeds_stand_in_for_the_prompt(pipe):
+    encoded, _ = pipe.encode_prompt(["a red apple"], None)
+    by_text = pipe("a red apple", seed=8)
+    by_embedding = pipe(prompt_embeds=encoded, seed=8)
+    assert by_text.images[0].tobytes() == by_embedding.images[0].tobytes()
+    assert by_embedding.prompts == ["(prompt_embeds)"]
+    # a plain tensor: every token real
+    T, D = encoded.features.shape[1:]
+    assert len(pipe(prompt_embeds=torch.zeros(2, T, D), seed=8).images) == 2
+    with pytest.raises(ValueError, match="prompt or prompt_embeds, not both"):
+        pipe("a red apple", prompt_embeds=encoded)
+    with pytest.raises(ValueError, match=r"prompt_embeds must have shape \(B, "):
+        pipe(prompt_embeds=torch.zeros(1, T + 1, D))
+
+
+def test_each_image_carries_its_metadata(pipe):
+    import json
+
+    out = pipe(["a red apple", "flag: Japan"], num_images_per_prompt=2, seed=9, negative_prompt="blurry",
+               top_k=0)
+    assert len(out.metadata) == 4
+    for i, (meta, prompt) in enumerate(zip(out.metadata, out.prompts)):
+        assert meta["prompt"] == prompt and meta["negative_prompt"] == "blurry" and meta["seed"] == "9"
+        recorded = json.loads(meta["openhart"])
+        assert recorded["index"] == i and recorded["num_images"] == 4 and recorded["seed"] == 9
+        assert recorded["model"] == str(HART_TINY) and recorded["text_encoder"] == "random"
+        assert recorded["sampling"]["top_k"] == 0

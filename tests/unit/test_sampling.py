@@ -6,7 +6,7 @@ from openhart.sampling import filter_logits, generate, guided_logits, maskgit_ro
 
 
 def _run(model, context, positions, seed, **kwargs):
-    sampling = SamplingConfig(**{"cfg_scale": 3.0, **kwargs})
+    sampling = SamplingConfig(**{"guidance_scale": 3.0, **kwargs})
     return generate(model, context, positions, sampling, torch.Generator().manual_seed(seed))
 
 
@@ -46,7 +46,7 @@ def test_user_top_k_is_honoured(tiny_model, tiny_context):
 def test_negative_context_changes_the_unconditional_branch(tiny_model, tiny_context):
     context, positions = tiny_context
     base = _run(tiny_model, context, positions, seed=0)
-    negative = generate(tiny_model, context, positions, SamplingConfig(cfg_scale=3.0),
+    negative = generate(tiny_model, context, positions, SamplingConfig(guidance_scale=3.0),
                         torch.Generator().manual_seed(0), uncond_context_BTD=torch.ones_like(context),
                         uncond_position_ids_BT=positions)
     assert not torch.equal(base.images, negative.images)
@@ -81,7 +81,7 @@ def test_maskgit_rounds_cover_every_token_once(iterations):
 
 def _last_scale_record(model, context, positions, **kwargs):
     records = []
-    generate(model, context, positions, SamplingConfig(**{"cfg_scale": 3.0, **kwargs}),
+    generate(model, context, positions, SamplingConfig(**{"guidance_scale": 3.0, **kwargs}),
              torch.Generator().manual_seed(0), on_scale=records.append)
     last = records[-1]
     assert last.si == model.config.transformer.num_scales - 1 and last.residual is not None

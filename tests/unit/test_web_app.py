@@ -12,7 +12,7 @@ from openhart.web.limits import ServeLimits, validate_request
 
 from ..conftest import HART_TINY
 
-RECOMMENDED = SamplingConfig(cfg_scale=2.5, top_p=0.5, head_temperature=0.3, last_scale="consistent")
+RECOMMENDED = SamplingConfig(guidance_scale=2.5, top_p=0.5, head_temperature=0.3, last_scale="consistent")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def pipe():
 
 
 def test_widgets_start_at_the_folders_defaults(pipe, tmp_path):
-    app = build_app(Generator(pipe, model="m", text_encoder="random", output_dir=tmp_path), ServeLimits())
+    app = build_app(Generator(pipe, tmp_path), ServeLimits())
     values = {c["props"].get("elem_id"): c["props"].get("value") for c in app.config["components"]}
     assert values["guidance"] == 2.5 and values["top-p"] == 0.5
     assert values["head-temperature"] == 0.3 and values["last-scale"] == "consistent"
@@ -31,14 +31,46 @@ def test_widgets_start_at_the_folders_defaults(pipe, tmp_path):
 
 
 def test_a_request_reaches_the_sampler_with_every_setting(pipe, tmp_path):
-    request = validate_request(ServeLimits(), 64, prompt="red apple", negative_prompt="", seed=3, guidance=1.5,
-                               top_k=0, top_p=0.0, smooth=False, head_steps=3, use_residual=True,
-                               num_images=1, head_temperature=0.0, last_scale="official")
-    paths, _ = Generator(pipe, model="m", text_encoder="random", output_dir=tmp_path)(request)
+    request = validate_request(ServeLimits(), pipe.default_sampling, 64, prompt="red apple", negative_prompt="",
+                               seed=3, guidance_scale=1.5, top_k=0, top_p=0.0, smooth=False, head_steps=3,
+                               use_residual=True, num_images=1, head_temperature=0.0, last_scale="official")
+    paths, _ = Generator(pipe, tmp_path)(request)
     from PIL import Image
     import json
     with Image.open(paths[0]) as image:
         sampling = json.loads(image.text["openhart"])["sampling"]
-    expected = dataclasses.replace(RECOMMENDED, cfg_scale=1.5, top_k=None, top_p=0.0, smooth=False, head_steps=3,
+    expected = dataclasses.replace(RECOMMENDED, guidance_scale=1.5, top_k=0, top_p=0.0, smooth=False, head_steps=3,
                                    head_temperature=0.0, last_scale="official")
     assert sampling == json.loads(json.dumps(dataclasses.asdict(expected)))
+
+
+@pytest.mark.parametrize("top_k", [None, 0, 3])
+def test_cli_pipeline_and_web_ui_draw_the_same_image(top_k, tmp_path):
+    """One meaning of every setting: the same settings and seed give the same pixels through the
+    pipeline, `openhart generate` and the web UI's request path (top-k None is the model's
+    per-scale schedule, 0 is off, k keeps k codes)."""
+    import torch
+    from PIL import Image
+
+    from openhart.cli import main
+
+    pipe = HARTPipeline.from_pretrained(HART_TINY, text_encoder="random", dtype=torch.float32)
+    steps = pipe.model.config.head.sampling_steps
+    direct = pipe("a red apple", seed=5, guidance_scale=2.0, top_k=top_k, head_steps=steps).images[0]
+
+    out = tmp_path / "cli.png"
+    argv = ["generate", "a red apple", "--model", str(HART_TINY), "--text-encoder", "random", "--seed", "5",
+            "--guidance-scale", "2", "--head-steps", str(steps), "--dtype", "fp32", "--out", str(out), "--quiet"]
+    assert main(argv + ([] if top_k is None else ["--top-k", str(top_k)])) == 0
+
+    defaults = pipe.default_sampling
+    request = validate_request(ServeLimits(), defaults, pipe.model.config.transformer.vocab_size,
+                               prompt="a red apple", negative_prompt="", seed=5, guidance_scale=2.0, top_k=top_k,
+                               top_p=defaults.top_p, smooth=defaults.smooth, head_steps=steps,
+                               use_residual=defaults.use_residual, num_images=1,
+                               head_temperature=defaults.head_temperature, last_scale=defaults.last_scale)
+    (web,), _ = Generator(pipe, tmp_path)(request)
+    with Image.open(out) as cli_image, Image.open(web) as web_image:
+        assert cli_image.tobytes() == direct.tobytes() == web_image.tobytes()
+    if top_k == 3:  # the setting reached the sampler (the tiny vocabulary is below the schedule's 300)
+        assert direct.tobytes() != pipe("a red apple", seed=5, guidance_scale=2.0, head_steps=steps).images[0].tobytes()

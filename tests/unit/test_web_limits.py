@@ -5,26 +5,30 @@ import logging
 import pytest
 
 from openhart.cli import main
+from openhart.config import SamplingConfig
 from openhart.web.commands import is_loopback
 from openhart.web.limits import MAX_SEED, RequestError, ServeLimits, validate_request
 
-GOOD = dict(prompt="  red apple ", negative_prompt="", seed=7, guidance=4.5, top_k=0, top_p=0.0,
+GOOD = dict(prompt="  red apple ", negative_prompt="", seed=7, guidance_scale=4.5, top_k=None, top_p=0.0,
             smooth=True, head_steps=8, use_residual=True, num_images=2, head_temperature=1.0,
             last_scale="consistent")
 
 
 def check(**changes):
-    return validate_request(ServeLimits(max_prompt_chars=20, max_images=4), 512, **dict(GOOD, **changes))
+    return validate_request(ServeLimits(max_prompt_chars=20, max_images=4), SamplingConfig(), 512,
+                            **dict(GOOD, **changes))
 
 
 def test_a_good_request_is_normalised():
     request = check(seed=7.0, num_images=2.0)
     assert request.prompt == "red apple" and request.negative_prompt is None
     assert request.seed == 7 and isinstance(request.seed, int) and request.num_images == 2
-    assert request.top_k is None  # 0: the official per-scale schedule
-    assert check(top_k=100).top_k == 100
+    # top-k means what it means everywhere: None the per-scale schedule, 0 off, k every scale
+    assert request.sampling.top_k is None and check(top_k=0).sampling.top_k == 0
+    assert check(top_k=100).sampling.top_k == 100 and check(top_k=100.0).sampling.top_k == 100
     assert check(seed=MAX_SEED).seed == MAX_SEED
-    assert check(head_temperature=0).head_temperature == 0.0 and check().last_scale == "consistent"
+    assert check(head_temperature=0).sampling.head_temperature == 0.0
+    assert check().sampling.last_scale == "consistent" and check().sampling.guidance_scale == 4.5
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -41,8 +45,10 @@ def test_a_good_request_is_normalised():
     (dict(seed=MAX_SEED + 1), "seed must be between 0"),
     (dict(seed=float("nan")), "seed must be a number"),
     (dict(seed="7"), "seed must be a number"),
-    (dict(guidance=20.5), "guidance must be between 0 and 20"),
-    (dict(guidance=float("inf")), "guidance must be a number"),
+    (dict(guidance_scale=20.5), "guidance scale must be between 0 and 20"),
+    (dict(guidance_scale=float("inf")), "guidance scale must be a number"),
+    (dict(top_k=-1), "top-k must be between 0 and 512"),
+    (dict(top_k=2.5), "top-k must be a whole number"),
     (dict(top_k=513), "top-k must be between 0 and 512"),
     (dict(top_p=1.0), "top-p must be between 0 and 0.99"),
     (dict(head_steps=0), "diffusion steps must be between 1 and 50"),
@@ -51,7 +57,8 @@ def test_a_good_request_is_normalised():
     (dict(num_images=True), "number of images must be a number"),
     (dict(head_temperature=-0.1), "residual temperature must be between 0 and 2"),
     (dict(head_temperature=float("nan")), "residual temperature must be a number"),
-    (dict(last_scale="mine"), "last scale must be one of official, consistent, gumbel"),
+    (dict(last_scale="mine"), r"last_scale must be one of \['official', 'consistent', 'gumbel'\]"),
+    (dict(use_residual=None), "use_residual must be true or false"),
 ])
 def test_requests_outside_the_limits_are_refused(changes, message):
     with pytest.raises(RequestError, match=message):

@@ -143,7 +143,7 @@ def test_generate_in_the_browser(server, browser):
     assert pixels.std() > 5.0, "the generated image is blank"
     assert image.text["prompt"] == "a red apple"
     settings = json.loads(image.text["openhart"])
-    assert settings["seed"] == 0 and settings["sampling"]["cfg_scale"] == 4.5
+    assert settings["seed"] == 0 and settings["sampling"]["guidance_scale"] == 4.5
     status = browser.find_element("css selector", "#status").text
     assert f"{size}x{size}" in status and "seed 0" in status
 
@@ -164,14 +164,16 @@ def test_api_clients_cannot_bypass_the_limits(server):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    arguments = dict(prompt="a red apple", negative_prompt="", seed=0, guidance=4.5, top_k=0,
+    arguments = dict(prompt="a red apple", negative_prompt="", seed=0, guidance_scale=4.5, top_k=0,
                      top_p=0.0, smooth=True, head_steps=2, use_residual=True, head_temperature=1.0,
                      last_scale="official")
     # Gradio's slider check or openhart's own (tests/unit/test_web_limits.py), whichever runs first.
     with pytest.raises(Exception, match=f"greater than maximum value {MAX_IMAGES}|number of images must be"):
         client.predict(**dict(arguments, num_images=MAX_IMAGES + 1), api_name="/generate")
-    with pytest.raises(Exception, match="greater than maximum value 20|guidance must be"):
-        client.predict(**dict(arguments, num_images=1, guidance=1e6), api_name="/generate")
+    with pytest.raises(Exception, match="greater than maximum value 20|guidance scale must be"):
+        client.predict(**dict(arguments, num_images=1, guidance_scale=1e6), api_name="/generate")
+    with pytest.raises(Exception, match="greater than maximum value|top-k must be between"):
+        client.predict(**dict(arguments, num_images=1, top_k=10**6), api_name="/generate")
     # checks that only openhart makes (the widgets set no bound here)
     with pytest.raises(Exception, match="seed must be between 0 and"):
         client.predict(**dict(arguments, num_images=1, seed=2**63), api_name="/generate")

@@ -54,7 +54,8 @@ def add_commands(commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N held-out images")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model folder's)")
+    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None,
+                   help="guidance scale (default: the model's)")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(handler=run_eval)
 
@@ -93,7 +94,7 @@ def run_eval(args: argparse.Namespace) -> int:
     results = evaluate(model, args.data, args.out, train_data=args.train_data,
                        train_samples=args.train_samples, text_encoder=args.text_encoder,
                        inception=args.inception, seed=args.seed, limit=args.limit,
-                       batch_size=args.batch_size, cfg=args.cfg, variants=variants,
+                       batch_size=args.batch_size, guidance_scale=args.guidance_scale, variants=variants,
                        progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
     print(format_results(results))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'contact_sheet.png'}")

@@ -69,7 +69,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
              train_data: str | os.PathLike | None = None, train_samples: int = 500,
              text_encoder: str | None = None, inception: str | os.PathLike | None = None,
              seed: int = 0, limit: int | None = None, batch_size: int = 32,
-             cfg: float | None = None, variants: Sequence[str] = DEFAULT_VARIANTS,
+             guidance_scale: float | None = None, variants: Sequence[str] = DEFAULT_VARIANTS,
              progress: Callable[[str], None] | None = None) -> dict:
     """Run (a)-(c) and write `results.json` and `contact_sheet.png` into `out_dir`.
 
@@ -78,7 +78,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
         train_data: the training image-caption folder (optional): adds the training split
             (`train_samples` examples, a subset seeded by `seed`) and joins the gallery.
         limit: use only the first `limit` held-out images (the gallery keeps all of them).
-        cfg: guidance scale (default: the model folder's).
+        guidance_scale: the guidance scale (default: the model's).
         variants: names from `VARIANTS`.
     """
     from ..pipeline import HARTPipeline
@@ -90,7 +90,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
         raise ValueError(f"train_samples must be >= 1, got {train_samples}")
     say = progress or (lambda _: None)
     pipe = HARTPipeline.from_pretrained(model_dir, text_encoder=text_encoder, dtype=torch.float32)
-    base = pipe.resolve_sampling(None, guidance_scale=cfg)
+    base = pipe.resolve_sampling(None, guidance_scale=guidance_scale)
     settings = {name: dataclasses.replace(base, **VARIANTS[name]) for name in variants}
     size = pipe.model.config.image_size
     features = InceptionFeatures(inception)
@@ -158,7 +158,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
     results = {
         "model": str(model_dir), "data": str(data_dir), "train_data": None if train_data is None else str(train_data),
         "resolution": size, "seed": seed, "batch_size": batch_size, "inception": str(features.path),
-        "guidance_scale": base.cfg_scale, "recommended_sampling": config_to_dict(pipe.default_sampling),
+        "guidance_scale": base.guidance_scale, "recommended_sampling": config_to_dict(pipe.default_sampling),
         "variants": {name: config_to_dict(sampling) for name, sampling in settings.items()},
         "gallery": {"images": len(gallery_features), "chance_top1": 1 / len(gallery_features),
                     "chance_top5": min(5, len(gallery_features)) / len(gallery_features)},

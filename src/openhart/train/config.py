@@ -299,7 +299,7 @@ class TransformerTrainConfig:
         checkpointing: activation checkpointing of the transformer blocks.
         sampling: the sampling settings recorded in the exported model folder as its
             recommended defaults, and used for the sample images: `SamplingConfig` fields
-            (guidance `cfg_scale`, `top_k`, `top_p`, `head_temperature`, ...). Fields not given
+            (guidance `guidance_scale`, `top_k`, `top_p`, `head_temperature`, ...). Fields not given
             take `SamplingConfig`'s defaults, except `last_scale`, which is "consistent" for the
             models openhart trains.
         heldout_cache: a latent cache of held-out images (`openhart cache` of another folder,

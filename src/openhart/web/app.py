@@ -7,7 +7,6 @@ carry the same metadata as `openhart generate` writes.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import time
@@ -16,7 +15,6 @@ from pathlib import Path
 
 from ..config import LAST_SCALE_MODES
 from ..images import save_png
-from ..metadata import generation_metadata
 from ..pipeline import HARTPipeline
 from .limits import MAX_HEAD_TEMPERATURE, GenerationRequest, RequestError, ServeLimits, validate_request
 
@@ -38,32 +36,21 @@ def import_gradio():
 class Generator:
     """Runs validated requests through the pipeline and writes the PNGs with their metadata."""
 
-    def __init__(self, pipe: HARTPipeline, *, model: str, text_encoder: str, output_dir: Path):
+    def __init__(self, pipe: HARTPipeline, output_dir: Path):
         self.pipe = pipe
-        self.model = model
-        self.text_encoder = text_encoder
         self.output_dir = output_dir
-        self.dtype = str(pipe.model.transformer.head.weight.dtype).removeprefix("torch.")
 
     def __call__(self, request: GenerationRequest, on_scale=None) -> tuple[list[Path], float]:
-        sampling = dataclasses.replace(
-            self.pipe.default_sampling, cfg_scale=request.guidance, top_k=request.top_k,
-            top_p=request.top_p, smooth=request.smooth, head_steps=request.head_steps,
-            use_residual=request.use_residual, head_temperature=request.head_temperature,
-            last_scale=request.last_scale)
         start = time.perf_counter()
         out = self.pipe(request.prompt, negative_prompt=request.negative_prompt,
-                        num_images_per_prompt=request.num_images, sampling=sampling,
+                        num_images_per_prompt=request.num_images, sampling=request.sampling,
                         seed=request.seed, on_scale=on_scale)
         seconds = time.perf_counter() - start
         stem = uuid.uuid4().hex[:12]
         paths = []
-        for i, image in enumerate(out.images):
+        for i, (image, text) in enumerate(zip(out.images, out.metadata)):
             path = self.output_dir / f"openhart-{stem}-{i:02d}.png"
-            save_png(image, path, generation_metadata(
-                prompt=request.prompt, negative_prompt=request.negative_prompt, seed=out.seed,
-                index=i, model_name=self.pipe.name, model=self.model, text_encoder=self.text_encoder,
-                dtype=self.dtype, sampling=out.sampling, num_images=len(out.images)))
+            save_png(image, path, text)
             paths.append(path)
         self._prune()
         return paths, seconds
@@ -84,14 +71,14 @@ def build_app(generator: Generator, limits: ServeLimits):
     default_steps = min(defaults.head_steps or config.head.sampling_steps, limits.max_head_steps)
     size = config.image_size
 
-    def run(prompt, negative_prompt, seed, guidance, num_images, top_k, top_p, smooth, head_steps,
+    def run(prompt, negative_prompt, seed, guidance_scale, num_images, top_k, top_p, smooth, head_steps,
             use_residual, head_temperature, last_scale, progress=gr.Progress()):
         try:
             request = validate_request(
-                limits, vocab, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
-                guidance=guidance, top_k=top_k, top_p=top_p, smooth=smooth, head_steps=head_steps,
-                use_residual=use_residual, num_images=num_images, head_temperature=head_temperature,
-                last_scale=last_scale)
+                limits, defaults, vocab, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+                guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, smooth=smooth,
+                head_steps=head_steps, use_residual=use_residual, num_images=num_images,
+                head_temperature=head_temperature, last_scale=last_scale)
         except RequestError as error:
             raise gr.Error(str(error), title="Invalid input") from None
         progress(0, desc="encoding the prompt")
@@ -104,12 +91,12 @@ def build_app(generator: Generator, limits: ServeLimits):
         paths, seconds = generator(request, on_scale)
         gallery = [(str(p), f"seed {request.seed} · image {i + 1}") for i, p in enumerate(paths)]
         status = (f"{len(paths)} image(s) of {size}x{size} in {seconds:.2f} s · seed {request.seed} · "
-                  f"guidance {request.guidance:g}")
+                  f"guidance {request.sampling.guidance_scale:g}")
         return gallery, status
 
     with gr.Blocks(title="openhart", analytics_enabled=False) as app:
         gr.Markdown(f"## openhart · HART text-to-image\nModel **{generator.pipe.name}** "
-                    f"({size}x{size}, text encoder {Path(generator.text_encoder).name}). "
+                    f"({size}x{size}, text encoder {Path(generator.pipe.text_encoder_name).name}). "
                     f"Images download as PNGs with their prompt, seed and settings.")
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
@@ -123,13 +110,15 @@ def build_app(generator: Generator, limits: ServeLimits):
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed",
                                      scale=3)
                     randomize = gr.Button("🎲 Random", elem_id="random-seed", scale=1, min_width=100)
-                guidance = gr.Slider(0, limits.max_guidance, value=min(defaults.cfg_scale, limits.max_guidance),
-                                     step=0.1, label="Guidance (CFG)", elem_id="guidance")
+                guidance = gr.Slider(0, limits.max_guidance, value=min(defaults.guidance_scale, limits.max_guidance),
+                                     step=0.1, label="Guidance scale (CFG)", elem_id="guidance")
                 num_images = gr.Slider(1, limits.max_images, value=min(4, limits.max_images), step=1,
                                        label="Images", elem_id="num-images")
                 with gr.Accordion("Sampling", open=False):
-                    top_k = gr.Slider(0, vocab, value=min(defaults.top_k or 0, vocab), step=1,
-                                      elem_id="top-k", label="Top-k (0: the official per-scale schedule)")
+                    top_k = gr.Number(value=None if defaults.top_k is None else min(defaults.top_k, vocab),
+                                      precision=0, minimum=0, maximum=vocab, elem_id="top-k",
+                                      label="Top-k at every scale (0: off; empty: the model's per-scale "
+                                            f"schedule {defaults.scale_top_k[0]}, then {defaults.scale_top_k[1]})")
                     top_p = gr.Slider(0, 0.99, value=min(defaults.top_p, 0.99), step=0.01,
                                       label="Top-p (0: off)", elem_id="top-p")
                     smooth = gr.Checkbox(value=defaults.smooth, label="Gumbel smoothing of code embeddings",

@@ -101,8 +101,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                         dtype=dtype)
     output_dir = Path(tempfile.mkdtemp(prefix="openhart-serve-"))
     try:
-        app = build_app(Generator(pipe, model=pipe.source, text_encoder=pipe.text_encoder_name,
-                                  output_dir=output_dir), limits)
+        app = build_app(Generator(pipe, output_dir), limits)
         if not args.quiet:
             print(f"openhart serve: model {pipe.name} on {device} ({str(dtype).removeprefix('torch.')}); "
                   f"open http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr, flush=True)

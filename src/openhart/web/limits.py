@@ -7,10 +7,11 @@ message that the page shows.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..config import LAST_SCALE_MODES
+from ..config import SamplingConfig
 
 MAX_SEED = 2**63 - 1
 MAX_HEAD_TEMPERATURE = 2.0
@@ -48,20 +49,13 @@ class ServeLimits:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A validated request. `top_k` None means the official per-scale schedule."""
+    """A validated request: what to draw, and the sampling settings (checked by SamplingConfig)."""
 
     prompt: str
     negative_prompt: str | None
     seed: int
-    guidance: float
-    top_k: int | None
-    top_p: float
-    smooth: bool
-    head_steps: int
-    use_residual: bool
     num_images: int
-    head_temperature: float
-    last_scale: str
+    sampling: SamplingConfig
 
 
 def _number(name: str, value, low: float, high: float, *, integer: bool) -> float | int:
@@ -88,27 +82,34 @@ def _text(name: str, value, limit: int, *, required: bool) -> str | None:
     return value or None
 
 
-def validate_request(limits: ServeLimits, vocab_size: int, *, prompt, negative_prompt, seed,
-                     guidance, top_k, top_p, smooth, head_steps, use_residual,
-                     num_images, head_temperature, last_scale) -> GenerationRequest:
-    """Check raw UI/API values against `limits`; top_k 0 selects the official schedule."""
-    top_k = _number("top-k", top_k, 0, vocab_size, integer=True)
-    if not isinstance(smooth, bool) or not isinstance(use_residual, bool):
-        raise RequestError("smoothing and residual diffusion must be true or false")
-    if last_scale not in LAST_SCALE_MODES:
-        raise RequestError(f"last scale must be one of {', '.join(LAST_SCALE_MODES)}, got {last_scale!r}")
+def validate_request(limits: ServeLimits, defaults: SamplingConfig, vocab_size: int, *, prompt,
+                     negative_prompt, seed, guidance_scale, top_k, top_p, smooth, head_steps,
+                     use_residual, num_images, head_temperature, last_scale) -> GenerationRequest:
+    """Check raw UI/API values against the server's `limits`, then build the sampling settings
+    from the model's `defaults`; SamplingConfig's own checks give the message of anything else.
+
+    `top_k` means what it means everywhere: None (an empty field) the model's per-scale
+    schedule, 0 off, k the k most likely codes at every scale.
+    """
+    if top_k is not None:
+        top_k = _number("top-k", top_k, 0, vocab_size, integer=True)
+    try:
+        sampling = dataclasses.replace(
+            defaults,
+            guidance_scale=_number("guidance scale", guidance_scale, 0, limits.max_guidance, integer=False),
+            top_k=top_k, top_p=_number("top-p", top_p, 0, 0.99, integer=False), smooth=smooth,
+            head_steps=_number("diffusion steps", head_steps, 1, limits.max_head_steps, integer=True),
+            use_residual=use_residual, last_scale=last_scale,
+            head_temperature=_number("residual temperature", head_temperature, 0, MAX_HEAD_TEMPERATURE,
+                                     integer=False))
+    except ValueError as error:
+        if isinstance(error, RequestError):
+            raise
+        raise RequestError(str(error).removeprefix("invalid SamplingConfig: ")) from None
     return GenerationRequest(
         prompt=_text("prompt", prompt, limits.max_prompt_chars, required=True),
         negative_prompt=_text("negative prompt", negative_prompt, limits.max_prompt_chars, required=False),
         seed=_number("seed", seed, 0, MAX_SEED, integer=True),
-        guidance=_number("guidance", guidance, 0, limits.max_guidance, integer=False),
-        top_k=top_k or None,
-        top_p=_number("top-p", top_p, 0, 0.99, integer=False),
-        smooth=smooth,
-        head_steps=_number("diffusion steps", head_steps, 1, limits.max_head_steps, integer=True),
-        use_residual=use_residual,
         num_images=_number("number of images", num_images, 1, limits.max_images, integer=True),
-        head_temperature=_number("residual temperature", head_temperature, 0, MAX_HEAD_TEMPERATURE,
-                                 integer=False),
-        last_scale=last_scale,
+        sampling=sampling,
     )
