@@ -172,6 +172,10 @@ class HARTPipeline:
     def device(self) -> torch.device:
         return self.model.transformer.head.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.transformer.head.weight.dtype
+
     # ----- steps ---------------------------------------------------------------------------------
 
     def check_inputs(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None,
@@ -303,7 +307,7 @@ class HARTPipeline:
         return generation_metadata(
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, index=index, model_name=self.name,
             model=self.source, text_encoder=self.text_encoder_name,
-            dtype=str(self.model.transformer.head.weight.dtype).removeprefix("torch."), sampling=sampling,
+            dtype=str(self.dtype).removeprefix("torch."), sampling=sampling,
             num_images=num_images)
 
     def _conditions(self, prompt, prompt_embeds, negative_prompt, num_images_per_prompt):

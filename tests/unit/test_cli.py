@@ -207,12 +207,12 @@ def test_exit_codes_bad_usage_2_internal_error_1(monkeypatch, capsys):
         main(["generate", "--no-such-option"])
     assert exit_info.value.code == 2
 
-    import openhart.cli as cli
+    import openhart.commands.convert as convert_command
 
     def broken(args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "run_convert", broken)
+    monkeypatch.setattr(convert_command, "run", broken)
     assert main(["convert", "a", "b"]) == 1
     err = capsys.readouterr().err
     assert "RuntimeError: boom" in err and "internal error" in err
@@ -220,7 +220,7 @@ def test_exit_codes_bad_usage_2_internal_error_1(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_convert", interrupted)
+    monkeypatch.setattr(convert_command, "run", interrupted)
     assert main(["convert", "a", "b"]) == 130
 
 

@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..commands.common import UsageError, add_device_arguments, add_model_arguments, load_pipeline
+
 SERVE_EXAMPLES = """\
 examples:
   openhart serve
@@ -31,16 +33,10 @@ def add_commands(commands) -> None:
                     "metadata. One worker per model and a bounded queue; limits are enforced on "
                     "the server. Binds to 127.0.0.1 unless --host says otherwise.",
         epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="a Hub repo id (e.g. mit-han-lab/hart-0.7b-1024px) or a model folder "
-                        "(default: the small emoji model that ships with openhart)")
-    p.add_argument("--text-encoder", default=None,
-                   help="text encoder: Hub repo id, folder or packaged name (default: the one the "
-                        "model names)")
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+    add_device_arguments(p)
     p.add_argument("--max-images", type=int, default=8, help="images per request at most (default 8)")
     p.add_argument("--max-prompt-chars", type=int, default=300,
                    help="longest prompt in characters (default 300)")
@@ -61,8 +57,6 @@ def is_loopback(host: str) -> bool:
 
 def check_port_free(host: str, port: int) -> None:
     """Fail before loading the model when the address cannot be bound."""
-    from ..cli import UsageError
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
@@ -78,9 +72,6 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
-    from ..device import default_dtype, resolve_device, resolve_dtype
-    from ..pipeline import HARTPipeline
     from .app import Generator, build_app, import_gradio, launch
     from .limits import ServeLimits
 
@@ -95,15 +86,12 @@ def run_serve(args: argparse.Namespace) -> int:
             "binding to %s: anyone who can reach this machine on port %d can use the app and its "
             "compute (there is no authentication); use --host 127.0.0.1 to keep it local",
             args.host, args.port)
-    device = resolve_device(args.device)
-    dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
-    pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device,
-                                        dtype=dtype)
+    pipe = load_pipeline(args)
     output_dir = Path(tempfile.mkdtemp(prefix="openhart-serve-"))
     try:
         app = build_app(Generator(pipe, output_dir), limits)
         if not args.quiet:
-            print(f"openhart serve: model {pipe.name} on {device} ({str(dtype).removeprefix('torch.')}); "
+            print(f"openhart serve: model {pipe.name} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}); "
                   f"open http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr, flush=True)
         launch(app, args.host, args.port, output_dir, quiet=args.quiet)
     except OSError as error:  # lost a race for the port after the check above

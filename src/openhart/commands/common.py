@@ -1,0 +1,51 @@
+"""What the commands share: the usage error, the model and device arguments, and the pipeline
+built from them."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..device import default_dtype, resolve_device, resolve_dtype
+
+
+class UsageError(ValueError):
+    """Bad command-line input, reported as one line with exit code 2."""
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
+    """--model and --text-encoder (and --weights) of the commands that load a model."""
+    p.add_argument("--model", default=None,
+                   help="a Hub repo id (mit-han-lab/hart-0.7b-1024px, optionally @revision; fetched "
+                        "once into the Hugging Face cache) or a local folder, in the official layout "
+                        "(llm/ and tokenizer/) or openhart's (default: the small emoji model that "
+                        "ships with openhart)")
+    p.add_argument("--text-encoder", default=None,
+                   help="a Hub repo id or local Hugging Face folder (e.g. "
+                        "mit-han-lab/Qwen2-VL-1.5B-Instruct), a packaged encoder (all-MiniLM-L6-v2) "
+                        "or 'random' (demos only); default: the one the model names")
+    if weights:
+        p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                       help="official models: EMA or raw llm weights (default: EMA when present)")
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 where the hardware has native bf16 matmul, else fp32; fp16 on "
+                        "other GPUs), fp32, bf16 or fp16")
+
+
+def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    device = resolve_device(args.device)
+    return device, default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
+
+
+def load_pipeline(args: argparse.Namespace, *, low_memory: bool = False):
+    """The pipeline of --model, --text-encoder, --weights, --device and --dtype."""
+    from ..pipeline import HARTPipeline
+
+    device, dtype = device_and_dtype(args)
+    return HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device, dtype=dtype,
+                                        weights=getattr(args, "weights", "auto"), low_memory=low_memory)
