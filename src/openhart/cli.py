@@ -41,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         # CheckpointError and UsageError are ValueErrors too.
-        print(f"openhart {args.command}: error: {error}", file=sys.stderr)
+        print(f"openhart {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:  # the machine said no: permissions, a full disk, a read-only filesystem
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"openhart {args.command}: error: {where}{error.strerror or error}; check the path, "
+              "its permissions and the free disk space", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"openhart {args.command}: interrupted", file=sys.stderr)
@@ -53,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"openhart {args.command}: internal error (a bug in openhart, not in your input); "
               "please report it with the traceback above", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+
+
+def _one_line(error: BaseException) -> str:
+    """An error message on one line (messages from libraries may span several)."""
+    return " ".join(str(error).split())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,9 +21,29 @@ GROUP_NORM_GROUPS = 32
 
 C = TypeVar("C")
 
+# Bounds on the sizes a config may ask for: far above every released or trained HART, far below
+# what would exhaust a machine while building the model (a hostile or corrupt config.json).
+MAX_WIDTH = 16384           # embed_dim, context_dim, head width, conv channels
+MAX_DEPTH = 256             # blocks, resnet blocks
+MAX_VOCAB = 1 << 20
+MAX_SCALE_SIDE = 256        # latent side: a 4096-px image at 16x downsampling
+MAX_SCALES = 64
+MAX_CONTEXT_TOKENS = 4096   # text prefix (the released model uses 300)
+MAX_TIMESTEPS = 100_000     # diffusion schedule length
+MAX_LATENT_CHANNELS = 1024
+MAX_GUIDANCE = 1000         # guidance scale (4.5 is the official default)
+
 
 def _fail(cls_name: str, message: str) -> None:
     raise ValueError(f"invalid {cls_name}: {message}")
+
+
+def _check_ranges(owner: Any, bounds: dict[str, tuple[float, float]]) -> None:
+    """Each named field lies in [low, high] and is finite."""
+    for field, (low, high) in bounds.items():
+        value = getattr(owner, field)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+            _fail(type(owner).__name__, f"{field} must be between {low:g} and {high:g}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,17 +81,22 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in ("vocab_size", "latent_channels", "base_channels", "num_res_blocks"):
-            if getattr(self, field) < 1:
-                _fail(name, f"{field} must be >= 1, got {getattr(self, field)}")
-        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
-            _fail(name, f"channel_mult must be non-empty positive ints, got {self.channel_mult}")
+        _check_ranges(self, {"vocab_size": (1, MAX_VOCAB), "latent_channels": (1, MAX_LATENT_CHANNELS),
+                             "base_channels": (1, MAX_WIDTH), "num_res_blocks": (1, MAX_DEPTH),
+                             "quant_conv_kernel": (1, 15), "num_phi": (0, MAX_SCALES),
+                             "phi_ratio": (0, 1), "dropout": (0, 0.999), "commitment_beta": (0, 1e3)})
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult) or len(self.channel_mult) > 8 \
+                or self.base_channels * max(self.channel_mult) > MAX_WIDTH:
+            _fail(name, f"channel_mult must be 1 to 8 positive ints with base_channels * channel_mult at "
+                        f"most {MAX_WIDTH}, got {self.channel_mult}")
         for m in (1, *self.channel_mult):
             if (self.base_channels * m) % GROUP_NORM_GROUPS:
                 _fail(name, f"base_channels * channel_mult ({self.base_channels * m}) must be a "
                       f"multiple of {GROUP_NORM_GROUPS} (GroupNorm groups)")
-        if not self.patch_nums or any(p < 1 for p in self.patch_nums):
-            _fail(name, f"patch_nums must be non-empty positive ints, got {self.patch_nums}")
+        if not self.patch_nums or len(self.patch_nums) > MAX_SCALES or any(
+                not 1 <= p <= MAX_SCALE_SIDE for p in self.patch_nums):
+            _fail(name, f"patch_nums must be 1 to {MAX_SCALES} sides between 1 and {MAX_SCALE_SIDE}, "
+                        f"got {self.patch_nums}")
         if any(a >= b for a, b in zip(self.patch_nums, self.patch_nums[1:])):
             _fail(name, f"patch_nums must be strictly increasing, got {self.patch_nums}")
         if self.quant_conv_kernel < 1 or self.quant_conv_kernel % 2 == 0:
@@ -144,21 +169,21 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in ("embed_dim", "depth", "num_heads", "context_tokens", "context_dim",
-                      "latent_channels", "vocab_size"):
-            if getattr(self, field) < 1:
-                _fail(name, f"{field} must be >= 1, got {getattr(self, field)}")
+        _check_ranges(self, {"embed_dim": (1, MAX_WIDTH), "depth": (1, MAX_DEPTH), "num_heads": (1, MAX_WIDTH),
+                             "context_tokens": (1, MAX_CONTEXT_TOKENS), "context_dim": (1, MAX_WIDTH),
+                             "latent_channels": (1, MAX_LATENT_CHANNELS), "vocab_size": (1, MAX_VOCAB),
+                             "mlp_ratio": (1e-3, 64), "norm_eps": (1e-12, 1.0), "rope_theta": (1.0, 1e12)})
         if self.embed_dim % self.num_heads:
             _fail(name, f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.head_dim % 4:
             _fail(name, f"head_dim = embed_dim / num_heads must be a multiple of 4 for the 2-D RoPE, "
                   f"got {self.head_dim}")
-        if len(self.patch_nums) < 2 or any(a >= b for a, b in zip(self.patch_nums, self.patch_nums[1:])):
-            _fail(name, f"patch_nums must be at least 2 strictly increasing sides, got {self.patch_nums}")
+        if not 2 <= len(self.patch_nums) <= MAX_SCALES or any(a >= b for a, b in zip(self.patch_nums, self.patch_nums[1:])) \
+                or self.patch_nums[-1] > MAX_SCALE_SIDE:
+            _fail(name, f"patch_nums must be 2 to {MAX_SCALES} strictly increasing sides of at most "
+                        f"{MAX_SCALE_SIDE}, got {self.patch_nums}")
         if self.patch_nums[0] != 1:
             _fail(name, f"the first scale must be 1x1 (it is predicted from the text), got {self.patch_nums[0]}")
-        if self.mlp_ratio <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
-            _fail(name, "mlp_ratio, norm_eps and rope_theta must be positive")
 
     @property
     def head_dim(self) -> int:
@@ -207,14 +232,12 @@ class DiffusionHeadConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in ("width", "depth", "latent_channels", "cond_dim", "num_train_timesteps",
-                      "sampling_steps"):
-            if getattr(self, field) < 1:
-                _fail(name, f"{field} must be >= 1, got {getattr(self, field)}")
+        _check_ranges(self, {"width": (1, MAX_WIDTH), "depth": (1, MAX_DEPTH),
+                             "latent_channels": (1, MAX_LATENT_CHANNELS), "cond_dim": (1, MAX_WIDTH),
+                             "num_train_timesteps": (1, MAX_TIMESTEPS), "sampling_steps": (1, MAX_TIMESTEPS),
+                             "residual_scale": (1e-6, 1e6)})
         if self.sampling_steps > self.num_train_timesteps:
             _fail(name, f"sampling_steps ({self.sampling_steps}) cannot exceed num_train_timesteps")
-        if self.residual_scale <= 0:
-            _fail(name, f"residual_scale must be positive, got {self.residual_scale}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,8 +321,9 @@ class SamplingConfig:
         """Every sampling setting is checked here, once: the pipeline, the CLI and the web UI
         show these messages."""
         name = type(self).__name__
-        if not _is_number(self.guidance_scale) or not 0 <= self.guidance_scale < math.inf:
-            _fail(name, f"guidance_scale must be a finite number >= 0 (0 = no guidance), got {self.guidance_scale!r}")
+        if not _is_number(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
+            _fail(name, f"guidance_scale must be a finite number between 0 and {MAX_GUIDANCE} (0 = no "
+                        f"guidance), got {self.guidance_scale!r}")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 0):
             _fail(name, f"top_k must be an integer >= 0 (0 = off) or None (the per-scale schedule "
                         f"scale_top_k), got {self.top_k!r}")

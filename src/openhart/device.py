@@ -20,6 +20,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as error:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from error
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} cannot run openhart: use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and device.index is not None and torch.cuda.is_available() \
+            and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but CUDA is not available here; use cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():

@@ -8,8 +8,6 @@ openhart's own folder is `config.json` ({"model_type": "openhart.<kind>", "confi
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ from .serialization import (
     load_into,
     read_json,
     read_state_dict,
+    staged_folder,
     write_json,
     write_safetensors,
 )
@@ -72,6 +71,7 @@ def load_tokenizer(path: str | os.PathLike, *, device: torch.device | str | None
             state = official.convert_tokenizer_state_dict(
                 read_state_dict(weights), data["model_type"], str(weights))
         elif data.get("model_type") == TOKENIZER_MODEL_TYPE:
+            _check_format_version(config_path, data)
             config = config_from_dict(TokenizerConfig, data.get("config", {}))
             weights = _first_existing(folder, (WEIGHTS_NAME,))
             state = read_state_dict(weights)
@@ -99,24 +99,15 @@ def save_tokenizer(tokenizer: HybridTokenizer, path: str | os.PathLike) -> Path:
 
 
 def _save_folder(path: str | os.PathLike, config: dict, state: dict, model_type: str) -> Path:
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"parent folder does not exist: {path.parent}")
-    metadata = {"format": "pt", "openhart_model_type": model_type}
-    if path.exists():  # replace file by file: weights first, so config.json never names missing weights
-        write_safetensors(path / WEIGHTS_NAME, state, metadata)
-        write_json(path / CONFIG_NAME, config)
-        return path
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write_safetensors(staging / WEIGHTS_NAME, state, metadata)
-        write_json(staging / CONFIG_NAME, config)
-        os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+    """Write config.json and model.safetensors into a new folder that then replaces `path`."""
+    with staged_folder(path) as staging:
+        write_folder_files(staging, config, state, model_type)
+    return Path(path)
+
+
+def write_folder_files(folder: Path, config: dict, state: dict, model_type: str) -> None:
+    write_safetensors(folder / WEIGHTS_NAME, state, {"format": "pt", "openhart_model_type": model_type})
+    write_json(folder / CONFIG_NAME, config)
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path:
@@ -171,13 +162,20 @@ def save_model(model: HARTModel, path: str | os.PathLike, *, text_encoder: dict 
         sampling: the sampling settings recommended for this model, recorded in config.json
             (`recommended_sampling` reads them back; the official defaults when absent).
     """
+    return _save_folder(path, model_config_json(model, text_encoder=text_encoder, sampling=sampling),
+                        model.state_dict(), MODEL_TYPE)
+
+
+def model_config_json(model: HARTModel, *, text_encoder: dict | None = None,
+                      sampling: SamplingConfig | None = None) -> dict:
+    """The config.json of an openhart model folder."""
     config = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION,
               "config": config_to_dict(model.config)}
     if text_encoder is not None:
         config["text_encoder"] = text_encoder
     if sampling is not None:
         config[SAMPLING_KEY] = config_to_dict(sampling)
-    return _save_folder(path, config, model.state_dict(), MODEL_TYPE)
+    return config
 
 
 def recommended_sampling(path: str | os.PathLike) -> SamplingConfig:
@@ -194,7 +192,16 @@ def recommended_sampling(path: str | os.PathLike) -> SamplingConfig:
         raise CheckpointError(f"{config_path}: {SAMPLING_KEY}: {error}") from error
 
 
+def _check_format_version(config_path: Path, data: dict) -> None:
+    """openhart folders of a newer format are refused rather than misread."""
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{config_path}: format_version {version!r} is not one this openhart reads "
+                              f"(1 to {FORMAT_VERSION}); upgrade openhart or re-export the model")
+
+
 def _read_own_model(folder: Path, data: dict) -> tuple[HARTConfig, dict, str]:
+    _check_format_version(folder / CONFIG_NAME, data)
     try:
         config = config_from_dict(HARTConfig, data.get("config", {}))
     except ValueError as error:

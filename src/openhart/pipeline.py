@@ -25,6 +25,7 @@ from .loading import load_model, recommended_sampling
 from .metadata import generation_metadata
 from .model import HARTModel
 from .sampling import ScaleRecord, generate
+from .seeding import check_seed
 from .text.encoder import HFPromptEncoder, PromptEmbedding, load_prompt_encoder, load_system_prompt
 from .text.random_encoder import random_prompt_encoder
 
@@ -283,6 +284,9 @@ class HARTPipeline:
             out = generate(self.model, context, positions, resolved, gen,
                            uncond_context_BTD=uncond_context, uncond_position_ids_BT=uncond_positions,
                            on_scale=on_scale)
+            if not (bool(torch.isfinite(out.images).all()) and bool(torch.isfinite(out.latent).all())):
+                raise ValueError(f"{self.name} produced NaN or infinite values: its weights or its config.json "
+                                 "(e.g. residual_scale) are broken; re-download or re-export the model")
             images.append(out.images)
             latents.append(out.latent)
         pixels = torch.cat(images)
@@ -339,7 +343,7 @@ class HARTPipeline:
     def _generators(self, generator, seed: int | None, total: int) -> tuple[list[torch.Generator], int | None]:
         """The generators of a call (one, or one per image) and the seed recorded in metadata."""
         if generator is None:
-            seed = secrets.randbits(63) if seed is None else int(seed)
+            seed = secrets.randbits(63) if seed is None else check_seed(seed)
             return [torch.Generator(device=self.device).manual_seed(seed)], seed
         if isinstance(generator, torch.Generator):
             return [generator], None

@@ -100,6 +100,9 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     patch_nums = tf.check_patch_nums(patch_nums)
     K, B = len(patch_nums), context_BTD.shape[0]
     dtype = tf.head.weight.dtype
+    if sampling.maskgit_iters > patch_nums[-1] ** 2:
+        raise ValueError(f"maskgit_iters ({sampling.maskgit_iters}) cannot exceed the "
+                         f"{patch_nums[-1] ** 2} tokens of the last scale")
 
     # 1. the doubled batch [cond ; uncond] and its prefix
     if uncond_context_BTD is None:

@@ -12,6 +12,17 @@ import hashlib
 
 import torch
 
+# Seeds of generations: 0 to 2^63 - 1 (torch.Generator takes 64 bits; negative seeds would wrap
+# around onto large ones).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed) -> int:
+    """`seed` as an int, or a ValueError naming the range."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer between 0 and {MAX_SEED} (2^63 - 1), got {seed!r}")
+    return seed
+
 
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed that is a stable function of `parts` (ints and strings)."""

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -121,9 +122,19 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source:
                         + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
     if wrong:
         problems.append("shape mismatches: " + "; ".join(wrong[:8]))
+    kinds = [f"{k} ({state_dict[k].dtype}, the model needs {expected[k].dtype})" for k in expected
+             if k in state_dict and state_dict[k].is_floating_point() != expected[k].is_floating_point()]
+    if kinds:
+        problems.append("wrong tensor kinds: " + ", ".join(kinds[:8]))
+    if not problems:
+        broken = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:
+            problems.append("NaN or infinite values in " + ", ".join(broken[:8])
+                            + (f" and {len(broken) - 8} more" if len(broken) > 8 else ""))
     if problems:
         raise CheckpointError(
             f"{source} does not match the model built from its config: " + " | ".join(problems)
+            + "; re-download or re-convert it"
         )
     on_meta = any(t.is_meta for t in expected.values())
     cast = {k: v.to(dtype=expected[k].dtype) if v.is_floating_point() else v
@@ -151,6 +162,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder next to `path`; when the block succeeds, it replaces `path` (an
+    existing folder is swapped out only then, whole, so nothing stale remains); when the block
+    fails, `path` is left as it was and the staging folder is removed."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"parent folder does not exist: {path.parent}")
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual mode
+    try:
+        yield staging
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:

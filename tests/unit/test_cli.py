@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -234,7 +235,8 @@ def test_generate_writes_a_grid_for_several_prompts(tmp_path, capsys):
     assert grid.size == (3 * size + 2 * 2, 2 * size + 2)
     assert grid.text["prompt"] == "a red apple | a blue sky"
     images = json.loads(grid.text["images"])
-    assert [m["index"] for m in images] == list(range(6)) and all(m["seed"] == 5 for m in images)
+    # one pipeline call per prompt (at most 8 images each): index and seed regenerate each image
+    assert [m["index"] for m in images] == [0, 1, 2, 0, 1, 2] and all(m["seed"] == 5 for m in images)
     assert not list(tmp_path.glob("grid-*.png"))
     # the grid's cells are the images that one file per image would hold
     single = tmp_path / "one.png"
@@ -243,3 +245,50 @@ def test_generate_writes_a_grid_for_several_prompts(tmp_path, capsys):
     fourth = Image.open(tmp_path / "one-004.png")  # second prompt, second image
     cell = grid.crop((size + 2, size + 2, 2 * size + 2, 2 * size + 2))
     assert np.array_equal(np.asarray(cell), np.asarray(fourth.convert("RGB")))
+
+
+def test_many_images_are_drawn_in_chunks_with_their_own_seeds(tmp_path):
+    out = tmp_path / "many.png"
+    assert main(["generate", "a red apple", "--model", str(HART_TINY), "--text-encoder", "random",
+                 "--num-images", "10", "--seed", "5", "--out", str(out), "--head-steps", "1", "--quiet"]) == 0
+    seeds = [json.loads(Image.open(tmp_path / f"many-{i:03d}.png").text["openhart"])["seed"] for i in range(10)]
+    assert seeds == [5] * 8 + [6] * 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-images", "100000"], "--num-images must be between 1 and 1024"),
+    (["--seed", str(2**64)], "seed must be an integer between 0 and"),
+    (["--seed", "-1"], "seed must be an integer between 0 and"),
+    (["--guidance-scale", "inf"], "guidance_scale must be a finite number between 0 and 1000"),
+    (["--cfg", "1e308"], "guidance_scale must be a finite number between 0 and 1000"),
+    (["--cfg", "7.5"], None),
+    (["--maskgit-iters", "100000000"], "maskgit_iters (100000000) cannot exceed the 64 tokens"),
+    (["--device", "meta"], "device 'meta' cannot run openhart"),
+])
+def test_generate_flags_are_checked_with_one_line(argv, message, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    code = main(["generate", "a red apple", "--model", str(HART_TINY), "--text-encoder", "random",
+                 "--head-steps", "1", "--out", str(out), "--quiet", *argv])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0 and out.is_file()
+        return
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_an_unwritable_output_is_refused_before_generating(tmp_path, capsys):
+    folder = tmp_path / "image.png"
+    folder.mkdir()
+    assert main(["generate", "a red apple", "--model", "/nonexistent", "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions
+            pytest.skip("running as root: permissions are not enforced")
+        assert main(["generate", "a red apple", "--model", "/nonexistent", "--out", str(locked / "x.png")]) == 2
+        assert "permission denied" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)

@@ -48,10 +48,13 @@ def test_int_is_accepted_for_float():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"patch_nums": (1, 3, 2)}, "strictly increasing"),
-    ({"patch_nums": ()}, "non-empty"),
+    ({"patch_nums": ()}, "patch_nums must be 1 to 64 sides"),
+    ({"patch_nums": (1, 2, 100000)}, "sides between 1 and 256"),
     ({"base_channels": 40}, "multiple of 32"),
-    ({"vocab_size": 0}, "vocab_size must be >= 1"),
-    ({"phi_ratio": 1.5}, r"phi_ratio must be in \[0, 1\]"),
+    ({"vocab_size": 0}, "vocab_size must be between 1 and"),
+    ({"vocab_size": 10**12}, "vocab_size must be between 1 and"),
+    ({"phi_ratio": 1.5}, "phi_ratio must be between 0 and 1"),
+    ({"phi_ratio": float("nan")}, "phi_ratio must be between 0 and 1"),
     ({"quant_conv_kernel": 2}, "odd"),
     ({"num_phi": -1}, "num_phi"),
     ({"channel_mult": ()}, "channel_mult"),
@@ -59,6 +62,23 @@ def test_int_is_accepted_for_float():
 def test_inconsistent_values_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TokenizerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("cls, kwargs, message", [
+    ("TransformerConfig", {"context_tokens": 10**9}, "context_tokens must be between 1 and 4096"),
+    ("TransformerConfig", {"embed_dim": 10**9, "num_heads": 1}, "embed_dim must be between 1 and 16384"),
+    ("TransformerConfig", {"norm_eps": float("nan")}, "norm_eps must be between"),
+    ("TransformerConfig", {"rope_theta": float("inf")}, "rope_theta must be between"),
+    ("TransformerConfig", {"patch_nums": (1, 2, 100000)}, "sides of at most 256"),
+    ("DiffusionHeadConfig", {"num_train_timesteps": 10**11}, "num_train_timesteps must be between 1 and 100000"),
+    ("DiffusionHeadConfig", {"residual_scale": float("inf")}, "residual_scale must be between"),
+    ("DiffusionHeadConfig", {"width": -3}, "width must be between 1 and"),
+])
+def test_sizes_a_machine_cannot_hold_are_refused_before_building(cls, kwargs, message):
+    import openhart.config as config
+
+    with pytest.raises(ValueError, match=message):
+        getattr(config, cls)(**kwargs)
 
 
 def test_config_is_frozen_and_keyword_only():

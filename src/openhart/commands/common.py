@@ -14,6 +14,19 @@ class UsageError(ValueError):
     """Bad command-line input, reported as one line with exit code 2."""
 
 
+def check_output_file(path) -> None:
+    """Fail before any work when `path` cannot be written: a missing or read-only folder, or a
+    folder of that name."""
+    import os
+
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; name a file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {path.parent}")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write into {path.parent}: permission denied; choose another folder")
+
+
 def add_model_arguments(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
     """--model and --text-encoder (and --weights) of the commands that load a model."""
     p.add_argument("--model", default=None,

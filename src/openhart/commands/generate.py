@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 from pathlib import Path
 
 from ..config import LAST_SCALE_MODES
 from ..images import image_grid, save_png
-from .common import UsageError, add_device_arguments, add_model_arguments, load_pipeline
+from ..seeding import check_seed
+from .common import UsageError, add_device_arguments, add_model_arguments, check_output_file, load_pipeline
+
+# Images per prompt at most; they are generated CHUNK at a time (bounded memory).
+MAX_IMAGES = 1024
+CHUNK = 8
 
 GENERATE_EXAMPLES = """\
 examples:
@@ -87,27 +93,36 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("no prompt given: pass PROMPT arguments or --prompts-file")
     if args.out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {args.out}")
-    if not args.out.parent.is_dir():
-        raise UsageError(f"output folder does not exist: {args.out.parent}")
-    if args.num_images < 1:
-        raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
+    check_output_file(args.out)
+    if not 1 <= args.num_images <= MAX_IMAGES:
+        raise UsageError(f"--num-images must be between 1 and {MAX_IMAGES}, got {args.num_images}")
+    if args.seed is not None:
+        check_seed(args.seed)
     pipe = load_pipeline(args, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(
         None, guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
         head_steps=args.head_steps, maskgit_iters=args.maskgit_iters, use_residual=args.residual,
         head_temperature=args.head_temperature, last_scale=args.last_scale)
-    with _scale_progress(pipe, args.quiet) as on_scale:
-        out = pipe(prompts, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
-                   sampling=sampling, seed=args.seed, on_scale=on_scale)
+    seed = secrets.randbits(62) if args.seed is None else args.seed
+    # at most CHUNK images per pipeline call: chunk c is drawn with seed + c (recorded per image)
+    jobs = [(prompt, start, min(CHUNK, args.num_images - start))
+            for prompt in prompts for start in range(0, args.num_images, CHUNK)]
+    images, metadata = [], []
+    with _scale_progress(pipe, args.quiet, len(jobs)) as on_scale:
+        for prompt, start, count in jobs:
+            out = pipe(prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=count,
+                       sampling=sampling, seed=seed + start // CHUNK, on_scale=on_scale)
+            images += out.images
+            metadata += out.metadata
     if args.grid:
-        grid = image_grid(out.images, columns=args.num_images)
-        save_png(grid, args.out, dict(out.metadata[0], prompt=" | ".join(prompts),
-                                      images=json.dumps([json.loads(m["openhart"]) for m in out.metadata])))
-        print(f"{args.out}  seed {out.seed}  {len(prompts)} prompt(s) x {args.num_images} image(s)")
+        grid = image_grid(images, columns=args.num_images)
+        save_png(grid, args.out, dict(metadata[0], prompt=" | ".join(prompts),
+                                      images=json.dumps([json.loads(m["openhart"]) for m in metadata])))
+        print(f"{args.out}  seed {seed}  {len(prompts)} prompt(s) x {args.num_images} image(s)")
         return 0
-    for image, path, text in zip(out.images, _output_paths(args.out, len(out.images)), out.metadata):
+    for image, path, text in zip(images, _output_paths(args.out, len(images)), metadata):
         save_png(image, path, text)
-        print(f"{path}  seed {out.seed}  {text['prompt']!r}")
+        print(f"{path}  seed {text['seed']}  {text['prompt']!r}")
     return 0
 
 
@@ -120,8 +135,8 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 class _scale_progress:
     """A tqdm bar over the scales on stderr; silent with --quiet or when stderr is not a TTY."""
 
-    def __init__(self, pipe, quiet: bool):
-        self.total = pipe.model.config.transformer.num_scales
+    def __init__(self, pipe, quiet: bool, calls: int = 1):
+        self.total = pipe.model.config.transformer.num_scales * calls
         self.enabled = not quiet and sys.stderr.isatty()
         self.bar = None
 

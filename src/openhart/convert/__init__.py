@@ -8,7 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..serialization import atomic_path
+from ..serialization import staged_folder
+
+# An openhart folder's model card, carried by conversion.
+MODEL_CARD = "README.md"
 
 
 def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *,
@@ -26,10 +29,10 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     Returns:
         `dst`, after reloading it and checking every tensor.
     """
-    from ..loading import load_model, recommended_sampling, save_model
-    from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
-
     from ..hub import OFFICIAL_TEXT_ENCODER, resolve_model
+    from ..loading import (MODEL_TYPE, load_model, model_config_json, recommended_sampling,
+                           write_folder_files)
+    from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
 
     dst = Path(dst)
     if dst.exists() and not overwrite:
@@ -42,16 +45,20 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     # the converted folder names its text encoder: the recorded one, or the official models' one
     text_encoder = ({"kind": "huggingface", "path": OFFICIAL_TEXT_ENCODER} if source.official
                     else _recorded_text_encoder(src))
-    save_model(model, dst, text_encoder=text_encoder, sampling=recommended_sampling(src))
-    prompt_source = Path(system_prompt_file) if system_prompt_file else src / SYSTEM_PROMPT_FILE
-    if prompt_source.is_file():
-        with atomic_path(dst / SYSTEM_PROMPT_FILE) as tmp:
-            shutil.copyfile(prompt_source, tmp)
-        load_system_prompt(dst)  # warns if it is not the official text
-    expected = model.state_dict()
-    for key, tensor in load_model(dst, dtype=dtype).state_dict().items():
-        if not torch.equal(tensor, expected[key]):
-            raise RuntimeError(f"verification failed: {key} differs after reloading {dst}")
+    config = model_config_json(model, text_encoder=text_encoder, sampling=recommended_sampling(src))
+    # everything is written and verified in a staging folder, which replaces dst only then
+    with staged_folder(dst) as staging:
+        write_folder_files(staging, config, model.state_dict(), MODEL_TYPE)
+        prompt_source = Path(system_prompt_file) if system_prompt_file else src / SYSTEM_PROMPT_FILE
+        if prompt_source.is_file():
+            shutil.copyfile(prompt_source, staging / SYSTEM_PROMPT_FILE)
+            load_system_prompt(staging)  # warns if it is not the official text
+        if (src / MODEL_CARD).is_file() and not source.official:
+            shutil.copyfile(src / MODEL_CARD, staging / MODEL_CARD)
+        expected = model.state_dict()
+        for key, tensor in load_model(staging, dtype=dtype).state_dict().items():
+            if not torch.equal(tensor, expected[key]):
+                raise RuntimeError(f"verification failed: {key} differs after reloading {dst}")
     return dst
 
 

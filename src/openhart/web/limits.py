@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 
 from ..config import SamplingConfig
+from ..seeding import MAX_SEED
 
-MAX_SEED = 2**63 - 1
 MAX_HEAD_TEMPERATURE = 2.0
 
 
