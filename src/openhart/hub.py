@@ -151,7 +151,9 @@ def recorded_text_encoder(folder: str | os.PathLike) -> str | None:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HubError(f"{config} is not valid JSON ({error}); restore the model folder") from error
-    spec = data.get("text_encoder") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise HubError(f"{config} must hold a JSON object, got {type(data).__name__}; restore the model folder")
+    spec = data.get("text_encoder")
     if spec is None:
         return None
     if not isinstance(spec, dict) or spec.get("kind") not in ("random", "huggingface") or (
@@ -166,6 +168,9 @@ def recorded_text_encoder(folder: str | os.PathLike) -> str | None:
 def _local(folder: Path, name: str, hub_id: str | None) -> ResolvedModel:
     # the root of the official layout, or its llm/ folder itself
     is_official = _is_official(folder) or _is_official(folder.parent) and folder.name == "llm"
+    if not is_official and not (folder / "config.json").is_file():
+        raise HubError(f"{folder} is not a model folder: expected config.json and model.safetensors "
+                       "(openhart's layout) or llm/ and tokenizer/ (the official layout)")
     text_encoder = OFFICIAL_TEXT_ENCODER if is_official else recorded_text_encoder(folder)
     return ResolvedModel(path=folder, name=name, hub_id=hub_id, official=is_official, text_encoder=text_encoder)
 

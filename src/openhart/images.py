@@ -11,6 +11,42 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .serialization import atomic_path
 
+# Image files openhart reads: the size is checked from the header, before any pixel is decoded.
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 1 << 27  # 134 M pixels: a 11585 x 11585 image
+MAX_ASPECT_RATIO = 16       # longer side / shorter side; thinner images are crops of nothing
+
+
+def open_image(source, name: str) -> Image.Image:
+    """Decode an image file (a path or a file object) as RGB, after checking its size: too large,
+    too thin, a decompression bomb or not an image give one ValueError naming `name`. Animated
+    images give their first frame; CMYK, 16-bit, palette and grey images are converted."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                check_image_size(image.size, name)
+                image.seek(0)
+                return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(f"{name} is too large to decode safely ({error}); resize it first") from error
+    except (UnidentifiedImageError, OSError, EOFError, SyntaxError) as error:
+        raise ValueError(f"cannot read {name} as an image ({' '.join(str(error).split())})") from error
+
+
+def check_image_size(size: tuple[int, int], name: str) -> None:
+    width, height = size
+    if min(width, height) < 1:
+        raise ValueError(f"{name} is empty ({width}x{height})")
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{name} is {width}x{height} pixels; at most {MAX_IMAGE_SIDE} per side and "
+                         f"{MAX_IMAGE_PIXELS} in all are read: resize it first")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(f"{name} is {width}x{height} pixels, thinner than {MAX_ASPECT_RATIO}:1; crop it "
+                         "to a roughly square region first")
+
 
 def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     """Read an image file as RGB, resize its short side to `size`, center-crop to a square.
@@ -21,12 +57,7 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read {path} as an image ({error})") from error
-    return pil_to_tensor(center_crop(image, size))
+    return pil_to_tensor(center_crop(open_image(path, str(path)), size))
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:

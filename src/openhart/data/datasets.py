@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from ..images import open_image
 from ..seeding import derive_seed, keyed_generator
 from .transforms import image_to_tensor
 
@@ -118,9 +118,8 @@ class ImageCaptionFolder(StreamingDataset):
         """The example at `index`, or None (counted and logged) if its image cannot be read."""
         path, caption = self.items[index]
         try:
-            with Image.open(path) as image:
-                tensor = image_to_tensor(image, self.resolution, self.random_crop, generator)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+            tensor = image_to_tensor(open_image(path, str(path)), self.resolution, self.random_crop, generator)
+        except (OSError, ValueError) as error:
             self.skipped += 1
             logger.warning("skipping unreadable image %s (%s); %d skipped so far", path, error, self.skipped)
             return None
@@ -195,9 +194,9 @@ class TarShards(StreamingDataset):
         try:
             if image_ext is None or not caption:
                 raise ValueError("image or caption missing")
-            with Image.open(io.BytesIO(parts[image_ext])) as image:
-                tensor = image_to_tensor(image, self.resolution, self.random_crop, generator)
-        except (UnidentifiedImageError, OSError, ValueError, json.JSONDecodeError) as error:
+            image = open_image(io.BytesIO(parts[image_ext]), f"{key}.{image_ext}")
+            tensor = image_to_tensor(image, self.resolution, self.random_crop, generator)
+        except (OSError, ValueError, json.JSONDecodeError) as error:
             self.skipped += 1
             logger.warning("skipping %s in %s (%s); %d skipped so far", key, shard, error, self.skipped)
             return None
