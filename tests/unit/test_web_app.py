@@ -74,3 +74,19 @@ def test_cli_pipeline_and_web_ui_draw_the_same_image(top_k, tmp_path):
         assert cli_image.tobytes() == direct.tobytes() == web_image.tobytes()
     if top_k == 3:  # the setting reached the sampler (the tiny vocabulary is below the schedule's 300)
         assert direct.tobytes() != pipe("a red apple", seed=5, guidance_scale=2.0, head_steps=steps).images[0].tobytes()
+
+
+def test_served_pngs_do_not_reveal_the_servers_paths(tmp_path):
+    import json
+
+    from PIL import Image
+
+    pipe = HARTPipeline.from_pretrained(HART_TINY, text_encoder="random")
+    assert pipe.source == str(HART_TINY)  # the CLI records the full path on the user's own machine
+    request = validate_request(ServeLimits(), pipe.default_sampling, 64, prompt="red apple", negative_prompt="",
+                               seed=3, guidance_scale=1.5, top_k=None, top_p=0.0, smooth=True, head_steps=1,
+                               use_residual=True, num_images=1, head_temperature=0.0, last_scale="official")
+    (path,), _ = Generator(pipe, tmp_path)(request)
+    with Image.open(path) as image:
+        record = json.loads(image.text["openhart"])
+    assert record["model"] == "hart-tiny" and str(tmp_path.parent) not in image.text["openhart"]

@@ -57,21 +57,25 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
 def server(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
+    tmpdir = tmp_path_factory.mktemp("serve-tmp")
+    env = dict(os.environ, TMPDIR=str(tmpdir), GRADIO_TEMP_DIR=str(tmpdir / "gradio"))
     command = [sys.executable, "-m", "openhart", "serve", "--model", str(HART_TINY), "--text-encoder",
                "random", "--port", str(port), "--max-prompt-chars", str(MAX_PROMPT_CHARS),
                "--max-images", str(MAX_IMAGES), "--device", "cpu"]
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for_http(url, process, log, START_TIMEOUT_S)
         yield url
     finally:
-        process.terminate()
+        process.terminate()  # SIGTERM, as a service manager stops it
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+    # the folder of every user's PNGs is gone with the server
+    assert not list(tmpdir.glob("openhart-serve-*")), log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +148,7 @@ def test_generate_in_the_browser(server, browser):
     assert image.text["prompt"] == "a red apple"
     settings = json.loads(image.text["openhart"])
     assert settings["seed"] == 0 and settings["sampling"]["guidance_scale"] == 4.5
+    assert settings["model"] == "hart-tiny", "the server's own paths stay private"
     status = browser.find_element("css selector", "#status").text
     assert f"{size}x{size}" in status and "seed 0" in status
 

@@ -17,8 +17,8 @@ SHAPES = ("circle", "square")
 def write_shapes(folder: Path, count: int = 8, size: int = 64, metadata: bool = True) -> Path:
     """`count` images `size` x `size` with a `metadata.jsonl` (or `.txt` sidecars): colour i % 4,
     shape (i // 4) % 2, background, size and position varied by i."""
-    if count < 1 or size < 8:
-        raise ValueError(f"need count >= 1 and size >= 8, got count={count}, size={size}")
+    if not 1 <= count <= 1_000_000 or not 8 <= size <= 4096:
+        raise ValueError(f"need 1 <= count <= 1000000 and 8 <= size <= 4096, got count={count}, size={size}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []

@@ -215,6 +215,8 @@ def _load_hf(path: str | os.PathLike, device, dtype):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True,
                                           **{dtype_kw: dtype or torch.float32})
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"cannot load the text encoder from {path}: {error}") from error
+    except Exception as error:  # whatever the folder holds (pickles, corrupt weights, odd configs)
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"cannot load the text encoder from {path}: {type(error).__name__}: {reason} "
+                         "(openhart reads safetensors weights and never runs pickled code)") from error
     return model.to(device or "cpu").eval(), tokenizer

@@ -40,6 +40,8 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict[str, Any],
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, step)
+    for stale in path.parent.glob(".ckpt-*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, **state}, tmp)
     for old in list_checkpoints(folder)[:-keep_last]:

@@ -124,6 +124,7 @@ class TokenizerTask(TrainingTask):
         self.code_counts = torch.zeros(self.model_config.vocab_size, dtype=torch.float64)
         self.restart_counts = torch.zeros_like(self.code_counts)
         self.restarted = 0
+        self.skipped_before = 0.0  # images skipped before the run resumed
 
     # ----- the model ---------------------------------------------------------------------------
 
@@ -216,13 +217,17 @@ class TokenizerTask(TrainingTask):
         counts = dist.sum(self.code_counts.clone())
         self.code_counts.zero_()
         used = float((counts > 0).double().mean())
-        skipped = dist.sum(torch.tensor([float(getattr(self._dataset, "skipped", 0))], dtype=torch.float64))
         return {"codebook_usage": used, "dead_code_fraction": 1.0 - used,
-                "skipped_images": float(skipped[0]), "restarted_codes": float(self.restarted)}
+                "skipped_images": self._skipped_images(dist), "restarted_codes": float(self.restarted)}
+
+    def _skipped_images(self, dist: Distributed) -> float:
+        """Unreadable images skipped so far by every process, runs before a resume included."""
+        here = float(getattr(self._dataset, "skipped", 0))
+        return float(dist.sum(torch.tensor([here], dtype=torch.float64))[0]) + self.skipped_before
 
     def extra_state(self, dist: Distributed) -> dict[str, Any]:
         state: dict[str, Any] = {"restart_counts": dist.sum(self.restart_counts.clone()),
-                                 "restarted": self.restarted}
+                                 "restarted": self.restarted, "skipped_images": self._skipped_images(dist)}
         if self.discriminator is not None:
             state["discriminator"] = {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()}
             state["discriminator_optimizer"] = self.disc_optimizer.state_dict()
@@ -233,6 +238,7 @@ class TokenizerTask(TrainingTask):
             # counts of all processes, summed: they only need to be non-zero where a code was used
             self.restart_counts = state["restart_counts"].clone()
             self.restarted = state["restarted"]
+        self.skipped_before = float(state.get("skipped_images", 0.0))
         if self.discriminator is not None and "discriminator" in state:
             self.discriminator.load_state_dict(state["discriminator"])
             self.disc_optimizer.load_state_dict(state["discriminator_optimizer"])

@@ -7,6 +7,7 @@ carry the same metadata as `openhart generate` writes.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -50,10 +51,18 @@ class Generator:
         paths = []
         for i, (image, text) in enumerate(zip(out.images, out.metadata)):
             path = self.output_dir / f"openhart-{stem}-{i:02d}.png"
-            save_png(image, path, text)
+            save_png(image, path, self._public(text))
             paths.append(path)
         self._prune()
         return paths, seconds
+
+    def _public(self, text: dict[str, str]) -> dict[str, str]:
+        """The metadata without this server's paths: local models and encoders by folder name."""
+        record = json.loads(text["openhart"])
+        for key in ("model", "text_encoder"):
+            if Path(str(record[key])).is_absolute():
+                record[key] = Path(record[key]).name
+        return dict(text, openhart=json.dumps(record))
 
     def _prune(self) -> None:
         files = sorted(self.output_dir.glob("openhart-*.png"), key=lambda p: p.stat().st_mtime)
@@ -80,7 +89,7 @@ def build_app(generator: Generator, limits: ServeLimits):
                 head_steps=head_steps, use_residual=use_residual, num_images=num_images,
                 head_temperature=head_temperature, last_scale=last_scale)
         except RequestError as error:
-            raise gr.Error(str(error), title="Invalid input") from None
+            raise gr.Error(str(error), title="Invalid input", print_exception=False) from None
         progress(0, desc="encoding the prompt")
         done = []
 
@@ -94,7 +103,8 @@ def build_app(generator: Generator, limits: ServeLimits):
                   f"guidance {request.sampling.guidance_scale:g}")
         return gallery, status
 
-    with gr.Blocks(title="openhart", analytics_enabled=False) as app:
+    # Gradio's copies of the served PNGs are deleted after an hour (checked every 10 minutes)
+    with gr.Blocks(title="openhart", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(f"## openhart · HART text-to-image\nModel **{generator.pipe.name}** "
                     f"({size}x{size}, text encoder {Path(generator.pipe.text_encoder_name).name}). "
                     f"Images download as PNGs with their prompt, seed and settings.")

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -44,6 +45,10 @@ def add_commands(commands) -> None:
                    help="requests that may wait at once (default 16)")
     p.add_argument("--quiet", action="store_true", help="no start-up banner")
     p.set_defaults(handler=run_serve)
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def is_loopback(host: str) -> bool:
@@ -88,6 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
             args.host, args.port)
     pipe = load_pipeline(args)
     output_dir = Path(tempfile.mkdtemp(prefix="openhart-serve-"))
+    signal.signal(signal.SIGTERM, _stop)  # a service manager's stop cleans up like Ctrl+C
     try:
         app = build_app(Generator(pipe, output_dir), limits)
         if not args.quiet:
