@@ -65,8 +65,16 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one line that names the flag, with a pointer to --help (argparse prints
+    the whole usage block otherwise)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="openhart",
         description="openhart: an open, trainable HART (Hybrid Autoregressive Transformer).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
