@@ -145,6 +145,7 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str | None = N
         config, state, source = _read_official_model(folder, weights)
     with torch.device("meta"):
         model = HARTModel(config)
+    check_memory(model, dtype or torch.float32, torch.device(device or "cpu"), source)
     load_into(model, state, source)
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
     use_channels_last(model.tokenizer)
@@ -190,6 +191,31 @@ def recommended_sampling(path: str | os.PathLike) -> SamplingConfig:
         return config_from_dict(SamplingConfig, data[SAMPLING_KEY])
     except ValueError as error:
         raise CheckpointError(f"{config_path}: {SAMPLING_KEY}: {error}") from error
+
+
+def check_memory(module: torch.nn.Module, dtype: torch.dtype, device: torch.device, source: str) -> None:
+    """Refuse a model whose weights alone would not fit in this machine's available memory
+    (checked on the meta-device model, before anything is allocated)."""
+    need = sum(p.numel() for p in module.parameters()) * torch.empty((), dtype=dtype).element_size()
+    available = available_memory(device)
+    if available is not None and need > available:
+        raise CheckpointError(f"{source}: the model's weights need {need / 2**30:.1f} GiB in {dtype}, but "
+                              f"{available / 2**30:.1f} GiB are available here; free memory, use a smaller "
+                              "dtype (--dtype bf16) or a larger machine")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes available for new allocations on `device` (None when unknown)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
 
 
 def _check_format_version(config_path: Path, data: dict) -> None:

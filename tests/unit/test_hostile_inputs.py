@@ -180,3 +180,11 @@ def test_a_dataset_skips_hostile_images_and_keeps_going(tmp_path):
     assert read == ["16-bit", "a green square", "animated", "cmyk"]
     assert dataset.skipped == 6
     assert all(s.image.shape == (3, 32, 32) for s in samples if s is not None)
+
+
+def test_a_model_larger_than_the_free_memory_is_refused_before_allocating(model_dir, monkeypatch):
+    import openhart.loading as loading
+
+    monkeypatch.setattr(loading, "available_memory", lambda device: 1 << 20)  # 1 MiB free
+    with pytest.raises(CheckpointError, match="GiB are available here"):
+        load_model(model_dir)
