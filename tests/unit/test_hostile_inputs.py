@@ -188,3 +188,23 @@ def test_a_model_larger_than_the_free_memory_is_refused_before_allocating(model_
     monkeypatch.setattr(loading, "available_memory", lambda device: 1 << 20)  # 1 MiB free
     with pytest.raises(CheckpointError, match="GiB are available here"):
         load_model(model_dir)
+
+
+def test_a_full_disk_during_convert_is_one_line_and_damages_nothing(model_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import openhart.serialization as serialization
+
+    good = tmp_path / "good"
+    assert main(["convert", str(model_dir), str(good)]) == 0
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(good))
+
+    monkeypatch.setattr(serialization, "save_file", full)
+    assert main(["convert", str(model_dir), str(good), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
