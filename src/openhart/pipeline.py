@@ -145,7 +145,7 @@ class HARTPipeline:
         if text_encoder is None:
             text_encoder = source.text_encoder
             if text_encoder is None:
-                raise ValueError(f"{source.name} does not name its text encoder: pass one (text_encoder=... "
+                raise ValueError(f"{source.path / 'config.json'} names no text encoder: pass one (text_encoder=... "
                                  "or --text-encoder), e.g. mit-han-lab/Qwen2-VL-1.5B-Instruct")
         hart = load_model(source.path, device=device, dtype=dtype, weights=weights)
         defaults = {"name": source.name, "default_sampling": recommended_sampling(source.path),
@@ -285,7 +285,7 @@ class HARTPipeline:
                            uncond_context_BTD=uncond_context, uncond_position_ids_BT=uncond_positions,
                            on_scale=on_scale)
             if not (bool(torch.isfinite(out.images).all()) and bool(torch.isfinite(out.latent).all())):
-                raise ValueError(f"{self.name} produced NaN or infinite values: its weights or its config.json "
+                raise ValueError(f"{self.source} produced NaN or infinite values: its weights or its config.json "
                                  "(e.g. residual_scale) are broken; re-download or re-export the model")
             images.append(out.images)
             latents.append(out.latent)

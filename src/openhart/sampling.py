@@ -100,6 +100,9 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     patch_nums = tf.check_patch_nums(patch_nums)
     K, B = len(patch_nums), context_BTD.shape[0]
     dtype = tf.head.weight.dtype
+    if sampling.head_steps is not None and sampling.head_steps > model.config.head.num_train_timesteps:
+        raise ValueError(f"head_steps ({sampling.head_steps}) cannot exceed the "
+                         f"{model.config.head.num_train_timesteps} steps the residual head was trained with")
     if sampling.maskgit_iters > patch_nums[-1] ** 2:
         raise ValueError(f"maskgit_iters ({sampling.maskgit_iters}) cannot exceed the "
                          f"{patch_nums[-1] ** 2} tokens of the last scale")

@@ -365,7 +365,10 @@ def _judge(case: Case, code: int, seconds: float, timed_out: bool = False) -> Ou
     if timed_out:
         outcome.problems.append(f"no answer within {CASE_TIMEOUT_S} s")
     elif code == 0:
-        if case.output is not None and not _valid_image(case.output, case.size):
+        output = case.output
+        if output is not None and not output.exists():  # several images: -000, -001, ...
+            output = output.with_name(f"{output.stem}-000{output.suffix}")
+        if output is not None and not _valid_image(output, case.size):
             outcome.problems.append(f"exit 0 but no valid output at {case.output}")
     elif code == 2:
         if len(lines) != 1:

@@ -84,7 +84,7 @@ def test_a_model_that_names_no_text_encoder_asks_for_one(tmp_path):
     from openhart.loading import load_model, save_model
 
     folder = save_model(load_model(HART_TINY), tmp_path / "model")  # records no text encoder
-    with pytest.raises(ValueError, match="does not name its text encoder"):
+    with pytest.raises(ValueError, match="config.json names no text encoder"):
         HARTPipeline.from_pretrained(folder)
 
 
