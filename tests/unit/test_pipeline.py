@@ -60,7 +60,8 @@ def test_bad_arguments(pipe, kwargs, message):
 
 def test_model_folder_without_llm_or_tokenizer(tmp_path):
     shutil.copytree(HART_TINY / "tokenizer", tmp_path / "tokenizer")
-    with pytest.raises(CheckpointError, match="expected an openhart folder .* or the official layout"):
+    with pytest.raises(ValueError, match="is not a model folder: expected config.json and model.safetensors "
+                                         r"\(openhart's layout\) or llm/ and tokenizer/ \(the official layout\)"):
         HARTPipeline.from_pretrained(tmp_path, text_encoder="random")
 
 
