@@ -208,3 +208,37 @@ def test_a_full_disk_during_convert_is_one_line_and_damages_nothing(model_dir, t
     assert "No space left on device" in err and len(err.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_text_encoder_folder_with_pickled_weights_is_one_line(tmp_path):
+    import pickle
+
+    from transformers import Qwen2Config
+
+    from openhart.text.encoder import load_prompt_encoder
+    from openhart.text.random_encoder import byte_tokenizer
+
+    folder = tmp_path / "encoder"
+    Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+
+    class Payload:  # what a hostile pytorch_model.bin would run on unpickling
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": Payload()}))
+    with pytest.raises(ValueError, match="cannot load the text encoder from .*never runs pickled code"):
+        load_prompt_encoder(folder, max_length=8)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_files_left_by_a_killed_writer_are_removed(tmp_path):
+    from openhart.train.checkpoint import save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stale = folder / ".ckpt-00000100.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    save_checkpoint(folder, 200, {"model": {"w": torch.zeros(2)}})
+    assert not stale.exists() and (folder / "ckpt-00000200.pt").is_file()
