@@ -122,3 +122,22 @@ def test_dead_codes_restart_onto_looked_up_vectors(shapes_dir, tmp_path):
     fresh = HybridTokenizer(tokenizer_tiny())
     moved = (load_tokenizer(exported).quantizer.codebook.weight - fresh.quantizer.codebook.weight).norm(dim=1)
     assert (moved > 0.1).sum() >= lines[-1]["restarted_codes"] * 0.5
+
+
+def test_skipped_images_are_counted_across_a_resume(shapes_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    for i in range(2):  # two files that cannot be read
+        (data / f"broken-{i}.png").write_bytes(b"not an image")
+    if (data / "metadata.jsonl").is_file():
+        with open(data / "metadata.jsonl", "a") as f:
+            for i in range(2):
+                f.write(f'{{"file_name": "broken-{i}.png", "text": "broken"}}\n')
+    first = tokenizer_config(tmp_path / "run", data, run={"steps": 3, "checkpoint_every": 3, "batch_size": 4})
+    _train(first)
+    skipped_first = metrics(tmp_path / "run")[-1]["skipped_images"]
+    assert skipped_first >= 1
+    _train(tokenizer_config(tmp_path / "run", data, run={"steps": 6, "checkpoint_every": 3, "batch_size": 4}))
+    assert metrics(tmp_path / "run")[-1]["skipped_images"] > skipped_first  # counted on from the checkpoint
