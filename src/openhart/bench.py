@@ -7,6 +7,8 @@ limit and the ratio of the total time to the floor:
 
     floor = non-attention FLOP / matmul peak + max(attention FLOP / matmul peak, scores / exp rate)
 
+taken per measured phase (text, each scale, diffusion, decode) and summed, since they run in turn.
+
 The matmul peak is that of the fastest dtype the machine runs natively (`floor_dtype`: bf16 where
 the CPU has AMX or AVX512-BF16 and on GPUs, fp32 elsewhere), whatever dtype the run uses, so that
 an fp32 run on a bf16 machine is not flattered by the slower fp32 peak. With `profile=True` one
@@ -362,12 +364,15 @@ def summarize(settings: BenchSettings, runs: list[dict], counts: dict, rates: di
     for group, members in _phase_groups(phases).items():
         c = {k: sum(counts[m][k] for m in members) for k in ("flops", "attention_flops", "scores")}
         seconds = sum(median[m] for m in members)
+        # phases run one after another, so each one's bound is paid in turn: a sum of per-phase floors
+        group_floor = sum(floor(counts[m]) for m in members)
         phase_rows[group] = {"seconds": seconds, "tflop": c["flops"] / 1e12,
                              "attention_tflop": c["attention_flops"] / 1e12, "scores": c["scores"],
-                             "floor_s": floor(c), "fraction_of_limit": floor(c) / seconds if seconds else 0.0}
+                             "floor_s": group_floor,
+                             "fraction_of_limit": group_floor / seconds if seconds else 0.0}
     per_scale = {p: median[p] for p in phases if p.startswith("scale_")}
     total = {k: sum(counts[p][k] for p in phases) for k in ("flops", "attention_flops", "scores")}
-    floor_s = floor(total)
+    floor_s = sum(row["floor_s"] for row in phase_rows.values())
     total_s = statistics.median(totals)
     return {
         "preset": settings.preset, "size": settings.size if settings.preset != "tiny" else 64,
