@@ -1,7 +1,9 @@
 """Profile one generation of a bench preset with torch.profiler; print the top ops.
 
 Usage: python benchmarks/profile_generate.py [--size 1024] [--dtype bf16] [--device cuda]
-           [--batch 1] [--rows 30] [--out table.txt]
+           [--batch 1] [--rows 30] [--stack 4] [--out table.txt]
+With --stack N the ops are also grouped by their N innermost Python frames (which line of
+openhart issued each copy_, cat or cast).
 Random weights and random text features (the text encoder is left out: `openhart bench` times it).
 """
 
@@ -25,6 +27,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rows", type=int, default=30)
+    parser.add_argument("--stack", type=int, default=0,
+                        help="also group ops by their N innermost Python frames")
     parser.add_argument("--out", default=None, help="also write the tables here")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -43,13 +47,17 @@ def main() -> None:
 
     run()  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, with_stack=args.stack > 0) as prof:
         run()
     tables = []
     keys = ["self_cpu_time_total"] + (["self_cuda_time_total"] if device.type == "cuda" else [])
     for key in keys:
         tables.append(f"== sorted by {key}\n"
                       + prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+    if args.stack:
+        tables.append(f"== grouped by the {args.stack} innermost frames, sorted by self CPU time\n"
+                      + prof.key_averages(group_by_stack_n=args.stack).table(
+                          sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
     text = "\n".join(tables)
     print(text)
     if args.out:

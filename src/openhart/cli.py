@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .allocator import keep_large_blocks
 from .commands import bench, convert, download, generate, reconstruct
 from .commands.common import UsageError
 from .eval import commands as eval_commands
@@ -32,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
+    keep_large_blocks()  # large activations reuse the heap instead of fresh mappings
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

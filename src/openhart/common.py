@@ -50,5 +50,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight.to(x.dtype)
+        normed = (x32 * torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + self.eps)).to(x.dtype)
+        weight = self.weight.to(x.dtype)
+        # `normed` is a fresh tensor: without autograd, scale it in place (one buffer fewer)
+        return normed * weight if torch.is_grad_enabled() else normed.mul_(weight)

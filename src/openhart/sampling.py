@@ -108,7 +108,8 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
                          f"{patch_nums[-1] ** 2} tokens of the last scale")
 
     # 1. the doubled batch [cond ; uncond] and its prefix
-    if uncond_context_BTD is None:
+    default_uncond = uncond_context_BTD is None
+    if default_uncond:
         uncond_context_BTD = torch.zeros_like(context_BTD)
         uncond_position_ids_BT = torch.zeros_like(position_ids_BT)
     context = torch.cat([context_BTD, uncond_context_BTD]).to(dtype)
@@ -124,7 +125,10 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     # 2. scales 0 .. K-2
     for si in range(K - 1):
         ratio = si / (K - 1)
-        hidden = tf.forward_scale(x_BlC, rope, cache)
+        if si == 0:  # the default unconditional prefix is T identical tokens: computed as one (exact)
+            hidden = tf.forward_prefix(x_BlC, rope, cache, uncond_is_uniform=default_uncond)
+        else:
+            hidden = tf.forward_scale(x_BlC, rope, cache)
         logits = guided_logits(tf.logits(hidden[:, -1:] if si == 0 else hidden, cond_BTC),
                                sampling.guidance_scale * ratio)
         idx_Bl, h_BlCv = select_codes(logits, quantizer.codebook.weight, sampling, si, ratio, generator)
@@ -145,6 +149,9 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
                                          patch_nums)
     indices.append(last_idx)
     f_hat = f_hat + rearrange(tokens, "b (h w) c -> b c h w", h=patch_nums[-1])
+    # the cache is 2.9 GB at 1024 px in bf16: free it before the decoder's activations take
+    # their place, so that the two never add up in the peak
+    del cache, x_BlC, hidden, logits
 
     # 4. decode
     images = (model.tokenizer.decode_latent(f_hat).float() + 1) / 2

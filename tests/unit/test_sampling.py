@@ -154,3 +154,26 @@ def test_head_temperature_scales_the_noise_of_every_step(tiny_model):
 def test_unknown_last_scale_mode_is_refused():
     with pytest.raises(ValueError, match="last_scale must be one of"):
         SamplingConfig(last_scale="mine")
+
+
+@pytest.mark.parametrize("maskgit_iters", [1, 3])
+def test_collapsed_unconditional_prefix_is_exact(tiny_model, tiny_context, maskgit_iters):
+    """The default unconditional prefix (zero context at position 0) is computed on one token;
+    passing the same zeros explicitly takes the ordinary path. Both give the same codes, hidden
+    states and image."""
+    context, positions = tiny_context
+    sampling = SamplingConfig(guidance_scale=3.0, maskgit_iters=maskgit_iters)
+    runs = []
+    for uncond in ({}, {"uncond_context_BTD": torch.zeros_like(context),
+                        "uncond_position_ids_BT": torch.zeros_like(positions)}):
+        records = []
+        out = generate(tiny_model, context, positions, sampling, torch.Generator().manual_seed(3),
+                       on_scale=records.append, **uncond)
+        runs.append((out, records))
+    (collapsed, rec_c), (full, rec_f) = runs
+    assert all(torch.equal(a, b) for a, b in zip(collapsed.indices, full.indices))
+    for a, b in zip(rec_c, rec_f):
+        assert a.hidden.shape == b.hidden.shape
+        torch.testing.assert_close(a.hidden, b.hidden, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(collapsed.images, full.images, rtol=0, atol=1e-4)

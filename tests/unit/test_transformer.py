@@ -7,7 +7,7 @@ from openhart.config import TransformerConfig
 from openhart.convert import official
 from openhart.model import HARTModel
 from openhart.transformer.kv_cache import KVCache
-from openhart.transformer.rope import apply_rope, image_positions, image_rope
+from openhart.transformer.rope import block_tables, image_positions, image_rope, rotate
 
 from ..conftest import FIXTURES
 
@@ -52,9 +52,26 @@ def test_image_positions_and_quirky_2d_rope():
     # layout [row | row | col | col]: the first half sees angle 0, the second half angle 10 f
     torch.testing.assert_close(cos[0, 0, :4], torch.ones(4))
     assert cos[0, 0, 4:].ne(1).any()
-    q = torch.randn(1, 1, 1, 8)
-    rotated = apply_rope(q, cos, sin)
+    q = torch.randn(1, 1, 1, 1, 8)  # B L [q, k] H d
+    rotated = rotate(q, *block_tables(cos, sin, q.dtype))
     assert not torch.allclose(rotated.norm(), q.norm()), "the official 2-D RoPE is not a rotation"
+
+
+def test_rotate_is_x_cos_plus_rotate_half_x_sin_in_both_dtypes():
+    cos, sin = image_rope(torch.rand(2, 5, 2) * 64, 16, 10000.0)
+    x = torch.randn(2, 5, 2, 3, 16)  # B L [q, k] H d
+    half = x.shape[-1] // 2
+    c, s = cos[:, :, None, None], sin[:, :, None, None]
+    expected = x * c + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * s
+    torch.testing.assert_close(rotate(x, *block_tables(cos, sin, torch.float32)), expected,
+                               rtol=0, atol=1e-6)
+    xb = x.bfloat16()
+    cb, sb = c.bfloat16(), s.bfloat16()
+    expected_bf16 = xb * cb + torch.cat([-xb[..., half:], xb[..., :half]], dim=-1) * sb
+    got = rotate(xb, *block_tables(cos, sin, torch.bfloat16))
+    assert got.dtype == torch.bfloat16
+    # one rounding fewer than the unfused formula: equal to within one bf16 step
+    torch.testing.assert_close(got.float(), expected_bf16.float(), rtol=2 ** -7, atol=2 ** -7)
 
 
 def test_context_mask_does_not_matter_but_positions_do(tiny_model, tiny_context):
@@ -165,3 +182,49 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_model, tiny_cont
     assert len(grads[-1]) > 10
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_uniform_unconditional_prefix_fills_the_cache_as_the_full_prefix_does(tiny_model, tiny_context):
+    tf = tiny_model.transformer
+    context, positions = tiny_context
+    context = torch.cat([context, torch.zeros_like(context)])
+    positions = torch.cat([positions, torch.zeros_like(positions)])
+    x = tf.embed_context(context) + tf.level_embedding(0)
+    rope = tf.text_rope(positions)
+    caches, hidden = [], []
+    with torch.no_grad():
+        for uniform in (False, True):
+            cache = tf.new_cache(context.shape[0], context.device, context.dtype)
+            hidden.append(tf.forward_prefix(x, rope, cache, uncond_is_uniform=uniform))
+            caches.append(cache)
+    full, collapsed = caches
+    assert collapsed.length == full.length == tf.config.context_tokens
+    T = tf.config.context_tokens
+    torch.testing.assert_close(hidden[1], hidden[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(full.keys + full.values, collapsed.keys + collapsed.values):
+        torch.testing.assert_close(b[:, :, :T], a[:, :, :T], rtol=1e-5, atol=1e-5)
+
+
+def test_cache_rows_write_into_the_shared_storage():
+    cache = KVCache.allocate(2, 4, 1, 5, 2, torch.device("cpu"), torch.float32)
+    half = cache.rows(2, 4)
+    half.append(1, torch.ones(2, 1, 3, 2), torch.full((2, 1, 3, 2), 2.0))
+    assert torch.equal(cache.keys[1][2:, :, :3], torch.ones(2, 1, 3, 2))
+    assert torch.equal(cache.values[1][2:, :, :3], torch.full((2, 1, 3, 2), 2.0))
+
+
+def test_compiled_regions_give_the_eager_result(tiny_model, tiny_context):
+    """`compile_regions` (torch.compile of each block's pure stretches, dynamic in the token
+    count) generates the same codes and image as eager code."""
+    import copy
+
+    from openhart.config import SamplingConfig
+    from openhart.sampling import generate
+
+    compiled = copy.deepcopy(tiny_model)
+    compiled.transformer.compile_regions()
+    sampling = SamplingConfig(guidance_scale=3.0, maskgit_iters=2)
+    runs = [generate(m, *tiny_context, sampling, torch.Generator().manual_seed(5))
+            for m in (tiny_model, compiled)]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].indices, runs[1].indices))
+    torch.testing.assert_close(runs[1].images, runs[0].images, rtol=0, atol=1e-4)

@@ -90,3 +90,43 @@ def test_served_pngs_do_not_reveal_the_servers_paths(tmp_path):
     with Image.open(path) as image:
         record = json.loads(image.text["openhart"])
     assert record["model"] == "hart-tiny" and str(tmp_path.parent) not in image.text["openhart"]
+
+
+def test_output_folder_keeps_the_newest_pngs_and_gradio_deletes_its_copies(pipe, tmp_path):
+    import os
+
+    from openhart.web.app import KEEP_FILES
+
+    old = []
+    for i in range(KEEP_FILES + 3):
+        path = tmp_path / f"openhart-old{i:03d}-00.png"
+        path.write_bytes(b"png")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+        old.append(path)
+    request = validate_request(ServeLimits(), pipe.default_sampling, 64, prompt="red apple", negative_prompt="",
+                               seed=3, guidance_scale=1.5, top_k=0, top_p=0.0, smooth=False, head_steps=2,
+                               use_residual=True, num_images=2, head_temperature=0.0, last_scale="official")
+    new, _ = Generator(pipe, tmp_path)(request)
+    kept = set(tmp_path.glob("openhart-*.png"))
+    assert len(kept) == KEEP_FILES
+    assert set(new) <= kept, "the images just made are kept"
+    assert kept == set(new) | set(old[-(KEEP_FILES - 2):]), "the oldest go first"
+    # Gradio serves its own copies from its cache: deleted an hour after they were made
+    app = build_app(Generator(pipe, tmp_path), ServeLimits())
+    assert app.delete_cache == (600, 3600)
+
+
+def test_rejected_request_is_a_gradio_error_without_a_printed_traceback(pipe, tmp_path):
+    """Gradio prints the traceback of an exception raised in an event unless it is a gr.Error with
+    print_exception=False: a bad request must show in the page and leave the server log clean."""
+    import gradio as gr
+
+    app = build_app(Generator(pipe, tmp_path), ServeLimits(max_prompt_chars=10))
+    (fn,) = [f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "run"]
+    arguments = dict(prompt="x" * 11, negative_prompt="", seed=0, guidance_scale=4.5, num_images=1,
+                     top_k=None, top_p=0.0, smooth=True, head_steps=2, use_residual=True,
+                     head_temperature=1.0, last_scale="official")
+    with pytest.raises(gr.Error, match="too long") as raised:
+        fn(**arguments)
+    assert raised.value.print_exception is False
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__

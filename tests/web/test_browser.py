@@ -53,6 +53,15 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
     pytest.fail(f"openhart serve did not answer within {timeout} s:\n{log.read_text()}")
 
 
+class Server(str):
+    """The served URL, with the path of the server's log."""
+
+    def __new__(cls, url: str, log: Path):
+        server = super().__new__(cls, url)
+        server.log = log
+        return server
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
@@ -67,7 +76,7 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for_http(url, process, log, START_TIMEOUT_S)
-        yield url
+        yield Server(url, log)
     finally:
         process.terminate()  # SIGTERM, as a service manager stops it
         try:
@@ -190,3 +199,5 @@ def test_api_clients_cannot_bypass_the_limits(server):
         client.predict(**dict(arguments, num_images=1, head_temperature=5.0), api_name="/generate")
     gallery, status = client.predict(**dict(arguments, num_images=2), api_name="/generate")
     assert len(gallery) == 2 and "2 image(s)" in status
+    # every rejection above reached the client as a message; none printed a traceback on the server
+    assert "Traceback" not in server.log.read_text(), server.log.read_text()

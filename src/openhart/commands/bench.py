@@ -46,6 +46,8 @@ def add_command(commands) -> None:
     p.add_argument("--matmul-size", type=int, default=None,
                    help="side of the matmul that measures the peak (default 2048 on the CPU, "
                         "8192 on GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks (compiled in the warm-up runs)")
     p.add_argument("--profile", action="store_true",
                    help="profile one more run: top ops by self time and the time outside "
                         "matmul/convolution/attention kernels")
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     settings = BenchSettings(preset=args.preset, size=args.size, dtype=dtype, device=device,
                              batch=args.batch, low_memory=args.low_memory, warmup=args.warmup,
                              repeats=args.repeats, guidance_scale=args.guidance_scale, text_encoder=args.text_encoder,
-                             matmul_size=args.matmul_size, profile=args.profile)
+                             matmul_size=args.matmul_size, profile=args.profile,
+                             compile=args.compile)
     result = run_bench(settings)
     print(format_report(result))
     if args.json is not None:

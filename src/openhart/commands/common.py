@@ -48,6 +48,9 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 where the hardware has native bf16 matmul, else fp32; fp16 on "
                         "other GPUs), fp32, bf16 or fp16")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks (the first generation compiles for "
+                        "about half a minute; torch caches the result on disk for later runs)")
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
@@ -61,4 +64,5 @@ def load_pipeline(args: argparse.Namespace, *, low_memory: bool = False):
 
     device, dtype = device_and_dtype(args)
     return HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device, dtype=dtype,
-                                        weights=getattr(args, "weights", "auto"), low_memory=low_memory)
+                                        weights=getattr(args, "weights", "auto"), low_memory=low_memory,
+                                        compile=args.compile)

@@ -1,8 +1,11 @@
-"""A preallocated key/value cache for scale-by-scale decoding, passed explicitly to the model.
+"""Preallocated key/value caches for scale-by-scale decoding, passed explicitly to the model.
 
-Each block writes the keys and values of the current scale into its slice; `advance` then moves
-the shared length on. No attention mask is needed at inference: a scale attends to everything in
-the cache, which is the text, every earlier scale and itself (the block-causal pattern).
+Each block writes the keys and values of the current scale into its slice and attends over
+everything the cache holds (`attend`); `advance` then moves the shared length on. No attention
+mask is needed at inference: a scale attends to the text, every earlier scale and itself (the
+block-causal pattern).
+
+`rows` gives a view of some of the batch rows (the halves of a guided batch), sharing storage.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -42,6 +46,17 @@ class KVCache:
         self.keys[layer][:, :, self.length:end] = k_BHld
         self.values[layer][:, :, self.length:end] = v_BHld
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """A cache over batch rows [start, stop) that writes into this one's storage."""
+        return KVCache(keys=[k[start:stop] for k in self.keys], values=[v[start:stop] for v in self.values],
+                       length=self.length)
+
+    def attend(self, layer: int, q_BHld: torch.Tensor, k_BHld: torch.Tensor, v_BHld: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        """Append this scale's keys/values of one block, then attend over the cache (B, H, l, d)."""
+        k, v = self.append(layer, k_BHld, v_BHld)
+        return F.scaled_dot_product_attention(q_BHld, k, v, scale=scale)
 
     def advance(self, num_tokens: int) -> None:
         """Commit the tokens every block has just appended."""

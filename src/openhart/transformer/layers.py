@@ -16,7 +16,7 @@ from torch import nn
 from ..common import RMSNorm
 from ..config import TransformerConfig
 from .kv_cache import KVCache
-from .rope import apply_rope
+from .rope import rotate
 
 # VAR's attention scale: 0.25 / sqrt(head_dim) instead of 1 / sqrt(head_dim) (spec 3.6, quirk 2).
 ATTENTION_SCALE_FACTOR = 0.25
@@ -35,19 +35,31 @@ class Attention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(C))
         self.out = nn.Linear(C, C)
 
-    def forward(self, x_BLC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                attn_mask: torch.Tensor | None = None, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
-        """Attend over `x` itself (teacher forcing, with `attn_mask`) or over the cache + `x`."""
+    def project(self, x_BLC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, H, L, d): strided views of one projection, q and k rotated together.
+
+        `rope` holds the tables of `rope.block_tables`. SDPA and the cache write take strides, so
+        nothing is copied into (B, H, L, d) layout.
+        """
+        B, L, _ = x_BLC.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x_BLC, self.qkv.weight, bias)
-        q, k, v = rearrange(qkv, "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
-        cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.append(layer, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
-        return self.out(rearrange(out, "b h l d -> b l (h d)"))
+        qkv = F.linear(x_BLC, self.qkv.weight, bias).view(B, L, 3, self.num_heads, -1)
+        if rope[0].dtype != qkv.dtype:  # autocast: the projection is bf16, the residual stream fp32
+            rope = (rope[0].to(qkv.dtype), rope[1].to(qkv.dtype))
+        q, k = rotate(qkv[:, :, :2], *rope).transpose(1, 3).unbind(2)
+        return q, k, qkv[:, :, 2].transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attn_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+               layer: int = 0) -> torch.Tensor:
+        """Attention over `k, v` themselves (teacher forcing, with `attn_mask`) or over the
+        cache + them, (B, L, C) before the output projection."""
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+        else:
+            out = cache.attend(layer, q, k, v, self.scale)
+        return rearrange(out, "b h l d -> b l (h d)")
 
 
 class SwiGLU(nn.Module):
@@ -60,7 +72,12 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate(x), self.up(x)
+        if torch.is_grad_enabled():
+            return self.down(F.silu(gate) * up)
+        # inference: in place on the fresh projection, two (B, L, hidden) buffers fewer to
+        # allocate and fault in (the largest activations of a block)
+        return self.down(F.silu(gate, inplace=True).mul_(up))
 
 
 class Block(nn.Module):
@@ -75,8 +92,20 @@ class Block(nn.Module):
     def forward(self, x_BLC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 attn_mask: torch.Tensor | None = None, cache: KVCache | None = None,
                 layer: int = 0) -> torch.Tensor:
-        x_BLC = x_BLC + self.attn(self.norm(x_BLC), rope, attn_mask, cache, layer)
-        return x_BLC + self.mlp(self.norm(x_BLC))
+        q, k, v = self.attention_input(x_BLC, rope)
+        return self.attention_output_and_mlp(x_BLC, self.attn.attend(q, k, v, attn_mask, cache, layer))
+
+    # The two pure stretches of the block, around the attention kernel and the cache write:
+    # `compile_regions` compiles them (elementwise ops fused into the matmuls' neighbours).
+
+    def attention_input(self, x_BLC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.attn.project(self.norm(x_BLC), rope)
+
+    def attention_output_and_mlp(self, x_BLC: torch.Tensor, attended_BLC: torch.Tensor) -> torch.Tensor:
+        x_BLC = x_BLC + self.attn.out(attended_BLC)
+        mlp = self.mlp(self.norm(x_BLC))
+        return x_BLC + mlp if torch.is_grad_enabled() else x_BLC.add_(mlp)  # x_BLC is this block's own
 
 
 class AdaLNHeadNorm(nn.Module):

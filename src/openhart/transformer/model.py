@@ -11,6 +11,8 @@ D text feature width.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +24,7 @@ from ..common import RMSNorm, TimestepEmbedding
 from ..config import TransformerConfig
 from .kv_cache import KVCache
 from .layers import AdaLNHeadNorm, Block
-from .rope import image_positions, image_rope, text_rope
+from .rope import block_tables, image_positions, image_rope, text_rope
 
 
 @dataclass
@@ -127,6 +129,7 @@ class HARTTransformer(nn.Module):
             levels_S = torch.cat([levels_S[:first_last],
                                   levels_S.new_full((last_scale_keep_Bn.shape[1],), len(patch_nums) - 1)])
         mask_SS = levels_S[:, None] >= levels_S[None, :]
+        cos, sin = block_tables(cos, sin, x_BSC.dtype)
         for i, block in enumerate(self.blocks):
             if checkpointing and torch.is_grad_enabled():
                 x_BSC = torch.utils.checkpoint.checkpoint(block, x_BSC, (cos, sin), mask_SS, None, i,
@@ -185,13 +188,55 @@ class HARTTransformer(nn.Module):
         length = cfg.context_tokens + sum(pn * pn for pn in self.check_patch_nums(patch_nums)) - 1
         return KVCache.allocate(cfg.depth, batch, cfg.num_heads, length, cfg.head_dim, device, dtype)
 
+    def forward_prefix(self, x_2BTC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                       cache: KVCache, *, uncond_is_uniform: bool = False) -> torch.Tensor:
+        """The text prefix of a guided [cond ; uncond] batch: `forward_scale`, except that with
+        `uncond_is_uniform` the unconditional half runs on one of its T tokens.
+
+        The default unconditional prefix is T identical zero-context tokens at position 0: each
+        block gives them identical outputs, keys and values, so one token computes them all; its
+        keys and values are then copied into the other T - 1 slots of the cache, and its output
+        repeated, exactly what the T tokens would give.
+        """
+        if not uncond_is_uniform:
+            return self.forward_scale(x_2BTC, rope, cache)
+        B, T = x_2BTC.shape[0] // 2, x_2BTC.shape[1]
+        cos, sin = rope
+        cond = self.forward_scale(x_2BTC[:B], (cos[:B], sin[:B]), cache.rows(0, B))
+        uncond = self.forward_scale(x_2BTC[B:, :1], (cos[B:, :1], sin[B:, :1]), cache.rows(B, 2 * B))
+        for keys, values in zip(cache.keys, cache.values):
+            keys[B:, :, 1:T] = keys[B:, :, :1]
+            values[B:, :, 1:T] = values[B:, :, :1]
+        cache.advance(T)
+        return torch.cat([cond, uncond.expand(-1, T, -1)])
+
     def forward_scale(self, x_BlC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                       cache: KVCache) -> torch.Tensor:
-        """Run the blocks on one scale's tokens, attending to the cache; append them to it."""
+        """Run the blocks on one scale's tokens, attending to the cache; append them to it.
+
+        `rope` is the fp32 (cos, sin) of `text_rope` or `scale_rope`, (B, l, head_dim) each."""
+        rope = block_tables(*rope, x_BlC.dtype)
         for i, block in enumerate(self.blocks):
             x_BlC = block(x_BlC, rope, cache=cache, layer=i)
         cache.advance(x_BlC.shape[1])
         return x_BlC
+
+    def compile_regions(self, **options) -> None:
+        """torch.compile the pure stretches of every block (regional compilation).
+
+        Each block's norm + qkv projection + RoPE and its output projection + norm + SwiGLU +
+        residuals compile to one graph each, shared by all blocks (the weights are inputs) and
+        dynamic in the token count, so one compilation serves every scale. The attention kernel
+        and the cache write stay eager. Compiled code is cached on disk by torch between runs.
+        """
+        if self.head.weight.device.type == "cpu" and not any(
+                shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+            raise ValueError("torch.compile on the CPU needs a C++ compiler: install one (Debian: "
+                               "apt install g++) or run without --compile")
+        for block in self.blocks:
+            block.attention_input = torch.compile(block.attention_input, dynamic=True, **options)
+            block.attention_output_and_mlp = torch.compile(block.attention_output_and_mlp,
+                                                           dynamic=True, **options)
 
     # ----- outputs -------------------------------------------------------------------------------------
 

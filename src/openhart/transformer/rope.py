@@ -48,10 +48,20 @@ def image_rope(positions_Bl2: torch.Tensor, head_dim: int, theta: float) -> tupl
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x_BHLd: torch.Tensor, cos_BLd: torch.Tensor, sin_BLd: torch.Tensor) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin with tables broadcast over heads, in x's dtype."""
-    cos = cos_BLd[:, None].to(x_BHLd.dtype)
-    sin = sin_BLd[:, None].to(x_BHLd.dtype)
-    half = x_BHLd.shape[-1] // 2
-    rotated = torch.cat([-x_BHLd[..., half:], x_BHLd[..., :half]], dim=-1)
-    return x_BHLd * cos + rotated * sin
+def block_tables(cos_BLd: torch.Tensor, sin_BLd: torch.Tensor, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables as every block applies them, prepared once per forward pass: cast to the
+    compute dtype, shaped (B, L, 1, 1, d) to broadcast over the [q, k] pair and the heads of the
+    (B, L, 3, H, d) projection, and with rotate_half's sign folded into sin (see `rotate`)."""
+    half = sin_BLd.shape[-1] // 2
+    signed_sin = torch.cat([-sin_BLd[..., :half], sin_BLd[..., half:]], dim=-1)
+    return cos_BLd[:, :, None, None].to(dtype), signed_sin[:, :, None, None].to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, with tables from `block_tables`.
+
+    rotate_half(x) * sin = [-x2 s1, x1 s2] = roll(x, d/2) * [-s1, s2]: one roll and one fused
+    multiply-add instead of a neg, a cat and two more passes.
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)

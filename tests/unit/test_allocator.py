@@ -1,0 +1,60 @@
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import ctypes, time
+import torch, torch.nn.functional as F
+from openhart.allocator import keep_large_blocks
+print(keep_large_blocks(), keep_large_blocks())
+"""
+
+
+def _run(env_extra: dict[str, str]) -> str:
+    import os
+
+    env = dict(os.environ, **env_extra)
+    return subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
+                          check=True, timeout=120).stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_glibc_thresholds_are_raised_once_unless_the_user_opts_out():
+    applied = _run({"OPENHART_MALLOC": ""})
+    assert applied[0] == applied[1], "a second call reports the first call's outcome"
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).gnu_get_libc_version
+        glibc = True
+    except AttributeError:
+        glibc = False
+    assert applied[0] == str(glibc)
+    assert _run({"OPENHART_MALLOC": "system"}) == ["False", "False"]
+
+
+IN_HEAP = """
+import ctypes, torch
+from openhart.allocator import keep_large_blocks
+applied = keep_large_blocks()
+libc = ctypes.CDLL(None)
+libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
+block = torch.empty(16 << 20)  # 64 MiB: above glibc's largest default mmap threshold (32 MiB)
+print(applied, block.data_ptr() < libc.sbrk(0))  # below the program break: in the heap
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_large_blocks_come_from_the_heap_instead_of_fresh_mappings():
+    import os
+
+    def run(mode: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", IN_HEAP], capture_output=True, text=True, check=True,
+                              timeout=120, env=dict(os.environ, OPENHART_MALLOC=mode)).stdout.split()
+
+    tuned = run("")
+    if tuned[0] != "True":
+        pytest.skip("not glibc")
+    assert tuned == ["True", "True"], "a freed block of the heap is reused by the next allocation"
+    assert run("system") == ["False", "False"], "the C library's default maps every large block afresh"
