@@ -66,7 +66,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        return self.conv_out(nn.functional.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
 class Decoder(nn.Module):
@@ -101,7 +101,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z_BChw.contiguous(memory_format=torch.channels_last)))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        return self.conv_out(nn.functional.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
 def use_channels_last(tokenizer: nn.Module) -> nn.Module:

@@ -66,8 +66,9 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        inplace = not torch.is_grad_enabled()  # the norms' outputs are fresh: no buffer to allocate
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
         return self.shortcut(x) + h
 
 

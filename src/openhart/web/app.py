@@ -154,8 +154,11 @@ def build_app(generator: Generator, limits: ServeLimits):
                 status = gr.Markdown(elem_id="status")
         inputs = [prompt, negative, seed, guidance, num_images, top_k, top_p, smooth, head_steps,
                   use_residual, head_temperature, last_scale]
+        # preprocess=False: the raw values go to `validate_request`, which checks every one (type,
+        # finiteness, range) for the page and for API clients alike. Gradio's own range check of
+        # the sliders would reject first, but prints a traceback in the server log each time.
         gr.on([button.click, prompt.submit], run, inputs, [gallery, status], concurrency_limit=1,
-              api_name="generate")
+              api_name="generate", preprocess=False)
         randomize.click(lambda: secrets.randbelow(RANDOM_SEED_BOUND), None, seed, queue=False,
                         api_name=False)
     app.queue(max_size=limits.queue_size, default_concurrency_limit=1)
