@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-# Scale side lengths of the released HART-0.7B-1024px model (spec section 0).
+# Scale side lengths of the released HART-0.7B-1024px model (mit-han-lab/hart-0.7b-1024px).
 HART_1024_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 
 # GroupNorm in the VAR/LDM conv autoencoder always uses 32 groups.
@@ -48,7 +48,7 @@ def _check_ranges(owner: Any, bounds: dict[str, tuple[float, float]]) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerConfig:
-    """HART hybrid tokenizer: VAR conv autoencoder + multi-scale residual quantizer (spec section 2).
+    """HART hybrid tokenizer: VAR conv autoencoder + multi-scale residual quantizer.
 
     Args:
         vocab_size: codebook entries V.
@@ -137,7 +137,7 @@ class TokenizerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TransformerConfig:
-    """HART's next-scale transformer as released (spec section 3): llama blocks, text prefix.
+    """HART's next-scale transformer as released: llama blocks, text prefix.
 
     Args:
         embed_dim: model width C.
@@ -210,7 +210,7 @@ class TransformerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DiffusionHeadConfig:
-    """HART's residual diffusion head: an MLP with AdaLN blocks (spec section 4, MAR's design).
+    """HART's residual diffusion head: an MLP with AdaLN blocks (MAR's design).
 
     Args:
         width: hidden width of the MLP.
@@ -276,7 +276,8 @@ LAST_SCALE_MODES = ("official", "consistent", "gumbel")
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    """Runtime knobs of text-to-image sampling; defaults are the official scripts' (spec 3.12).
+    """Runtime knobs of text-to-image sampling; defaults are the official scripts'
+    (docs/official-behaviour.md).
 
     Args:
         guidance_scale: classifier-free guidance; scale si uses t = guidance_scale * si / (K - 1), and the
@@ -419,7 +420,7 @@ def _coerce(owner: str, name: str, hint: Any, value: Any) -> Any:
 # ----- presets -----------------------------------------------------------------------------------
 
 def tokenizer_hart_1024() -> TokenizerConfig:
-    """The tokenizer of the released HART-0.7B-1024px (spec section 1.3)."""
+    """The tokenizer of the released HART-0.7B-1024px."""
     return TokenizerConfig()
 
 
@@ -441,7 +442,7 @@ def tokenizer_tiny() -> TokenizerConfig:
 
 
 def hart_0p7b_1024() -> HARTConfig:
-    """The released HART-0.7B-1024px (spec sections 1.2-1.3)."""
+    """The released HART-0.7B-1024px."""
     return HARTConfig(tokenizer=TokenizerConfig(), transformer=TransformerConfig(),
                       head=DiffusionHeadConfig())
 

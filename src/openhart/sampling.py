@@ -1,4 +1,5 @@
-"""Text-to-image sampling with HART, readable top to bottom (paper section 3.2-3.3, spec 3.12).
+"""Text-to-image sampling with HART, readable top to bottom (paper sections 3.2-3.3; the official
+sampler's conventions are in docs/official-behaviour.md).
 
 1. Double the batch for classifier-free guidance: [prompt ; unconditional] text features.
 2. Predict the codes scale by scale with the KV cache. Scale 0 is read at the last text slot.

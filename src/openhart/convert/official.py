@@ -1,7 +1,8 @@
 """The official HART release layout: config field names and state-dict key names.
 
-This is the only module that knows the official names (mit-han-lab/hart, `hart-0.7b-1024px`,
-spec section 1). It translates official `config.json` files into openhart configs and official
+This is the only module that knows the official names (mit-han-lab/hart, `hart-0.7b-1024px`;
+their conventions are in docs/official-behaviour.md). It translates official `config.json`
+files into openhart configs and official
 state-dict keys into openhart module paths, strictly: an unknown field or key is an error.
 """
 

@@ -1,6 +1,6 @@
 """The residual diffusion head: a per-token MLP with AdaLN blocks (network only).
 
-HART paper section 3.3 (37M MLP, after MAR's DiffLoss); spec section 4.1. Input a noisy residual
+HART paper section 3.3 (37M MLP, after MAR's DiffLoss). Input a noisy residual
 token x_t (N, Cv), its timestep (N,) on the training scale and a condition (N, C); output
 [eps (Cv) | variance interpolation values (Cv)].
 """

@@ -1,6 +1,7 @@
 """Reverse diffusion of the residual head: ancestral (improved-DDPM) sampling with learned variance.
 
-Spec section 4.3. Classifier-free guidance acts on the predicted noise only: the network sees the
+Classifier-free guidance (official-behaviour: guidance-schedule) acts on the predicted noise
+only: the network sees the
 conditional x twice, with the conditional and the unconditional condition, and
 eps = (1 + g) eps_cond - g eps_uncond (HART's convention). The predicted x0 is clipped to [-1, 1]
 and the result is scaled by `residual_scale` (0.6). All noise comes from one `torch.Generator`

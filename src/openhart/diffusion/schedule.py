@@ -1,6 +1,6 @@
 """Gaussian diffusion schedule of the residual head: cosine betas, respacing, posterior terms.
 
-Spec section 4.2 (improved-DDPM as used by MAR and HART). Schedules are computed in float64 on
+improved-DDPM's cosine schedule, as MAR and HART use it. Schedules are computed in float64 on
 the CPU and cast to float32 when indexed, so they work on devices without float64 (Apple MPS).
 """
 

@@ -1,6 +1,7 @@
 """Prompt encoders: local Hugging Face text models -> (features, mask, position ids) for HART.
 
-`QwenPromptEncoder` reproduces the official prompt encoding of HART (spec section 5): each prompt
+`QwenPromptEncoder` reproduces the official prompt encoding of HART (official-behaviour:
+unmasked-padding): each prompt
 tokenized alone and right-padded to T tokens, an optional system prompt prepended as plain ids,
 the final-norm hidden states of the padded slots kept (HART attends to them), positions
 cumsum(mask) - 1. `HFPromptEncoder` serves any other local encoder folder (e.g. MiniLM) the same

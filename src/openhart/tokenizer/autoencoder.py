@@ -1,6 +1,6 @@
 """The HART hybrid tokenizer: conv encoder/decoder around the multi-scale hybrid quantizer.
 
-HART paper section 3.1; spec sections 2.1-2.4. Images are RGB in [-1, 1]; the latent of an
+HART paper section 3.1 (VAR's conv autoencoder). Images are RGB in [-1, 1]; the latent of an
 H x W image is (Cv, H/16, W/16) for the released 16x model.
 """
 

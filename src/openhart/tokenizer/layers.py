@@ -1,7 +1,7 @@
 """Building blocks of the VAR/LDM conv autoencoder: resnet blocks, single-head attention, resampling.
 
-Spec sections 2.2-2.3 (facts from mit-han-lab/hart `hart/modules/networks/basic_vae.py`, itself
-from VAR and latent-diffusion).
+The layout of mit-han-lab/hart's `hart/modules/networks/basic_vae.py`, itself from VAR and
+latent-diffusion.
 """
 
 from __future__ import annotations

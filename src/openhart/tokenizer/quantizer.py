@@ -1,6 +1,7 @@
 """Multi-scale residual quantizer with shared Phi refiners and the hybrid continuous residual.
 
-HART paper section 3.1 (hybrid tokenization) on top of VAR's multi-scale VQ; spec sections 2.5-2.9.
+HART paper section 3.1 (hybrid tokenization) on top of VAR's multi-scale VQ
+(official-behaviour: phi-last-scale).
 Scale `si` of `K` has a `pn x pn` code map; code maps are bicubic-upsampled to the last scale
 (`pK x pK`) and refined by Phi before they are summed, except the last scale, which is added as is.
 Whatever the codes do not explain is the continuous residual that the diffusion head models.
@@ -39,7 +40,7 @@ class QuantizedLatent:
 
 @dataclass
 class TrainingQuantization:
-    """The quantizer's training forward (spec 2.10; VAR's multi-scale VQ with HART's hybrid
+    """The quantizer's training forward (VAR's multi-scale VQ with HART's hybrid
     convention that the last scale's code map is added without Phi, as at decoding).
 
     Attributes:
@@ -209,7 +210,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def teacher_forcing_input(self, indices: Sequence[torch.Tensor],
                               patch_nums: Sequence[int]) -> torch.Tensor:
-        """Transformer input for scales 1..K-1 from ground-truth codes (spec 2.7).
+        """Transformer input for scales 1..K-1 from ground-truth codes.
 
         Returns:
             (B, L - 1, Cv) with L = sum(pn**2): for each scale si >= 1 the area-downsampled running

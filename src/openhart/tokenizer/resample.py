@@ -1,4 +1,4 @@
-"""Resizing of latent maps between scales: "area" downsampling and bicubic upsampling (spec 2.11).
+"""Resizing of latent maps between scales: "area" downsampling and bicubic upsampling.
 
 Both match `F.interpolate(mode="area" | "bicubic", align_corners=False)`. On devices whose kernels
 reject non-divisible area bins or lack bicubic (Apple MPS), the same maps are applied as explicit

@@ -140,7 +140,7 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerLossConfig:
-    """Losses of tokenizer training (HART paper 3.1; spec 2.10).
+    """Losses of tokenizer training (HART paper 3.1).
 
     Args:
         l1, l2: weights of the pixel L1 and L2 (MSE) reconstruction terms.
@@ -215,7 +215,7 @@ class TokenizerTrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TransformerLossConfig:
-    """Losses of transformer + diffusion-head training (HART paper 3.2-3.3; spec 7.1, 4.4).
+    """Losses of transformer + diffusion-head training (HART paper 3.2-3.3).
 
     Args:
         ce: weight of the teacher-forced cross-entropy over all scales.

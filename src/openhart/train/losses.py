@@ -1,6 +1,6 @@
 """Training losses: next-scale cross-entropy, the residual diffusion loss, condition dropout.
 
-The diffusion loss is improved-DDPM's for learned-range variance (spec 4.2, 4.4): MSE on the
+The diffusion loss is improved-DDPM's for learned-range variance (as MAR's DiffLoss): MSE on the
 predicted noise plus the variational bound on the variance only (the mean is detached in that
 term), in bits per dimension; the decoder NLL replaces the KL at t = 0.
 """

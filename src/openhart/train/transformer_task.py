@@ -1,4 +1,4 @@
-"""Transformer + residual-diffusion-head training on a latent cache (HART paper 3.2-3.3, spec 7.1).
+"""Transformer + residual-diffusion-head training on a latent cache (HART paper 3.2-3.3).
 
 One step, for a batch of cached (codes, last-scale residual input, text features):
 1. Condition dropout: each example loses its text (zero features and zero positions: exactly the

@@ -1,7 +1,7 @@
 """Transformer building blocks in plain PyTorch: attention with RoPE and a KV cache, SwiGLU MLP,
 the pre-norm block (one RMSNorm shared by both sublayers) and the AdaLN output norm.
 
-Spec sections 3.4-3.9.
+The official conventions they keep are named in docs/official-behaviour.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from ..config import TransformerConfig
 from .kv_cache import KVCache
 from .rope import rotate
 
-# VAR's attention scale: 0.25 / sqrt(head_dim) instead of 1 / sqrt(head_dim) (spec 3.6, quirk 2).
+# VAR's attention scale: 0.25 / sqrt(head_dim) instead of 1 / sqrt(head_dim)
+# (official-behaviour: attention-scale).
 ATTENTION_SCALE_FACTOR = 0.25
 
 
@@ -81,7 +82,8 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """x += attn(norm(x)); x += mlp(norm(x)), with the same norm weights for both (spec 3.5)."""
+    """x += attn(norm(x)); x += mlp(norm(x)), with the same norm weights for both
+    (official-behaviour: shared-block-norm)."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -117,6 +119,7 @@ class AdaLNHeadNorm(nn.Module):
         self.modulation = nn.Linear(cond_dim, 2 * dim)
 
     def forward(self, x_BlC: torch.Tensor, cond_BTD: torch.Tensor) -> torch.Tensor:
-        pooled = cond_BTD.max(dim=1, keepdim=True).values  # every slot, padding included (quirk 4)
+        # every slot, padding included (official-behaviour: unmasked-padding)
+        pooled = cond_BTD.max(dim=1, keepdim=True).values
         scale, shift = self.modulation(F.silu(pooled)).chunk(2, dim=-1)
         return self.norm(x_BlC) * (1 + scale) + shift

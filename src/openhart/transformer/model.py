@@ -1,6 +1,6 @@
 """HART's next-scale transformer: text prefix + multi-scale image tokens, llama blocks.
 
-Paper section 3.2; spec section 3. Two paths over the same weights: `forward` (teacher forcing
+Paper section 3.2. Two paths over the same weights: `forward` (teacher forcing
 over all scales with a block-causal mask, for training) and `forward_scale` (one scale against an
 explicit KV cache, for sampling). `tests/unit/test_transformer.py` checks that they agree.
 
@@ -98,7 +98,7 @@ class HARTTransformer(nn.Module):
                 inputs_BLCv: torch.Tensor, *, patch_nums: Sequence[int] | None = None,
                 last_scale_keep_Bn: torch.Tensor | None = None,
                 checkpointing: bool = False) -> TeacherForcingOutput:
-        """All scales at once with the block-causal mask (spec 3.7).
+        """All scales at once with the block-causal mask.
 
         Args:
             context_BTD: text features (B, T, D).

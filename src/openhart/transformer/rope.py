@@ -1,6 +1,7 @@
 """Rotary position tables of HART: 1-D on text tokens, the official 2-D layout on image tokens.
 
-Spec section 3.6. The 2-D table is laid out [row | row | col | col] (head_dim / 4 each) and applied
+official-behaviour: rope-2d. The 2-D table is laid out [row | row | col | col] (head_dim / 4
+each) and applied
 with the ordinary `rotate_half` over the whole head, so dims k and k + head_dim/2 pair a row angle
 with a column angle. That is not a rotation when row != col; it is reproduced because the released
 weights were trained with it. Tables are computed in fp32.
