@@ -97,10 +97,10 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         patch_nums: a prefix of the model's scales, to generate at a lower resolution.
     """
     timer = timer or NullTimer()
-    tf, quantizer = model.transformer, model.tokenizer.quantizer
-    patch_nums = tf.check_patch_nums(patch_nums)
+    transformer, quantizer = model.transformer, model.tokenizer.quantizer
+    patch_nums = transformer.check_patch_nums(patch_nums)
     K, B = len(patch_nums), context_BTD.shape[0]
-    dtype = tf.head.weight.dtype
+    dtype = transformer.head.weight.dtype
     if sampling.head_steps is not None and sampling.head_steps > model.config.head.num_train_timesteps:
         raise ValueError(f"head_steps ({sampling.head_steps}) cannot exceed the "
                          f"{model.config.head.num_train_timesteps} steps the residual head was trained with")
@@ -115,10 +115,10 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         uncond_position_ids_BT = torch.zeros_like(position_ids_BT)
     context = torch.cat([context_BTD, uncond_context_BTD]).to(dtype)
     position_ids = torch.cat([position_ids_BT, uncond_position_ids_BT])
-    cond_BTC = tf.embed_context(context)
-    cache = tf.new_cache(2 * B, context.device, dtype, patch_nums)
-    x_BlC = cond_BTC + tf.level_embedding(0)
-    rope = tf.text_rope(position_ids)
+    cond_BTC = transformer.embed_context(context)
+    cache = transformer.new_cache(2 * B, context.device, dtype, patch_nums)
+    x_BlC = cond_BTC + transformer.level_embedding(0)
+    rope = transformer.text_rope(position_ids)
     f_hat = quantizer.codebook.weight.new_zeros(B, quantizer.config.latent_channels,
                                                 patch_nums[-1], patch_nums[-1])
     indices = []
@@ -127,10 +127,10 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     for si in range(K - 1):
         ratio = si / (K - 1)
         if si == 0:  # the default unconditional prefix is T identical tokens: computed as one (exact)
-            hidden = tf.forward_prefix(x_BlC, rope, cache, uncond_is_uniform=default_uncond)
+            hidden = transformer.forward_prefix(x_BlC, rope, cache, uncond_is_uniform=default_uncond)
         else:
-            hidden = tf.forward_scale(x_BlC, rope, cache)
-        logits = guided_logits(tf.logits(hidden[:, -1:] if si == 0 else hidden, cond_BTC),
+            hidden = transformer.forward_scale(x_BlC, rope, cache)
+        logits = guided_logits(transformer.logits(hidden[:, -1:] if si == 0 else hidden, cond_BTC),
                                sampling.guidance_scale * ratio)
         idx_Bl, h_BlCv = select_codes(logits, quantizer.codebook.weight, sampling, si, ratio, generator)
         h_BChw = rearrange(h_BlCv, "b (h w) c -> b c h w", h=patch_nums[si])
@@ -140,8 +140,9 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         if on_scale is not None:
             on_scale(ScaleRecord(si=si, hidden=hidden, logits=logits, indices=idx_Bl, h=h_BChw,
                                  f_hat=f_hat, next_map=next_map))
-        x_BlC = tf.embed_scale_input(rearrange(next_map, "b c h w -> b (h w) c"), si + 1).repeat(2, 1, 1)
-        rope = tf.scale_rope(si + 1, position_ids, patch_nums=patch_nums)
+        next_BlCv = rearrange(next_map, "b c h w -> b (h w) c")
+        x_BlC = transformer.embed_scale_input(next_BlCv, si + 1).repeat(2, 1, 1)
+        rope = transformer.scale_rope(si + 1, position_ids, patch_nums=patch_nums)
 
     # 3. the last scale: MaskGIT over its tokens, plus the residual diffusion
     guidance = sampling.guidance_scale * (K - 2) / (K - 1)  # the official loop's last ratio is reused
@@ -170,8 +171,8 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
     Returns:
         tokens (B, l, Cv): code embedding (+ residual) of every position; codes (B, l).
     """
-    tf, quantizer, head = model.transformer, model.tokenizer.quantizer, model.head
-    patch_nums = tf.check_patch_nums(patch_nums)
+    transformer, quantizer, head = model.transformer, model.tokenizer.quantizer, model.head
+    patch_nums = transformer.check_patch_nums(patch_nums)
     K = len(patch_nums)
     ratio = (K - 2) / (K - 1)
     B, l = x_2BlC.shape[0] // 2, x_2BlC.shape[1]
@@ -183,14 +184,16 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
     for positions_Bn in maskgit_rounds(B, l, sampling.maskgit_iters, generator, x_2BlC.device):
         both = positions_Bn.repeat(2, 1)
         x = torch.gather(x_2BlC, 1, both[..., None].expand(-1, -1, x_2BlC.shape[-1]))
-        hidden = tf.forward_scale(x, tf.scale_rope(K - 1, position_ids, both, patch_nums), cache)
-        logits = guided_logits(tf.logits(hidden, cond_BTC), guidance)
+        rope = transformer.scale_rope(K - 1, position_ids, both, patch_nums)
+        hidden = transformer.forward_scale(x, rope, cache)
+        logits = guided_logits(transformer.logits(hidden, cond_BTC), guidance)
         idx_Bn, h_BnCv = select_last_scale_codes(logits, quantizer.codebook.weight, sampling, K - 1,
                                                  ratio, generator)
         record = ScaleRecord(si=K - 1, hidden=hidden, logits=logits, indices=idx_Bn, h=h_BnCv)
         timer.mark(f"scale_{K - 1}")
         if sampling.use_residual:
-            diffusion_cond = tf.diffusion_condition(hidden, quantizer.codebook(idx_Bn).repeat(2, 1, 1))
+            codes_2BnCv = quantizer.codebook(idx_Bn).repeat(2, 1, 1)
+            diffusion_cond = transformer.diffusion_condition(hidden, codes_2BnCv)
             residual = sample_residual(head, diffusion_cond.flatten(0, 1), schedule, guidance=guidance,
                                        generator=generator, temperature=sampling.head_temperature,
                                        noise=diffusion_noise).reshape(B, -1, Cv)

@@ -7,7 +7,7 @@ import pytest
 
 from openhart.config import SamplingConfig
 from openhart.pipeline import HARTPipeline
-from openhart.web.app import Generator, build_app
+from openhart.web.app import ImageService, build_app
 from openhart.web.limits import ServeLimits, validate_request
 
 from ..conftest import HART_TINY
@@ -23,7 +23,7 @@ def pipe():
 
 
 def test_widgets_start_at_the_folders_defaults(pipe, tmp_path):
-    app = build_app(Generator(pipe, tmp_path), ServeLimits())
+    app = build_app(ImageService(pipe, tmp_path), ServeLimits())
     values = {c["props"].get("elem_id"): c["props"].get("value") for c in app.config["components"]}
     assert values["guidance"] == 2.5 and values["top-p"] == 0.5
     assert values["head-temperature"] == 0.3 and values["last-scale"] == "consistent"
@@ -34,7 +34,7 @@ def test_a_request_reaches_the_sampler_with_every_setting(pipe, tmp_path):
     request = validate_request(ServeLimits(), pipe.default_sampling, 64, prompt="red apple", negative_prompt="",
                                seed=3, guidance_scale=1.5, top_k=0, top_p=0.0, smooth=False, head_steps=3,
                                use_residual=True, num_images=1, head_temperature=0.0, last_scale="official")
-    paths, _ = Generator(pipe, tmp_path)(request)
+    paths, _ = ImageService(pipe, tmp_path)(request)
     from PIL import Image
     import json
     with Image.open(paths[0]) as image:
@@ -69,7 +69,7 @@ def test_cli_pipeline_and_web_ui_draw_the_same_image(top_k, tmp_path):
                                top_p=defaults.top_p, smooth=defaults.smooth, head_steps=steps,
                                use_residual=defaults.use_residual, num_images=1,
                                head_temperature=defaults.head_temperature, last_scale=defaults.last_scale)
-    (web,), _ = Generator(pipe, tmp_path)(request)
+    (web,), _ = ImageService(pipe, tmp_path)(request)
     with Image.open(out) as cli_image, Image.open(web) as web_image:
         assert cli_image.tobytes() == direct.tobytes() == web_image.tobytes()
     if top_k == 3:  # the setting reached the sampler (the tiny vocabulary is below the schedule's 300)
@@ -86,7 +86,7 @@ def test_served_pngs_do_not_reveal_the_servers_paths(tmp_path):
     request = validate_request(ServeLimits(), pipe.default_sampling, 64, prompt="red apple", negative_prompt="",
                                seed=3, guidance_scale=1.5, top_k=None, top_p=0.0, smooth=True, head_steps=1,
                                use_residual=True, num_images=1, head_temperature=0.0, last_scale="official")
-    (path,), _ = Generator(pipe, tmp_path)(request)
+    (path,), _ = ImageService(pipe, tmp_path)(request)
     with Image.open(path) as image:
         record = json.loads(image.text["openhart"])
     assert record["model"] == "hart-tiny" and str(tmp_path.parent) not in image.text["openhart"]
@@ -106,13 +106,13 @@ def test_output_folder_keeps_the_newest_pngs_and_gradio_deletes_its_copies(pipe,
     request = validate_request(ServeLimits(), pipe.default_sampling, 64, prompt="red apple", negative_prompt="",
                                seed=3, guidance_scale=1.5, top_k=0, top_p=0.0, smooth=False, head_steps=2,
                                use_residual=True, num_images=2, head_temperature=0.0, last_scale="official")
-    new, _ = Generator(pipe, tmp_path)(request)
+    new, _ = ImageService(pipe, tmp_path)(request)
     kept = set(tmp_path.glob("openhart-*.png"))
     assert len(kept) == KEEP_FILES
     assert set(new) <= kept, "the images just made are kept"
     assert kept == set(new) | set(old[-(KEEP_FILES - 2):]), "the oldest go first"
     # Gradio serves its own copies from its cache: deleted an hour after they were made
-    app = build_app(Generator(pipe, tmp_path), ServeLimits())
+    app = build_app(ImageService(pipe, tmp_path), ServeLimits())
     assert app.delete_cache == (600, 3600)
 
 
@@ -121,7 +121,7 @@ def test_rejected_request_is_a_gradio_error_without_a_printed_traceback(pipe, tm
     print_exception=False: a bad request must show in the page and leave the server log clean."""
     import gradio as gr
 
-    app = build_app(Generator(pipe, tmp_path), ServeLimits(max_prompt_chars=10))
+    app = build_app(ImageService(pipe, tmp_path), ServeLimits(max_prompt_chars=10))
     (fn,) = [f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "run"]
     arguments = dict(prompt="x" * 11, negative_prompt="", seed=0, guidance_scale=4.5, num_images=1,
                      top_k=None, top_p=0.0, smooth=True, head_steps=2, use_residual=True,

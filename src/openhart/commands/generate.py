@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import sys
@@ -132,22 +133,15 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(count)]
 
 
-class _scale_progress:
-    """A tqdm bar over the scales on stderr; silent with --quiet or when stderr is not a TTY."""
+@contextlib.contextmanager
+def _scale_progress(pipe, quiet: bool, calls: int = 1):
+    """A tqdm bar over the scales on stderr, as an `on_scale` hook; None (no bar) with --quiet or
+    when stderr is not a TTY."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
 
-    def __init__(self, pipe, quiet: bool, calls: int = 1):
-        self.total = pipe.model.config.transformer.num_scales * calls
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, desc="scales", unit="scale", file=sys.stderr, leave=False)
-        return lambda record: self.bar.update(1)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
+    total = pipe.model.config.transformer.num_scales * calls
+    with tqdm(total=total, desc="scales", unit="scale", file=sys.stderr, leave=False) as bar:
+        yield lambda record: bar.update(1)

@@ -34,7 +34,7 @@ def import_gradio():
     return gradio
 
 
-class Generator:
+class ImageService:
     """Runs validated requests through the pipeline and writes the PNGs with their metadata."""
 
     def __init__(self, pipe: HARTPipeline, output_dir: Path):
@@ -70,13 +70,13 @@ class Generator:
             old.unlink(missing_ok=True)
 
 
-def build_app(generator: Generator, limits: ServeLimits):
+def build_app(service: ImageService, limits: ServeLimits):
     """The Blocks of the page, queued with one worker and at most `limits.queue_size` waiting."""
     gr = import_gradio()
-    config = generator.pipe.model.config
+    config = service.pipe.model.config
     vocab = config.transformer.vocab_size
     num_scales = config.transformer.num_scales
-    defaults = generator.pipe.default_sampling  # the model folder's recommended settings
+    defaults = service.pipe.default_sampling  # the model folder's recommended settings
     default_steps = min(defaults.head_steps or config.head.sampling_steps, limits.max_head_steps)
     size = config.image_size
 
@@ -97,7 +97,7 @@ def build_app(generator: Generator, limits: ServeLimits):
             done.append(record.si)
             progress((len(done), num_scales), desc=f"scale {len(done)} of {num_scales}")
 
-        paths, seconds = generator(request, on_scale)
+        paths, seconds = service(request, on_scale)
         gallery = [(str(p), f"seed {request.seed} · image {i + 1}") for i, p in enumerate(paths)]
         status = (f"{len(paths)} image(s) of {size}x{size} in {seconds:.2f} s · seed {request.seed} · "
                   f"guidance {request.sampling.guidance_scale:g}")
@@ -105,8 +105,8 @@ def build_app(generator: Generator, limits: ServeLimits):
 
     # Gradio's copies of the served PNGs are deleted after an hour (checked every 10 minutes)
     with gr.Blocks(title="openhart", analytics_enabled=False, delete_cache=(600, 3600)) as app:
-        gr.Markdown(f"## openhart · HART text-to-image\nModel **{generator.pipe.name}** "
-                    f"({size}x{size}, text encoder {Path(generator.pipe.text_encoder_name).name}). "
+        gr.Markdown(f"## openhart · HART text-to-image\nModel **{service.pipe.name}** "
+                    f"({size}x{size}, text encoder {Path(service.pipe.text_encoder_name).name}). "
                     f"Images download as PNGs with their prompt, seed and settings.")
         with gr.Row():
             with gr.Column(scale=2, min_width=320):

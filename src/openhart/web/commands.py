@@ -77,7 +77,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .app import Generator, build_app, import_gradio, launch
+    from .app import ImageService, build_app, import_gradio, launch
     from .limits import ServeLimits
 
     if not 0 < args.port < 65536:
@@ -95,7 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
     output_dir = Path(tempfile.mkdtemp(prefix="openhart-serve-"))
     signal.signal(signal.SIGTERM, _stop)  # a service manager's stop cleans up like Ctrl+C
     try:
-        app = build_app(Generator(pipe, output_dir), limits)
+        app = build_app(ImageService(pipe, output_dir), limits)
         if not args.quiet:
             print(f"openhart serve: model {pipe.name} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}); "
                   f"open http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr, flush=True)
