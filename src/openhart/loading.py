@@ -16,7 +16,9 @@ from .config import HARTConfig, SamplingConfig, TokenizerConfig, config_from_dic
 from .convert import official
 from .model import HARTModel
 from .serialization import (
+    CONFIG_NAME,
     CheckpointError,
+    first_existing,
     load_into,
     read_json,
     read_state_dict,
@@ -30,7 +32,6 @@ FORMAT_VERSION = 1
 TOKENIZER_MODEL_TYPE = "openhart.tokenizer"
 MODEL_TYPE = "openhart.hart"
 WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 # The key of config.json that holds a model's recommended sampling settings.
 SAMPLING_KEY = "sampling"
 
@@ -66,14 +67,11 @@ def load_tokenizer(path: str | os.PathLike, *, device: torch.device | str | None
     data = read_json(config_path)
     try:
         if official.is_official_tokenizer_config(data):
-            config = official.tokenizer_config_from_official(data)
-            weights = _first_existing(folder, official.TOKENIZER_WEIGHTS)
-            state = official.convert_tokenizer_state_dict(
-                read_state_dict(weights), data["model_type"], str(weights))
+            config, state, weights = official.read_official_tokenizer(folder, data)
         elif data.get("model_type") == TOKENIZER_MODEL_TYPE:
             _check_format_version(config_path, data)
             config = config_from_dict(TokenizerConfig, data.get("config", {}))
-            weights = _first_existing(folder, (WEIGHTS_NAME,))
+            weights = first_existing(folder, (WEIGHTS_NAME,))
             state = read_state_dict(weights)
         else:
             raise CheckpointError(
@@ -110,13 +108,6 @@ def write_folder_files(folder: Path, config: dict, state: dict, model_type: str)
     write_json(folder / CONFIG_NAME, config)
 
 
-def _first_existing(folder: Path, names: tuple[str, ...]) -> Path:
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(f"no weights in {folder}: expected one of {list(names)}")
-
-
 # ----- whole models ----------------------------------------------------------------------------------
 
 def load_model(path: str | os.PathLike, *, device: torch.device | str | None = None,
@@ -139,10 +130,13 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str | None = N
     data = read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else {}
     if data.get("model_type") == MODEL_TYPE:
         config, state, source = _read_own_model(folder, data)
+    elif (root := official.official_root(folder, data)) is not None:
+        config, state, source = official.read_official_model(root, weights)
     else:
-        if official.is_official_llm_config(data):  # the llm/ folder itself was given
-            folder = folder.parent
-        config, state, source = _read_official_model(folder, weights)
+        raise CheckpointError(
+            f"{folder} is not a model folder: expected an openhart folder (config.json with "
+            f"model_type {MODEL_TYPE!r}) or the official layout with llm/config.json and "
+            "tokenizer/config.json (e.g. hart-0.7b-1024px/)")
     with torch.device("meta"):
         model = HARTModel(config)
     check_memory(model, dtype or torch.float32, torch.device(device or "cpu"), source)
@@ -232,44 +226,5 @@ def _read_own_model(folder: Path, data: dict) -> tuple[HARTConfig, dict, str]:
         config = config_from_dict(HARTConfig, data.get("config", {}))
     except ValueError as error:
         raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from error
-    weights = _first_existing(folder, (WEIGHTS_NAME,))
+    weights = first_existing(folder, (WEIGHTS_NAME,))
     return config, read_state_dict(weights), str(weights)
-
-
-def _read_official_model(folder: Path, weights: str) -> tuple[HARTConfig, dict, str]:
-    llm, tok = folder / "llm", folder / "tokenizer"
-    if not (llm / CONFIG_NAME).is_file() or not (tok / CONFIG_NAME).is_file():
-        raise CheckpointError(
-            f"{folder} is not a model folder: expected an openhart folder (config.json with "
-            f"model_type {MODEL_TYPE!r}) or the official layout with llm/config.json and "
-            "tokenizer/config.json (e.g. hart-0.7b-1024px/)"
-        )
-    llm_data, tok_data = read_json(llm / CONFIG_NAME), read_json(tok / CONFIG_NAME)
-    if not official.is_official_llm_config(llm_data):
-        raise CheckpointError(f"{llm / CONFIG_NAME} has model_type {llm_data.get('model_type')!r}, "
-                              f"expected {official.LLM_MODEL_TYPE!r}")
-    if not official.is_official_tokenizer_config(tok_data):
-        raise CheckpointError(f"{tok / CONFIG_NAME} has model_type {tok_data.get('model_type')!r}, "
-                              f"expected one of {sorted(official.TOKENIZER_MODEL_TYPES)}")
-    try:
-        config = official.hart_config_from_official(llm_data, tok_data)
-    except ValueError as error:
-        raise CheckpointError(f"{llm / CONFIG_NAME}: {error}") from error
-    llm_weights = _official_llm_weights(llm, weights)
-    tok_weights = _first_existing(tok, official.TOKENIZER_WEIGHTS)
-    state = official.convert_llm_state_dict(
-        read_state_dict(llm_weights, skip=lambda k: k == "attn_bias_for_masking"), str(llm_weights))
-    tokenizer_state = official.convert_tokenizer_state_dict(
-        read_state_dict(tok_weights, skip=lambda k: k.startswith("disc.")),
-        tok_data["model_type"], str(tok_weights))
-    state.update({f"tokenizer.{k}": v for k, v in tokenizer_state.items()})
-    return config, state, f"{llm_weights} + {tok_weights}"
-
-
-def _official_llm_weights(llm: Path, weights: str) -> Path:
-    ema = llm / official.LLM_EMA_WEIGHTS
-    if weights == "ema" or (weights == "auto" and ema.is_file()):
-        if not ema.is_file():
-            raise CheckpointError(f"weights='ema' was asked for but {ema} does not exist")
-        return ema
-    return _first_existing(llm, official.LLM_RAW_WEIGHTS)

@@ -29,6 +29,8 @@ class CheckpointError(ValueError):
 
 # ----- reading -------------------------------------------------------------------------------------
 
+CONFIG_NAME = "config.json"  # of every model and tokenizer folder, openhart's and official
+
 def read_state_dict(path: str | os.PathLike,
                     skip: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a `.safetensors` or `.bin`/`.pt`/`.pth` file, on the CPU.
@@ -80,6 +82,14 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     ):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(state)
+
+
+def first_existing(folder: Path, names: tuple[str, ...]) -> Path:
+    """The first of `names` that is a file in `folder` (files in order of preference)."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"no weights in {folder}: expected one of {list(names)}")
 
 
 def read_json(path: str | os.PathLike) -> dict:

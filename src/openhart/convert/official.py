@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
 from ..config import DiffusionHeadConfig, HARTConfig, TokenizerConfig, TransformerConfig
-from ..serialization import CheckpointError
+from ..serialization import CONFIG_NAME, CheckpointError, first_existing, read_json, read_state_dict
 
 # model_type values of official tokenizer folders, and the key prefix of the autoencoder weights.
 TOKENIZER_MODEL_TYPES = {"hart_autoencoder_with_disc": "vae.", "hart_autoencoder": ""}
@@ -207,9 +208,65 @@ TOKENIZER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 def is_official_folder(folder) -> bool:
     """Whether `folder` is the root of an official model (llm/config.json, tokenizer/config.json)."""
-    from pathlib import Path
+    return (Path(folder) / "llm" / CONFIG_NAME).is_file() and (Path(folder) / "tokenizer" / CONFIG_NAME).is_file()
 
-    return (Path(folder) / "llm" / "config.json").is_file() and (Path(folder) / "tokenizer" / "config.json").is_file()
+
+def official_root(folder: Path, data: Mapping) -> Path | None:
+    """The official model root that `folder` (with config.json `data`) stands for, or None: the
+    root itself, or its `llm/` folder."""
+    if is_official_llm_config(data):
+        folder = folder.parent
+    return folder if is_official_folder(folder) else None
+
+
+def read_official_model(root: Path, weights: str = "auto") -> tuple[HARTConfig, dict, str]:
+    """The HARTConfig, the openhart state dict and a description of the files read, from an
+    official model root (`llm/` + `tokenizer/`).
+
+    Args:
+        weights: "ema" (`llm/ema_model.bin`), "raw" (`model.safetensors` or `pytorch_model.bin`)
+            or "auto" (EMA when present, as the official scripts do).
+    """
+    llm, tok = root / "llm", root / "tokenizer"
+    llm_data, tok_data = read_json(llm / CONFIG_NAME), read_json(tok / CONFIG_NAME)
+    if not is_official_llm_config(llm_data):
+        raise CheckpointError(f"{llm / CONFIG_NAME} has model_type {llm_data.get('model_type')!r}, "
+                              f"expected {LLM_MODEL_TYPE!r}")
+    if not is_official_tokenizer_config(tok_data):
+        raise CheckpointError(f"{tok / CONFIG_NAME} has model_type {tok_data.get('model_type')!r}, "
+                              f"expected one of {sorted(TOKENIZER_MODEL_TYPES)}")
+    try:
+        config = hart_config_from_official(llm_data, tok_data)
+    except ValueError as error:
+        raise CheckpointError(f"{llm / CONFIG_NAME}: {error}") from error
+    llm_weights = _llm_weights(llm, weights)
+    tok_weights = first_existing(tok, TOKENIZER_WEIGHTS)
+    # training-only buffers are skipped unread: the 380 MB attention mask, the discriminator
+    state = convert_llm_state_dict(
+        read_state_dict(llm_weights, skip=lambda k: k == "attn_bias_for_masking"), str(llm_weights))
+    tokenizer_state = convert_tokenizer_state_dict(
+        read_state_dict(tok_weights, skip=lambda k: k.startswith("disc.")),
+        tok_data["model_type"], str(tok_weights))
+    state.update({f"tokenizer.{k}": v for k, v in tokenizer_state.items()})
+    return config, state, f"{llm_weights} + {tok_weights}"
+
+
+def read_official_tokenizer(folder: Path, data: Mapping) -> tuple[TokenizerConfig, dict, str]:
+    """The TokenizerConfig, the openhart state dict and the weights file of an official
+    `tokenizer/` folder whose config.json is `data`."""
+    config = tokenizer_config_from_official(data)
+    weights = first_existing(folder, TOKENIZER_WEIGHTS)
+    state = convert_tokenizer_state_dict(read_state_dict(weights), data["model_type"], str(weights))
+    return config, state, str(weights)
+
+
+def _llm_weights(llm: Path, weights: str) -> Path:
+    ema = llm / LLM_EMA_WEIGHTS
+    if weights == "ema" or (weights == "auto" and ema.is_file()):
+        if not ema.is_file():
+            raise CheckpointError(f"weights='ema' was asked for but {ema} does not exist")
+        return ema
+    return first_existing(llm, LLM_RAW_WEIGHTS)
 
 
 def is_official_llm_config(data: Mapping) -> bool:
