@@ -349,6 +349,16 @@ class SamplingConfig:
             return self.top_k
         return self.scale_top_k[0] if si < self.top_k_switch_scale else self.scale_top_k[1]
 
+    def guidance_at(self, si: int, num_scales: int) -> float:
+        """The guidance t of scale si (official-behaviour: guidance-schedule)."""
+        return self.guidance_scale * self.progress_at(si, num_scales)
+
+    @staticmethod
+    def progress_at(si: int, num_scales: int) -> float:
+        """r = si / (K - 1), which scales the guidance and anneals the Gumbel smoothing; the last
+        scale reuses the previous scale's r, (K - 2) / (K - 1), as the official loop does."""
+        return min(si, num_scales - 2) / (num_scales - 1)
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

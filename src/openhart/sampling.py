@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ GUMBEL_TAU_DECAY = 0.95
 GUMBEL_TAU_MIN = 0.005
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScaleRecord:
     """What one step of the scale loop produced (for progress display and stage-by-stage tests).
 
@@ -56,7 +56,6 @@ class ScaleRecord:
     next_map: torch.Tensor | None = None
     diffusion_cond: torch.Tensor | None = None
     residual: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -125,13 +124,13 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
 
     # 2. scales 0 .. K-2
     for si in range(K - 1):
-        ratio = si / (K - 1)
+        ratio = sampling.progress_at(si, K)
         if si == 0:  # the default unconditional prefix is T identical tokens: computed as one (exact)
             hidden = transformer.forward_prefix(x_BlC, rope, cache, uncond_is_uniform=default_uncond)
         else:
             hidden = transformer.forward_scale(x_BlC, rope, cache)
         logits = guided_logits(transformer.logits(hidden[:, -1:] if si == 0 else hidden, cond_BTC),
-                               sampling.guidance_scale * ratio)
+                               sampling.guidance_at(si, K))
         idx_Bl, h_BlCv = select_codes(logits, quantizer.codebook.weight, sampling, si, ratio, generator)
         h_BChw = rearrange(h_BlCv, "b (h w) c -> b c h w", h=patch_nums[si])
         f_hat, next_map = quantizer.next_scale_input(si, f_hat, h_BChw, patch_nums)
@@ -145,7 +144,7 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         rope = transformer.scale_rope(si + 1, position_ids, patch_nums=patch_nums)
 
     # 3. the last scale: MaskGIT over its tokens, plus the residual diffusion
-    guidance = sampling.guidance_scale * (K - 2) / (K - 1)  # the official loop's last ratio is reused
+    guidance = sampling.guidance_at(K - 1, K)
     tokens, last_idx = sample_last_scale(model, x_BlC, cond_BTC, position_ids, cache, sampling,
                                          guidance, generator, diffusion_noise, on_scale, timer,
                                          patch_nums)
@@ -174,7 +173,7 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
     transformer, quantizer, head = model.transformer, model.tokenizer.quantizer, model.head
     patch_nums = transformer.check_patch_nums(patch_nums)
     K = len(patch_nums)
-    ratio = (K - 2) / (K - 1)
+    ratio = sampling.progress_at(K - 1, K)
     B, l = x_2BlC.shape[0] // 2, x_2BlC.shape[1]
     Cv = quantizer.config.latent_channels
     tokens = x_2BlC.new_zeros(B, l, Cv, dtype=quantizer.codebook.weight.dtype)
@@ -189,8 +188,8 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
         logits = guided_logits(transformer.logits(hidden, cond_BTC), guidance)
         idx_Bn, h_BnCv = select_last_scale_codes(logits, quantizer.codebook.weight, sampling, K - 1,
                                                  ratio, generator)
-        record = ScaleRecord(si=K - 1, hidden=hidden, logits=logits, indices=idx_Bn, h=h_BnCv)
         timer.mark(f"scale_{K - 1}")
+        diffusion_cond = residual = None
         if sampling.use_residual:
             codes_2BnCv = quantizer.codebook(idx_Bn).repeat(2, 1, 1)
             diffusion_cond = transformer.diffusion_condition(hidden, codes_2BnCv)
@@ -198,13 +197,12 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
                                        generator=generator, temperature=sampling.head_temperature,
                                        noise=diffusion_noise).reshape(B, -1, Cv)
             h_BnCv = h_BnCv + residual.to(h_BnCv.dtype)
-            record.diffusion_cond, record.residual = diffusion_cond, residual
             timer.mark("diffusion")
         tokens.scatter_(1, positions_Bn[..., None].expand(-1, -1, Cv), h_BnCv)
         codes.scatter_(1, positions_Bn, idx_Bn)
         if on_scale is not None:
-            record.h = h_BnCv
-            on_scale(record)
+            on_scale(ScaleRecord(si=K - 1, hidden=hidden, logits=logits, indices=idx_Bn, h=h_BnCv,
+                                 diffusion_cond=diffusion_cond, residual=residual))
     return tokens, codes
 
 

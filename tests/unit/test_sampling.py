@@ -177,3 +177,13 @@ def test_collapsed_unconditional_prefix_is_exact(tiny_model, tiny_context, maskg
         torch.testing.assert_close(a.hidden, b.hidden, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(collapsed.images, full.images, rtol=0, atol=1e-4)
+
+
+def test_guidance_and_progress_schedule_with_the_last_scale_reusing_the_previous_ratio():
+    sampling = SamplingConfig(guidance_scale=4.5)
+    K = 14
+    assert sampling.guidance_at(0, K) == 0.0, "the first scale is unguided"
+    assert sampling.guidance_at(5, K) == 4.5 * (5 / 13)
+    assert sampling.progress_at(12, K) == sampling.progress_at(13, K) == 12 / 13
+    assert sampling.guidance_at(13, K) == sampling.guidance_at(12, K) == 4.5 * (12 / 13)
+    assert SamplingConfig.progress_at(1, 2) == 0.0, "two scales: both unguided"
