@@ -114,9 +114,9 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         uncond_position_ids_BT = torch.zeros_like(position_ids_BT)
     context = torch.cat([context_BTD, uncond_context_BTD]).to(dtype)
     position_ids = torch.cat([position_ids_BT, uncond_position_ids_BT])
-    cond_BTC = transformer.embed_context(context)
+    cond_2BTC = transformer.embed_context(context)
     cache = transformer.new_cache(2 * B, context.device, dtype, patch_nums)
-    x_BlC = cond_BTC + transformer.level_embedding(0)
+    x_2BlC = cond_2BTC + transformer.level_embedding(0)  # scale 0's input is the text prefix: l = T
     rope = transformer.text_rope(position_ids)
     f_hat = quantizer.codebook.weight.new_zeros(B, quantizer.config.latent_channels,
                                                 patch_nums[-1], patch_nums[-1])
@@ -126,10 +126,10 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     for si in range(K - 1):
         ratio = sampling.progress_at(si, K)
         if si == 0:  # the default unconditional prefix is T identical tokens: computed as one (exact)
-            hidden = transformer.forward_prefix(x_BlC, rope, cache, uncond_is_uniform=default_uncond)
+            hidden = transformer.forward_prefix(x_2BlC, rope, cache, uncond_is_uniform=default_uncond)
         else:
-            hidden = transformer.forward_scale(x_BlC, rope, cache)
-        logits = guided_logits(transformer.logits(hidden[:, -1:] if si == 0 else hidden, cond_BTC),
+            hidden = transformer.forward_scale(x_2BlC, rope, cache)
+        logits = guided_logits(transformer.logits(hidden[:, -1:] if si == 0 else hidden, cond_2BTC),
                                sampling.guidance_at(si, K))
         idx_Bl, h_BlCv = select_codes(logits, quantizer.codebook.weight, sampling, si, ratio, generator)
         h_BChw = rearrange(h_BlCv, "b (h w) c -> b c h w", h=patch_nums[si])
@@ -140,19 +140,19 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
             on_scale(ScaleRecord(si=si, hidden=hidden, logits=logits, indices=idx_Bl, h=h_BChw,
                                  f_hat=f_hat, next_map=next_map))
         next_BlCv = rearrange(next_map, "b c h w -> b (h w) c")
-        x_BlC = transformer.embed_scale_input(next_BlCv, si + 1).repeat(2, 1, 1)
+        x_2BlC = transformer.embed_scale_input(next_BlCv, si + 1).repeat(2, 1, 1)
         rope = transformer.scale_rope(si + 1, position_ids, patch_nums=patch_nums)
 
     # 3. the last scale: MaskGIT over its tokens, plus the residual diffusion
     guidance = sampling.guidance_at(K - 1, K)
-    tokens, last_idx = sample_last_scale(model, x_BlC, cond_BTC, position_ids, cache, sampling,
+    tokens, last_idx = sample_last_scale(model, x_2BlC, cond_2BTC, position_ids, cache, sampling,
                                          guidance, generator, diffusion_noise, on_scale, timer,
                                          patch_nums)
     indices.append(last_idx)
     f_hat = f_hat + rearrange(tokens, "b (h w) c -> b c h w", h=patch_nums[-1])
     # the cache is 2.9 GB at 1024 px in bf16: free it before the decoder's activations take
     # their place, so that the two never add up in the peak
-    del cache, x_BlC, hidden, logits
+    del cache, x_2BlC, hidden, logits
 
     # 4. decode
     images = (model.tokenizer.decode_latent(f_hat).float() + 1) / 2
@@ -160,7 +160,7 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     return SampleOutput(images=images, latent=f_hat, indices=indices)
 
 
-def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Tensor,
+def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_2BTC: torch.Tensor,
                       position_ids: torch.Tensor, cache, sampling: SamplingConfig, guidance: float,
                       generator: torch.Generator | None, diffusion_noise: DiffusionNoise | None,
                       on_scale: Callable[[ScaleRecord], None] | None, timer: PhaseTimer | NullTimer,
@@ -185,7 +185,7 @@ def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_BTC: torch.Te
         x = torch.gather(x_2BlC, 1, both[..., None].expand(-1, -1, x_2BlC.shape[-1]))
         rope = transformer.scale_rope(K - 1, position_ids, both, patch_nums)
         hidden = transformer.forward_scale(x, rope, cache)
-        logits = guided_logits(transformer.logits(hidden, cond_BTC), guidance)
+        logits = guided_logits(transformer.logits(hidden, cond_2BTC), guidance)
         idx_Bn, h_BnCv = select_last_scale_codes(logits, quantizer.codebook.weight, sampling, K - 1,
                                                  ratio, generator)
         timer.mark(f"scale_{K - 1}")
