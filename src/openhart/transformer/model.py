@@ -120,24 +120,32 @@ class HARTTransformer(nn.Module):
         levels_S = self.sequence_levels(x_BSC.device, patch_nums)
         cos, sin = self._sequence_rope(position_ids_BT, patch_nums)
         if last_scale_keep_Bn is not None:
-            first_last = x_BSC.shape[1] - patch_nums[-1] ** 2
-            B = x_BSC.shape[0]
-            index_BS = torch.cat([torch.arange(first_last, device=x_BSC.device).expand(B, -1),
-                                  last_scale_keep_Bn + first_last], dim=1)
-            x_BSC = _gather_rows(x_BSC, index_BS)
-            cos, sin = _gather_rows(cos, index_BS), _gather_rows(sin, index_BS)
-            levels_S = torch.cat([levels_S[:first_last],
-                                  levels_S.new_full((last_scale_keep_Bn.shape[1],), len(patch_nums) - 1)])
+            x_BSC, cos, sin, levels_S = self._keep_last_scale_tokens(
+                last_scale_keep_Bn, x_BSC, cos, sin, levels_S, patch_nums)
         mask_SS = levels_S[:, None] >= levels_S[None, :]
         cos, sin = block_tables(cos, sin, x_BSC.dtype)
         for i, block in enumerate(self.blocks):
             if checkpointing and torch.is_grad_enabled():
-                x_BSC = torch.utils.checkpoint.checkpoint(block, x_BSC, (cos, sin), mask_SS, None, i,
-                                                          use_reentrant=False)
+                x_BSC = torch.utils.checkpoint.checkpoint(block, x_BSC, (cos, sin), attn_mask=mask_SS,
+                                                          layer=i, use_reentrant=False)
             else:
                 x_BSC = block(x_BSC, (cos, sin), attn_mask=mask_SS, layer=i)
         T = self.config.context_tokens
         return TeacherForcingOutput(logits=self.logits(x_BSC[:, T - 1:], cond_BTC), hidden=x_BSC)
+
+    @staticmethod
+    def _keep_last_scale_tokens(keep_Bn: torch.Tensor, x_BSC: torch.Tensor, cos: torch.Tensor,
+                                sin: torch.Tensor, levels_S: torch.Tensor, patch_nums: Sequence[int]):
+        """Training only: drop the last scale's tokens outside `keep_Bn` (B, n) from the
+        sequence, its RoPE tables and its levels; every earlier token stays."""
+        first_last = x_BSC.shape[1] - patch_nums[-1] ** 2
+        B = x_BSC.shape[0]
+        index_BS = torch.cat([torch.arange(first_last, device=x_BSC.device).expand(B, -1),
+                              keep_Bn + first_last], dim=1)
+        last_level = levels_S.new_full((keep_Bn.shape[1],), len(patch_nums) - 1)
+        levels_S = torch.cat([levels_S[:first_last], last_level])
+        return (_gather_rows(x_BSC, index_BS), _gather_rows(cos, index_BS), _gather_rows(sin, index_BS),
+                levels_S)
 
     def check_patch_nums(self, patch_nums: Sequence[int] | None) -> tuple[int, ...]:
         """The configured scales, or a validated prefix of at least two of them."""
