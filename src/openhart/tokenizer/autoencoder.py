@@ -172,9 +172,8 @@ class HybridTokenizer(nn.Module):
 
     def encode(self, images: torch.Tensor) -> HybridTokens:
         """Encode images in [-1, 1], shape (B, 3, H, W), into hybrid tokens."""
-        patch_nums = self.check_images(images)
-        latent = self.quant_conv(self.encoder(images))
-        quantized = self.quantizer.quantize(latent, patch_nums)
+        latent = self.encode_latent(images)
+        quantized = self.quantizer.quantize(latent, self.check_images(images))
         return HybridTokens(indices=quantized.indices, residual=quantized.residual,
                             latent=latent, last_scale_input=quantized.last_scale_input)
 
