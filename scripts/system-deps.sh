@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: the Noto Color Emoji font (`openhart data emoji`) and
-# Chromium with its WebDriver (the browser test of `openhart serve`, tests/web), and g++ (torch.compile
-# on the CPU, `--compile`).
+# Chromium with its WebDriver (the browser test of `openhart serve`, tests/web), and g++ with the
+# Python headers (torch.compile on the CPU, `--compile`).
 # Installs only what is missing; uses sudo when not root.
 set -euo pipefail
-packages=(fonts-noto-color-emoji chromium chromium-driver g++)
+packages=(fonts-noto-color-emoji chromium chromium-driver g++ python3-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -222,6 +222,10 @@ def test_compile_compiles_the_transformer_blocks_and_keeps_the_images(monkeypatc
     b = eager("a red apple", seed=2, output_type="np").images
     assert abs(a.astype(float) - b.astype(float)).max() <= 1 / 255 + 1e-6
     # no compiler: one clear line instead of an inductor traceback at the first call
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    with pytest.raises(ValueError, match="needs a C.. compiler"):
+    with monkeypatch.context() as patch:
+        patch.setattr("shutil.which", lambda name: None)
+        with pytest.raises(ValueError, match="needs a C.. compiler"):
+            HARTPipeline.from_pretrained(HART_TINY, text_encoder="random", compile=True)
+    monkeypatch.setattr("sysconfig.get_paths", lambda: {"include": "/nonexistent"})
+    with pytest.raises(ValueError, match="needs the Python headers"):
         HARTPipeline.from_pretrained(HART_TINY, text_encoder="random", compile=True)

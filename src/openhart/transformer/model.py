@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.utils.checkpoint
@@ -237,10 +239,13 @@ class HARTTransformer(nn.Module):
         dynamic in the token count, so one compilation serves every scale. The attention kernel
         and the cache write stay eager. Compiled code is cached on disk by torch between runs.
         """
-        if self.head.weight.device.type == "cpu" and not any(
-                shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
-            raise ValueError("torch.compile on the CPU needs a C++ compiler: install one (Debian: "
-                               "apt install g++) or run without --compile")
+        if self.head.weight.device.type == "cpu":
+            if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+                raise ValueError("torch.compile on the CPU needs a C++ compiler: install one (Debian: "
+                                 "apt install g++) or run without --compile")
+            if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+                raise ValueError("torch.compile on the CPU needs the Python headers: install them "
+                                 "(Debian: apt install python3-dev) or run without --compile")
         for block in self.blocks:
             block.attention_input = torch.compile(block.attention_input, dynamic=True, **options)
             block.attention_output_and_mlp = torch.compile(block.attention_output_and_mlp,
