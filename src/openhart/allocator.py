@@ -41,9 +41,11 @@ def keep_large_blocks() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
-        mallopt, _ = libc.mallopt, libc.gnu_get_libc_version  # glibc only (musl has no mallopt)
-    except (OSError, AttributeError):
+    except OSError:
         return False
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # glibc only
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES))
     return _applied

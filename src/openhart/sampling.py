@@ -127,10 +127,10 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         ratio = sampling.progress_at(si, K)
         if si == 0:  # the default unconditional prefix is T identical tokens: computed as one (exact)
             hidden = transformer.forward_prefix(x_2BlC, rope, cache, uncond_is_uniform=default_uncond)
+            readout = hidden[:, -1:]  # scale 0 is read at the last text slot
         else:
-            hidden = transformer.forward_scale(x_2BlC, rope, cache)
-        logits = guided_logits(transformer.logits(hidden[:, -1:] if si == 0 else hidden, cond_2BTC),
-                               sampling.guidance_at(si, K))
+            hidden = readout = transformer.forward_scale(x_2BlC, rope, cache)
+        logits = guided_logits(transformer.logits(readout, cond_2BTC), sampling.guidance_at(si, K))
         idx_Bl, h_BlCv = select_codes(logits, quantizer.codebook.weight, sampling, si, ratio, generator)
         h_BChw = rearrange(h_BlCv, "b (h w) c -> b c h w", h=patch_nums[si])
         f_hat, next_map = quantizer.next_scale_input(si, f_hat, h_BChw, patch_nums)
@@ -152,7 +152,7 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     f_hat = f_hat + rearrange(tokens, "b (h w) c -> b c h w", h=patch_nums[-1])
     # the cache is 2.9 GB at 1024 px in bf16: free it before the decoder's activations take
     # their place, so that the two never add up in the peak
-    del cache, x_2BlC, hidden, logits
+    del cache, x_2BlC, hidden, readout, logits
 
     # 4. decode
     images = (model.tokenizer.decode_latent(f_hat).float() + 1) / 2

@@ -31,6 +31,7 @@ class CheckpointError(ValueError):
 
 CONFIG_NAME = "config.json"  # of every model and tokenizer folder, openhart's and official
 
+
 def read_state_dict(path: str | os.PathLike,
                     skip: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a `.safetensors` or `.bin`/`.pt`/`.pth` file, on the CPU.

@@ -2,8 +2,9 @@
 
 This is the only module that knows the official names (mit-han-lab/hart, `hart-0.7b-1024px`;
 their conventions are in docs/official-behaviour.md). It translates official `config.json`
-files into openhart configs and official
-state-dict keys into openhart module paths, strictly: an unknown field or key is an error.
+files into openhart configs and official state-dict keys into openhart module paths, strictly:
+an unknown field or key is an error. It also reads official folders (`official_root`,
+`read_official_model`, `read_official_tokenizer`) for `openhart.loading`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Rotary position tables of HART: 1-D on text tokens, the official 2-D layout on image tokens.
 
-official-behaviour: rope-2d. The 2-D table is laid out [row | row | col | col] (head_dim / 4
-each) and applied
-with the ordinary `rotate_half` over the whole head, so dims k and k + head_dim/2 pair a row angle
-with a column angle. That is not a rotation when row != col; it is reproduced because the released
-weights were trained with it. Tables are computed in fp32.
+The 2-D table is laid out [row | row | col | col] (head_dim / 4 each) and applied with the
+ordinary `rotate_half` over the whole head, so dims k and k + head_dim/2 pair a row angle with a
+column angle (official-behaviour: rope-2d). That is not a rotation when row != col; it is
+reproduced because the released weights were trained with it. Tables are computed in fp32.
 """
 
 from __future__ import annotations
