@@ -15,8 +15,6 @@ import json
 import resource
 import time
 
-import torch
-
 from openhart.allocator import keep_large_blocks
 from openhart.bench import BenchSettings, build_model, build_text_encoder, run_once
 from openhart.device import resolve_dtype

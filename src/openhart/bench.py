@@ -241,8 +241,15 @@ def run_once(model: HARTModel, make_encoder: Callable[[], HFPromptEncoder | None
     uncond = ({"uncond_context_BTD": torch.zeros_like(context),
                "uncond_position_ids_BT": torch.zeros_like(positions)} if reference_work else {})
     generate(model, context, positions, SamplingConfig(guidance_scale=settings.guidance_scale),
-             torch.Generator(device=settings.device).manual_seed(settings.seed), timer=timer, **uncond)
+             torch.Generator(device=settings.device).manual_seed(settings.seed),
+             on_scale=lambda record: timer.mark(PHASES[record.stage].format(si=record.si)), **uncond)
+    timer.mark("decode")  # the decoder is the last step of `generate`
     return dict(timer.seconds)
+
+
+# The timer's phase for each kind of `ScaleRecord`: a scale's transformer pass and draw, or the
+# residual head's sampling at the last scale.
+PHASES = {"codes": "scale_{si}", "residual": "diffusion"}
 
 
 class _CountingTimer(PhaseTimer):

@@ -11,7 +11,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 # Scale side lengths of the released HART-0.7B-1024px model (mit-han-lab/hart-0.7b-1024px).
 HART_1024_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
@@ -34,8 +34,9 @@ MAX_LATENT_CHANNELS = 1024
 MAX_GUIDANCE = 1000         # guidance scale (4.5 is the official default)
 
 
-def _fail(cls_name: str, message: str) -> None:
-    raise ValueError(f"invalid {cls_name}: {message}")
+def invalid(owner: str, message: str) -> NoReturn:
+    """Raise the ValueError of an invalid config, "invalid <owner>: <message>"."""
+    raise ValueError(f"invalid {owner}: {message}")
 
 
 def _check_ranges(owner: Any, bounds: dict[str, tuple[float, float]]) -> None:
@@ -43,7 +44,7 @@ def _check_ranges(owner: Any, bounds: dict[str, tuple[float, float]]) -> None:
     for field, (low, high) in bounds.items():
         value = getattr(owner, field)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-            _fail(type(owner).__name__, f"{field} must be between {low:g} and {high:g}, got {value!r}")
+            invalid(type(owner).__name__, f"{field} must be between {low:g} and {high:g}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,26 +88,26 @@ class TokenizerConfig:
                              "phi_ratio": (0, 1), "dropout": (0, 0.999), "commitment_beta": (0, 1e3)})
         if not self.channel_mult or any(m < 1 for m in self.channel_mult) or len(self.channel_mult) > 8 \
                 or self.base_channels * max(self.channel_mult) > MAX_WIDTH:
-            _fail(name, f"channel_mult must be 1 to 8 positive ints with base_channels * channel_mult at "
+            invalid(name, f"channel_mult must be 1 to 8 positive ints with base_channels * channel_mult at "
                         f"most {MAX_WIDTH}, got {self.channel_mult}")
         for m in (1, *self.channel_mult):
             if (self.base_channels * m) % GROUP_NORM_GROUPS:
-                _fail(name, f"base_channels * channel_mult ({self.base_channels * m}) must be a "
+                invalid(name, f"base_channels * channel_mult ({self.base_channels * m}) must be a "
                       f"multiple of {GROUP_NORM_GROUPS} (GroupNorm groups)")
         if not self.patch_nums or len(self.patch_nums) > MAX_SCALES or any(
                 not 1 <= p <= MAX_SCALE_SIDE for p in self.patch_nums):
-            _fail(name, f"patch_nums must be 1 to {MAX_SCALES} sides between 1 and {MAX_SCALE_SIDE}, "
+            invalid(name, f"patch_nums must be 1 to {MAX_SCALES} sides between 1 and {MAX_SCALE_SIDE}, "
                         f"got {self.patch_nums}")
         if any(a >= b for a, b in zip(self.patch_nums, self.patch_nums[1:])):
-            _fail(name, f"patch_nums must be strictly increasing, got {self.patch_nums}")
+            invalid(name, f"patch_nums must be strictly increasing, got {self.patch_nums}")
         if self.quant_conv_kernel < 1 or self.quant_conv_kernel % 2 == 0:
-            _fail(name, f"quant_conv_kernel must be a positive odd int, got {self.quant_conv_kernel}")
+            invalid(name, f"quant_conv_kernel must be a positive odd int, got {self.quant_conv_kernel}")
         if not 0.0 <= self.phi_ratio <= 1.0:
-            _fail(name, f"phi_ratio must be in [0, 1], got {self.phi_ratio}")
+            invalid(name, f"phi_ratio must be in [0, 1], got {self.phi_ratio}")
         if self.num_phi < 0:
-            _fail(name, f"num_phi must be >= 0 (0 = one Phi per scale), got {self.num_phi}")
+            invalid(name, f"num_phi must be >= 0 (0 = one Phi per scale), got {self.num_phi}")
         if not 0.0 <= self.dropout < 1.0:
-            _fail(name, f"dropout must be in [0, 1), got {self.dropout}")
+            invalid(name, f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def downsample_factor(self) -> int:
@@ -149,9 +150,9 @@ class TransformerConfig:
         use_context_norm: RMSNorm on the text features before `context_embed`.
         norm_eps: epsilon of every RMSNorm.
         rope_theta: RoPE base.
-        patch_nums: scale sides, small to large (must equal the tokenizer's).
-        latent_channels: tokenizer latent width Cv.
-        vocab_size: codebook size V.
+
+    The scales, the latent width and the codebook size it works on are the tokenizer's
+    (`HARTTransformer` takes the `TokenizerConfig` beside this one).
     """
 
     embed_dim: int = 1536
@@ -163,27 +164,17 @@ class TransformerConfig:
     use_context_norm: bool = True
     norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    patch_nums: tuple[int, ...] = HART_1024_PATCH_NUMS
-    latent_channels: int = 32
-    vocab_size: int = 4096
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_ranges(self, {"embed_dim": (1, MAX_WIDTH), "depth": (1, MAX_DEPTH), "num_heads": (1, MAX_WIDTH),
                              "context_tokens": (1, MAX_CONTEXT_TOKENS), "context_dim": (1, MAX_WIDTH),
-                             "latent_channels": (1, MAX_LATENT_CHANNELS), "vocab_size": (1, MAX_VOCAB),
                              "mlp_ratio": (1e-3, 64), "norm_eps": (1e-12, 1.0), "rope_theta": (1.0, 1e12)})
         if self.embed_dim % self.num_heads:
-            _fail(name, f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+            invalid(name, f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.head_dim % 4:
-            _fail(name, f"head_dim = embed_dim / num_heads must be a multiple of 4 for the 2-D RoPE, "
+            invalid(name, f"head_dim = embed_dim / num_heads must be a multiple of 4 for the 2-D RoPE, "
                   f"got {self.head_dim}")
-        if not 2 <= len(self.patch_nums) <= MAX_SCALES or any(a >= b for a, b in zip(self.patch_nums, self.patch_nums[1:])) \
-                or self.patch_nums[-1] > MAX_SCALE_SIDE:
-            _fail(name, f"patch_nums must be 2 to {MAX_SCALES} strictly increasing sides of at most "
-                        f"{MAX_SCALE_SIDE}, got {self.patch_nums}")
-        if self.patch_nums[0] != 1:
-            _fail(name, f"the first scale must be 1x1 (it is predicted from the text), got {self.patch_nums[0]}")
 
     @property
     def head_dim(self) -> int:
@@ -193,19 +184,6 @@ class TransformerConfig:
     def mlp_hidden(self) -> int:
         return int(self.embed_dim * self.mlp_ratio * 2 / 3 + 255) // 256 * 256
 
-    @property
-    def num_scales(self) -> int:
-        return len(self.patch_nums)
-
-    @property
-    def num_image_tokens(self) -> int:
-        """L = sum of pn**2 over the scales."""
-        return sum(pn * pn for pn in self.patch_nums)
-
-    @property
-    def sequence_length(self) -> int:
-        """T + L - 1: the text prefix predicts the first (1x1) scale."""
-        return self.context_tokens + self.num_image_tokens - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,17 +193,16 @@ class DiffusionHeadConfig:
     Args:
         width: hidden width of the MLP.
         depth: number of AdaLN residual blocks.
-        latent_channels: width of the residual tokens it models (Cv).
-        cond_dim: width of the per-token condition (the transformer width C).
         num_train_timesteps: steps of the cosine schedule it was trained on.
         residual_scale: the head models residual / residual_scale (official `vae_scale`).
         sampling_steps: default number of respaced sampling steps.
+
+    The width of the residuals it models is the tokenizer's latent width, and the width of its
+    per-token condition the transformer's (`DiffusionHead` takes both beside this config).
     """
 
     width: int = 1024
     depth: int = 6
-    latent_channels: int = 32
-    cond_dim: int = 1536
     num_train_timesteps: int = 1000
     residual_scale: float = 0.6
     sampling_steps: int = 8
@@ -233,41 +210,66 @@ class DiffusionHeadConfig:
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_ranges(self, {"width": (1, MAX_WIDTH), "depth": (1, MAX_DEPTH),
-                             "latent_channels": (1, MAX_LATENT_CHANNELS), "cond_dim": (1, MAX_WIDTH),
                              "num_train_timesteps": (1, MAX_TIMESTEPS), "sampling_steps": (1, MAX_TIMESTEPS),
                              "residual_scale": (1e-6, 1e6)})
         if self.sampling_steps > self.num_train_timesteps:
-            _fail(name, f"sampling_steps ({self.sampling_steps}) cannot exceed num_train_timesteps")
+            invalid(name, f"sampling_steps ({self.sampling_steps}) cannot exceed num_train_timesteps")
 
 
 @dataclass(frozen=True, kw_only=True)
 class HARTConfig:
-    """A whole HART model: tokenizer, transformer and residual diffusion head (weights only)."""
+    """A whole HART model: tokenizer, transformer and residual diffusion head (weights only).
+
+    Each fact is stored once: the scales, latent width and codebook size are the tokenizer's, the
+    head's condition width is the transformer's `embed_dim`.
+    """
 
     tokenizer: TokenizerConfig
     transformer: TransformerConfig
     head: DiffusionHeadConfig
 
+    # Facts that config.json files of format 1 repeated in the transformer and head sections, and
+    # where they are stored now. They are read when they agree, and refused when they do not.
+    COPIED_FIELDS: ClassVar[dict[tuple[str, str], tuple[str, str]]] = {
+        ("transformer", "patch_nums"): ("tokenizer", "patch_nums"),
+        ("transformer", "latent_channels"): ("tokenizer", "latent_channels"),
+        ("transformer", "vocab_size"): ("tokenizer", "vocab_size"),
+        ("head", "latent_channels"): ("tokenizer", "latent_channels"),
+        ("head", "cond_dim"): ("transformer", "embed_dim"),
+    }
+
     def __post_init__(self) -> None:
-        tok, tf, head = self.tokenizer, self.transformer, self.head
-        checks = [
-            (tok.patch_nums == tf.patch_nums, f"tokenizer patch_nums {tok.patch_nums} != "
-             f"transformer patch_nums {tf.patch_nums}"),
-            (tok.vocab_size == tf.vocab_size, f"tokenizer vocab_size {tok.vocab_size} != "
-             f"transformer vocab_size {tf.vocab_size}"),
-            (tok.latent_channels == tf.latent_channels == head.latent_channels,
-             f"latent_channels differ: tokenizer {tok.latent_channels}, transformer "
-             f"{tf.latent_channels}, head {head.latent_channels}"),
-            (head.cond_dim == tf.embed_dim, f"head cond_dim {head.cond_dim} != transformer "
-             f"embed_dim {tf.embed_dim}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                _fail(type(self).__name__, message)
+        patch_nums = self.tokenizer.patch_nums
+        if len(patch_nums) < 2 or patch_nums[0] != 1:
+            invalid(type(self).__name__, f"the transformer needs at least two scales, the first 1x1 (it "
+                                       f"is predicted from the text), got patch_nums {patch_nums}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> HARTConfig:
+        """`config_from_dict`, also reading the copied fields of format-1 files (`COPIED_FIELDS`)."""
+        if not isinstance(data, dict):
+            return config_from_dict(cls, data)
+        sections = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
+        copies = {}
+        for (section, field), source in cls.COPIED_FIELDS.items():
+            if isinstance(sections.get(section), dict) and field in sections[section]:
+                copies[section, field] = (sections[section].pop(field), source)
+        config = config_from_dict(cls, sections)
+        for (section, field), (value, (source_section, source_field)) in copies.items():
+            expected = getattr(getattr(config, source_section), source_field)
+            if config_to_dict(expected) != (list(value) if isinstance(value, (list, tuple)) else value):
+                invalid(cls.__name__, f"{section}.{field} = {value!r} disagrees with {source_section}."
+                                    f"{source_field} = {config_to_dict(expected)!r}; leave it out (it is "
+                                    f"taken from {source_section}.{source_field})")
+        return config
 
     @property
     def image_size(self) -> int:
         return self.tokenizer.image_size
+
+    @property
+    def num_scales(self) -> int:
+        return self.tokenizer.num_scales
 
 
 # How the last scale combines a code and its residual (see `SamplingConfig.last_scale`).
@@ -323,26 +325,26 @@ class SamplingConfig:
         show these messages."""
         name = type(self).__name__
         if not _is_number(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
-            _fail(name, f"guidance_scale must be a finite number between 0 and {MAX_GUIDANCE} (0 = no "
+            invalid(name, f"guidance_scale must be a finite number between 0 and {MAX_GUIDANCE} (0 = no "
                         f"guidance), got {self.guidance_scale!r}")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 0):
-            _fail(name, f"top_k must be an integer >= 0 (0 = off) or None (the per-scale schedule "
+            invalid(name, f"top_k must be an integer >= 0 (0 = off) or None (the per-scale schedule "
                         f"scale_top_k), got {self.top_k!r}")
         if len(self.scale_top_k) != 2 or not all(_is_int(k) and k >= 0 for k in self.scale_top_k):
-            _fail(name, f"scale_top_k must be two integers >= 0, got {self.scale_top_k!r}")
+            invalid(name, f"scale_top_k must be two integers >= 0, got {self.scale_top_k!r}")
         if not _is_number(self.top_p) or not 0.0 <= self.top_p < 1.0:
-            _fail(name, f"top_p must be a number in [0, 1) (0 = off), got {self.top_p!r}")
+            invalid(name, f"top_p must be a number in [0, 1) (0 = off), got {self.top_p!r}")
         if self.head_steps is not None and (not _is_int(self.head_steps) or self.head_steps < 1):
-            _fail(name, f"head_steps must be an integer >= 1, got {self.head_steps!r}")
+            invalid(name, f"head_steps must be an integer >= 1, got {self.head_steps!r}")
         if not _is_number(self.head_temperature) or not 0 <= self.head_temperature < math.inf:
-            _fail(name, f"head_temperature must be a finite number >= 0, got {self.head_temperature!r}")
+            invalid(name, f"head_temperature must be a finite number >= 0, got {self.head_temperature!r}")
         if not _is_int(self.maskgit_iters) or self.maskgit_iters < 1:
-            _fail(name, f"maskgit_iters must be an integer >= 1, got {self.maskgit_iters!r}")
+            invalid(name, f"maskgit_iters must be an integer >= 1, got {self.maskgit_iters!r}")
         for flag in ("smooth", "use_residual"):
             if not isinstance(getattr(self, flag), bool):
-                _fail(name, f"{flag} must be true or false, got {getattr(self, flag)!r}")
+                invalid(name, f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.last_scale not in LAST_SCALE_MODES:
-            _fail(name, f"last_scale must be one of {list(LAST_SCALE_MODES)}, got {self.last_scale!r}")
+            invalid(name, f"last_scale must be one of {list(LAST_SCALE_MODES)}, got {self.last_scale!r}")
 
     def top_k_at(self, si: int) -> int:
         if self.top_k is not None:
@@ -465,19 +467,18 @@ def hart_0p7b(size: int = 1024) -> HARTConfig:
         raise ValueError(f"size must be a multiple of 16 of at least 32, got {size}")
     patch_nums = tuple(p for p in HART_1024_PATCH_NUMS if p < side) + (side,)
     config = hart_0p7b_1024()
-    return HARTConfig(tokenizer=dataclasses.replace(config.tokenizer, patch_nums=patch_nums),
-                      transformer=dataclasses.replace(config.transformer, patch_nums=patch_nums),
-                      head=config.head)
+    return dataclasses.replace(config, tokenizer=dataclasses.replace(config.tokenizer, patch_nums=patch_nums))
 
 
 def hart_tiny() -> HARTConfig:
     """A tiny 64px HART for unit tests (random weights)."""
-    tokenizer = tokenizer_tiny()
-    transformer = TransformerConfig(
-        embed_dim=64, depth=2, num_heads=4, context_tokens=6, context_dim=32,
-        patch_nums=tokenizer.patch_nums, latent_channels=tokenizer.latent_channels,
-        vocab_size=tokenizer.vocab_size,
-    )
-    head = DiffusionHeadConfig(width=48, depth=2, latent_channels=tokenizer.latent_channels,
-                               cond_dim=transformer.embed_dim)
-    return HARTConfig(tokenizer=tokenizer, transformer=transformer, head=head)
+    return HARTConfig(tokenizer=tokenizer_tiny(),
+                      transformer=TransformerConfig(embed_dim=64, depth=2, num_heads=4, context_tokens=6,
+                                                    context_dim=32),
+                      head=DiffusionHeadConfig(width=48, depth=2))
+
+
+# Named presets: `openhart train tokenizer` takes the tokenizer names, `openhart train transformer`
+# and `openhart bench` the model names.
+TOKENIZER_PRESETS = {"tiny": tokenizer_tiny, "small": tokenizer_small, "hart-1024": tokenizer_hart_1024}
+MODEL_PRESETS = {"tiny": hart_tiny, "0.7b": hart_0p7b_1024}

@@ -28,7 +28,9 @@ from .serialization import (
 )
 from .tokenizer import HybridTokenizer, use_channels_last
 
-FORMAT_VERSION = 1
+# 2: the transformer and head sections no longer repeat the tokenizer's scales, latent width and
+# codebook size, nor the head its condition width (format-1 files are still read).
+FORMAT_VERSION = 2
 TOKENIZER_MODEL_TYPE = "openhart.tokenizer"
 MODEL_TYPE = "openhart.hart"
 WEIGHTS_NAME = "model.safetensors"
@@ -223,7 +225,7 @@ def _check_format_version(config_path: Path, data: dict) -> None:
 def _read_own_model(folder: Path, data: dict) -> tuple[HARTConfig, dict, str]:
     _check_format_version(folder / CONFIG_NAME, data)
     try:
-        config = config_from_dict(HARTConfig, data.get("config", {}))
+        config = HARTConfig.from_dict(data.get("config", {}))
     except ValueError as error:
         raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from error
     weights = first_existing(folder, (WEIGHTS_NAME,))

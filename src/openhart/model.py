@@ -17,5 +17,6 @@ class HARTModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = HybridTokenizer(config.tokenizer)
-        self.transformer = HARTTransformer(config.transformer)
-        self.head = DiffusionHead(config.head)
+        self.transformer = HARTTransformer(config.transformer, config.tokenizer)
+        self.head = DiffusionHead(config.head, latent_channels=config.tokenizer.latent_channels,
+                                  cond_dim=config.transformer.embed_dim)

@@ -13,6 +13,10 @@ sampler's conventions are in docs/official-behaviour.md).
    exactly the code the head was conditioned on.
 4. Decode f_hat + last codes + residual with the tokenizer to pixels in [0, 1].
 
+Editing (zero-shot inpainting, outpainting, variations) runs the same loop with `KnownTokens`:
+after each draw the tokens that the image fixes are put back, and the last scale samples only
+the others.
+
 Every random draw comes from the one `generator` argument.
 """
 
@@ -30,7 +34,7 @@ from .config import SamplingConfig
 from .diffusion.sampler import DiffusionNoise, sample_residual
 from .diffusion.schedule import DiffusionSchedule
 from .model import HARTModel
-from .timing import NullTimer, PhaseTimer
+from .transformer.kv_cache import KVCache
 
 # Gumbel-softmax temperature of the smoothed code embedding: max(0.27 (1 - 0.95 r), 0.005),
 # r = si / (K - 1) (MaskGIT-style annealing in the official sampler).
@@ -41,13 +45,18 @@ GUMBEL_TAU_MIN = 0.005
 
 @dataclass(frozen=True)
 class ScaleRecord:
-    """What one step of the scale loop produced (for progress display and stage-by-stage tests).
+    """What one step of the scale loop produced (for progress display, timing and stage-by-stage
+    tests).
 
-    `hidden` is the last-block output of the doubled batch; `logits` the guided ones (B, l, V);
-    `h` the code embedding map (B, Cv, pn, pn) (last scale: codes + residual tokens, (B, l, Cv)).
+    `stage` is "codes" once a scale's codes are drawn (at the last scale, once per MaskGIT round)
+    and "residual" once the residual head has sampled that round's residuals. `hidden` is the
+    last-block output of the doubled batch; `logits` the guided ones (B, l, V); `h` the code
+    embedding map (B, Cv, pn, pn) (last scale: the round's tokens, codes + residual once the
+    residual is in, (B, n, Cv)).
     """
 
     si: int
+    stage: str
     hidden: torch.Tensor
     logits: torch.Tensor
     indices: torch.Tensor
@@ -71,6 +80,65 @@ class SampleOutput:
     indices: list[torch.Tensor]
 
 
+@dataclass(frozen=True)
+class KnownTokens:
+    """Tokens that an edit takes from an image instead of sampling them (zero-shot inpainting,
+    outpainting and variations; `openhart.editing` builds them).
+
+    Attributes:
+        indices: the image's codes per scale, (1 or B, pn**2) each.
+        unknown: per scale, (pn**2,) bool, True where the token is sampled; one mask for the batch.
+        residual: the image's continuous residual at the last scale in token layout
+            (1 or B, pK**2, Cv), kept with the known last-scale codes when the residual is on.
+    """
+
+    indices: list[torch.Tensor]
+    unknown: list[torch.Tensor]
+    residual: torch.Tensor
+
+    def check(self, batch: int, patch_nums: tuple[int, ...]) -> None:
+        if len(self.indices) != len(patch_nums) or len(self.unknown) != len(patch_nums):
+            raise ValueError(f"known tokens must cover the {len(patch_nums)} scales being sampled, got "
+                             f"{len(self.indices)} code maps and {len(self.unknown)} masks")
+        for si, (idx, unknown, pn) in enumerate(zip(self.indices, self.unknown, patch_nums)):
+            if idx.shape[0] not in (1, batch) or idx.shape[1:] != (pn * pn,) or unknown.shape != (pn * pn,):
+                raise ValueError(f"known tokens of scale {si} must be (1 or {batch}, {pn * pn}) codes and a "
+                                 f"({pn * pn},) mask, got {tuple(idx.shape)} and {tuple(unknown.shape)}")
+
+    def keep(self, si: int, idx_Bl: torch.Tensor, h_BlCv: torch.Tensor,
+             codebook_VC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampled codes and embeddings of scale si with the known tokens put back."""
+        unknown, known = self.unknown[si], self.indices[si]
+        return (torch.where(unknown, idx_Bl, known),
+                torch.where(unknown[:, None], h_BlCv, F.embedding(known, codebook_VC).to(h_BlCv.dtype)))
+
+    def last_scale(self, batch: int, codebook_VC: torch.Tensor,
+                   with_residual: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (B, l) and tokens (B, l, Cv) of the last scale before sampling: the image's own,
+        its residual included when `with_residual`."""
+        known = self.indices[-1].expand(batch, -1)
+        tokens = F.embedding(known, codebook_VC)
+        if with_residual:
+            tokens = tokens + self.residual.to(tokens.dtype)
+        return known.clone(), tokens.expand(batch, -1, -1).clone()
+
+
+@dataclass
+class _Run:
+    """What every scale of one guided generation shares: the doubled batch's text condition and
+    positions, its KV cache, the scales, the settings, the random sources and the hook."""
+
+    cond_2BTC: torch.Tensor
+    position_ids: torch.Tensor
+    cache: KVCache
+    patch_nums: tuple[int, ...]
+    sampling: SamplingConfig
+    generator: torch.Generator | None
+    diffusion_noise: DiffusionNoise | None
+    on_scale: Callable[[ScaleRecord], None]
+    known: KnownTokens | None
+
+
 @torch.no_grad()
 def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch.Tensor,
              sampling: SamplingConfig, generator: torch.Generator | None = None, *,
@@ -78,8 +146,8 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
              uncond_position_ids_BT: torch.Tensor | None = None,
              diffusion_noise: DiffusionNoise | None = None,
              on_scale: Callable[[ScaleRecord], None] | None = None,
-             timer: PhaseTimer | None = None,
-             patch_nums: tuple[int, ...] | None = None) -> SampleOutput:
+             patch_nums: tuple[int, ...] | None = None,
+             known: KnownTokens | None = None) -> SampleOutput:
     """Generate images from text features.
 
     Args:
@@ -91,21 +159,20 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
             with zero positions by default, as the official sampler does.
         diffusion_noise: explicit noise for the residual head (tests); drawn from `generator`
             otherwise.
-        on_scale: called after every scale with its `ScaleRecord`.
-        timer: charged per phase ("scale_{si}", "diffusion", "decode") when given.
+        on_scale: called with a `ScaleRecord` after each scale's codes and each residual.
         patch_nums: a prefix of the model's scales, to generate at a lower resolution.
+        known: tokens kept from an image (editing): after each scale's draw the known tokens
+            are put back before f_hat accumulates them, and the last scale samples only the
+            unknown ones.
     """
-    timer = timer or NullTimer()
     transformer, quantizer = model.transformer, model.tokenizer.quantizer
     patch_nums = transformer.check_patch_nums(patch_nums)
     K, B = len(patch_nums), context_BTD.shape[0]
+    _check_steps(model, sampling, patch_nums)
+    if known is not None:
+        known.check(B, patch_nums)
     dtype = transformer.head.weight.dtype
-    if sampling.head_steps is not None and sampling.head_steps > model.config.head.num_train_timesteps:
-        raise ValueError(f"head_steps ({sampling.head_steps}) cannot exceed the "
-                         f"{model.config.head.num_train_timesteps} steps the residual head was trained with")
-    if sampling.maskgit_iters > patch_nums[-1] ** 2:
-        raise ValueError(f"maskgit_iters ({sampling.maskgit_iters}) cannot exceed the "
-                         f"{patch_nums[-1] ** 2} tokens of the last scale")
+    codebook = quantizer.codebook.weight
 
     # 1. the doubled batch [cond ; uncond] and its prefix
     default_uncond = uncond_context_BTD is None
@@ -115,95 +182,120 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     context = torch.cat([context_BTD, uncond_context_BTD]).to(dtype)
     position_ids = torch.cat([position_ids_BT, uncond_position_ids_BT])
     cond_2BTC = transformer.embed_context(context)
-    cache = transformer.new_cache(2 * B, context.device, dtype, patch_nums)
+    run = _Run(cond_2BTC=cond_2BTC, position_ids=position_ids, patch_nums=patch_nums, sampling=sampling,
+               cache=transformer.new_cache(2 * B, context.device, dtype, patch_nums), generator=generator,
+               diffusion_noise=diffusion_noise, on_scale=on_scale or _ignore, known=known)
     x_2BlC = cond_2BTC + transformer.level_embedding(0)  # scale 0's input is the text prefix: l = T
     rope = transformer.text_rope(position_ids)
-    f_hat = quantizer.codebook.weight.new_zeros(B, quantizer.config.latent_channels,
-                                                patch_nums[-1], patch_nums[-1])
+    f_hat = codebook.new_zeros(B, codebook.shape[1], patch_nums[-1], patch_nums[-1])
     indices = []
 
     # 2. scales 0 .. K-2
     for si in range(K - 1):
-        ratio = sampling.progress_at(si, K)
         if si == 0:  # the default unconditional prefix is T identical tokens: computed as one (exact)
-            hidden = transformer.forward_prefix(x_2BlC, rope, cache, uncond_is_uniform=default_uncond)
+            hidden = transformer.forward_prefix(x_2BlC, rope, run.cache, uncond_is_uniform=default_uncond)
             readout = hidden[:, -1:]  # scale 0 is read at the last text slot
         else:
-            hidden = readout = transformer.forward_scale(x_2BlC, rope, cache)
+            hidden = readout = transformer.forward_scale(x_2BlC, rope, run.cache)
         logits = guided_logits(transformer.logits(readout, cond_2BTC), sampling.guidance_at(si, K))
-        idx_Bl, h_BlCv = select_codes(logits, quantizer.codebook.weight, sampling, si, ratio, generator)
+        idx_Bl, h_BlCv = select_codes(logits, codebook, sampling, si, sampling.progress_at(si, K), generator)
+        if known is not None:
+            idx_Bl, h_BlCv = known.keep(si, idx_Bl, h_BlCv, codebook)
         h_BChw = rearrange(h_BlCv, "b (h w) c -> b c h w", h=patch_nums[si])
         f_hat, next_map = quantizer.next_scale_input(si, f_hat, h_BChw, patch_nums)
         indices.append(idx_Bl)
-        timer.mark(f"scale_{si}")
-        if on_scale is not None:
-            on_scale(ScaleRecord(si=si, hidden=hidden, logits=logits, indices=idx_Bl, h=h_BChw,
-                                 f_hat=f_hat, next_map=next_map))
+        run.on_scale(ScaleRecord(si=si, stage="codes", hidden=hidden, logits=logits, indices=idx_Bl,
+                                 h=h_BChw, f_hat=f_hat, next_map=next_map))
         next_BlCv = rearrange(next_map, "b c h w -> b (h w) c")
         x_2BlC = transformer.embed_scale_input(next_BlCv, si + 1).repeat(2, 1, 1)
-        rope = transformer.scale_rope(si + 1, position_ids, patch_nums=patch_nums)
+        rope = transformer.scale_rope(si + 1, position_ids, patch_nums)
 
     # 3. the last scale: MaskGIT over its tokens, plus the residual diffusion
-    guidance = sampling.guidance_at(K - 1, K)
-    tokens, last_idx = sample_last_scale(model, x_2BlC, cond_2BTC, position_ids, cache, sampling,
-                                         guidance, generator, diffusion_noise, on_scale, timer,
-                                         patch_nums)
+    tokens, last_idx = sample_last_scale(model, run, x_2BlC)
     indices.append(last_idx)
     f_hat = f_hat + rearrange(tokens, "b (h w) c -> b c h w", h=patch_nums[-1])
     # the cache is 2.9 GB at 1024 px in bf16: free it before the decoder's activations take
     # their place, so that the two never add up in the peak
-    del cache, x_2BlC, hidden, readout, logits
+    del run, x_2BlC, hidden, readout, logits
 
     # 4. decode
     images = (model.tokenizer.decode_latent(f_hat).float() + 1) / 2
-    timer.mark("decode")
     return SampleOutput(images=images, latent=f_hat, indices=indices)
 
 
-def sample_last_scale(model: HARTModel, x_2BlC: torch.Tensor, cond_2BTC: torch.Tensor,
-                      position_ids: torch.Tensor, cache, sampling: SamplingConfig, guidance: float,
-                      generator: torch.Generator | None, diffusion_noise: DiffusionNoise | None,
-                      on_scale: Callable[[ScaleRecord], None] | None, timer: PhaseTimer | NullTimer,
-                      patch_nums: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predict the last scale's codes (and residuals) in `maskgit_iters` rounds.
+def sample_last_scale(model: HARTModel, run: _Run, x_2BlC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predict the last scale's codes (and residuals) in `maskgit_iters` rounds, over its
+    unknown tokens when editing (all of them otherwise).
 
     Returns:
         tokens (B, l, Cv): code embedding (+ residual) of every position; codes (B, l).
     """
-    transformer, quantizer, head = model.transformer, model.tokenizer.quantizer, model.head
-    patch_nums = transformer.check_patch_nums(patch_nums)
-    K = len(patch_nums)
-    ratio = sampling.progress_at(K - 1, K)
-    B, l = x_2BlC.shape[0] // 2, x_2BlC.shape[1]
-    Cv = quantizer.config.latent_channels
-    tokens = x_2BlC.new_zeros(B, l, Cv, dtype=quantizer.codebook.weight.dtype)
-    codes = torch.zeros(B, l, dtype=torch.long, device=x_2BlC.device)
+    transformer, head, codebook = model.transformer, model.head, model.tokenizer.quantizer.codebook
+    sampling, K = run.sampling, len(run.patch_nums)
+    guidance, ratio = sampling.guidance_at(K - 1, K), sampling.progress_at(K - 1, K)
+    B, l, Cv = x_2BlC.shape[0] // 2, x_2BlC.shape[1], codebook.weight.shape[1]
+    if run.known is None:
+        tokens = x_2BlC.new_zeros(B, l, Cv, dtype=codebook.weight.dtype)
+        codes = torch.zeros(B, l, dtype=torch.long, device=x_2BlC.device)
+        sampled_l = torch.arange(l, device=x_2BlC.device)
+    else:
+        codes, tokens = run.known.last_scale(B, codebook.weight, with_residual=sampling.use_residual)
+        sampled_l = run.known.unknown[-1].nonzero().flatten()
     schedule = DiffusionSchedule.cosine(head.config.num_train_timesteps,
                                         sampling.head_steps or head.config.sampling_steps)
-    for positions_Bn in maskgit_rounds(B, l, sampling.maskgit_iters, generator, x_2BlC.device):
+    n = len(sampled_l)
+    rounds = maskgit_rounds(B, n, min(sampling.maskgit_iters, n), run.generator, x_2BlC.device) if n else []
+    for order_Bn in rounds:
+        positions_Bn = sampled_l[order_Bn]
         both = positions_Bn.repeat(2, 1)
         x = torch.gather(x_2BlC, 1, both[..., None].expand(-1, -1, x_2BlC.shape[-1]))
-        rope = transformer.scale_rope(K - 1, position_ids, both, patch_nums)
-        hidden = transformer.forward_scale(x, rope, cache)
-        logits = guided_logits(transformer.logits(hidden, cond_2BTC), guidance)
-        idx_Bn, h_BnCv = select_last_scale_codes(logits, quantizer.codebook.weight, sampling, K - 1,
-                                                 ratio, generator)
-        timer.mark(f"scale_{K - 1}")
-        diffusion_cond = residual = None
+        hidden = transformer.forward_scale(x, transformer.scale_rope(K - 1, run.position_ids, run.patch_nums,
+                                                                     both), run.cache)
+        logits = guided_logits(transformer.logits(hidden, run.cond_2BTC), guidance)
+        idx_Bn, h_BnCv = select_last_scale_codes(logits, codebook.weight, sampling, K - 1, ratio,
+                                                 run.generator)
+        run.on_scale(ScaleRecord(si=K - 1, stage="codes", hidden=hidden, logits=logits, indices=idx_Bn,
+                                 h=h_BnCv))
         if sampling.use_residual:
-            codes_2BnCv = quantizer.codebook(idx_Bn).repeat(2, 1, 1)
-            diffusion_cond = transformer.diffusion_condition(hidden, codes_2BnCv)
+            diffusion_cond = transformer.diffusion_condition(hidden, codebook(idx_Bn).repeat(2, 1, 1))
             residual = sample_residual(head, diffusion_cond.flatten(0, 1), schedule, guidance=guidance,
-                                       generator=generator, temperature=sampling.head_temperature,
-                                       noise=diffusion_noise).reshape(B, -1, Cv)
+                                       generator=run.generator, temperature=sampling.head_temperature,
+                                       noise=run.diffusion_noise).reshape(B, -1, Cv)
             h_BnCv = h_BnCv + residual.to(h_BnCv.dtype)
-            timer.mark("diffusion")
+            run.on_scale(ScaleRecord(si=K - 1, stage="residual", hidden=hidden, logits=logits,
+                                     indices=idx_Bn, h=h_BnCv, diffusion_cond=diffusion_cond,
+                                     residual=residual))
         tokens.scatter_(1, positions_Bn[..., None].expand(-1, -1, Cv), h_BnCv)
         codes.scatter_(1, positions_Bn, idx_Bn)
-        if on_scale is not None:
-            on_scale(ScaleRecord(si=K - 1, hidden=hidden, logits=logits, indices=idx_Bn, h=h_BnCv,
-                                 diffusion_cond=diffusion_cond, residual=residual))
     return tokens, codes
+
+
+def _check_steps(model: HARTModel, sampling: SamplingConfig, patch_nums: tuple[int, ...]) -> None:
+    """The settings that depend on the model: head steps and MaskGIT rounds within its bounds."""
+    trained = model.config.head.num_train_timesteps
+    if sampling.head_steps is not None and sampling.head_steps > trained:
+        raise ValueError(f"head_steps ({sampling.head_steps}) cannot exceed the {trained} steps the "
+                         f"residual head was trained with")
+    if sampling.maskgit_iters > patch_nums[-1] ** 2:
+        raise ValueError(f"maskgit_iters ({sampling.maskgit_iters}) cannot exceed the "
+                         f"{patch_nums[-1] ** 2} tokens of the last scale")
+
+
+def _ignore(record: ScaleRecord) -> None:
+    pass
+
+
+def per_scale(callback: Callable[[int], None]) -> Callable[[ScaleRecord], None]:
+    """An `on_scale` hook that calls `callback(si)` once per scale: on its first "codes" record,
+    not again for further MaskGIT rounds or for the residual (progress bars)."""
+    last = [None]
+
+    def on_scale(record: ScaleRecord) -> None:
+        if record.stage == "codes" and record.si != last[0]:
+            callback(record.si)
+        last[0] = record.si
+
+    return on_scale
 
 
 def maskgit_rounds(B: int, l: int, iterations: int, generator: torch.Generator | None,

@@ -28,10 +28,3 @@ class PhaseTimer:
         if self._last is not None:
             self.seconds[name] += now - self._last
         self._last = now
-
-
-class NullTimer:
-    """A timer that does nothing (the default in `generate`)."""
-
-    def mark(self, name: str) -> None:
-        pass

@@ -93,11 +93,11 @@ def test_teacher_forcing(case: GoldenCase, model):
     tf = model.transformer
     context, positions = case.tensors["ctx.context"], case.tensors["ctx.position_ids"]
     inputs = case.input("tok.var_input")
-    case.check("tf.block_input", tf.embed_sequence(tf.embed_context(context), inputs))
+    case.check("tf.block_input", tf.embed_sequence(tf.embed_context(context), inputs, tf.patch_nums))
     out = tf(context, positions, inputs)
     case.check("tf.block_out", out.hidden)
     case.check("tf.logits", out.logits)
-    last = tf.scale_slices()[-1]
+    last = tf.scale_slices(tf.patch_nums)[-1]
     idx = out.logits[:, last].argmax(dim=-1)
     case.check("tf.last_scale_idx_argmax", idx)
     case.check("tf.last_scale_margin", _margin(out.logits[:, last]))
@@ -111,7 +111,7 @@ def test_teacher_forcing(case: GoldenCase, model):
 @torch.no_grad()
 def test_diffusion_head(case: GoldenCase, model):
     head = model.head
-    Cv = head.config.latent_channels
+    Cv = head.latent_channels
     case.check("diff.net.out", head(case.input("diff.net.x"), case.input("diff.net.t"),
                                     case.input("diff.net.c")))
     # CFG on eps: the head sees the conditional x twice; variance values stay per half.
@@ -185,15 +185,16 @@ def test_inference(case: GoldenCase, model):
     block_in = tf.embed_context(torch.cat([context, uncond])) + tf.level_embedding(0)
     case.check("inf.block_in.0", block_in)
 
-    K = tf.config.num_scales
+    K = len(tf.patch_nums)
     records = []
     noise = DiffusionNoise(case.input("inf.diff.noise_init"),
                            list(case.input("inf.diff.noise_steps_cond_half")))
     # Argmax selection (top_k=1) makes the official Gumbel smoothing exactly one-hot.
     out = generate(model, context, positions, SamplingConfig(guidance_scale=cfg, top_k=1, smooth=True),
                    torch.Generator().manual_seed(0), diffusion_noise=noise, on_scale=records.append)
-    assert [r.si for r in records] == list(range(K))
-    for r in records:
+    scales = [r for r in records if r.stage == "codes"]
+    assert [r.si for r in scales] == list(range(K))
+    for r in scales:
         case.check(f"inf.block_out.{r.si}", r.hidden)
         case.check(f"inf.logits.{r.si}", r.logits)
         case.check(f"inf.idx.{r.si}", r.indices)
@@ -203,6 +204,7 @@ def test_inference(case: GoldenCase, model):
             case.check(f"inf.fhat.{r.si}", r.f_hat)
             case.check(f"inf.next_map.{r.si}", r.next_map)
     last = records[-1]
+    assert last.stage == "residual"
     case.check("inf.diff.cfg", torch.tensor([cfg * (K - 2) / (K - 1)]))
     case.check("inf.diff.z", last.diffusion_cond.flatten(0, 1))
     case.check("inf.diff.out_cond_half", last.residual.flatten(0, 1))

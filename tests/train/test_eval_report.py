@@ -8,7 +8,8 @@ import torch
 from openhart.cli import main
 from openhart.config import config_to_dict
 from openhart.data.synthetic import write_shapes
-from openhart.train.config import TransformerTrainConfig, train_config_from_dict
+from openhart.config import config_from_dict
+from openhart.train.config import TransformerTrainConfig
 from openhart.train.trainer import train
 from openhart.train.transformer_task import TransformerTask
 
@@ -17,7 +18,7 @@ from .conftest import transformer_config
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(latent_cache, tmp_path_factory):
-    cfg = train_config_from_dict(TransformerTrainConfig, transformer_config(
+    cfg = config_from_dict(TransformerTrainConfig, transformer_config(
         tmp_path_factory.mktemp("run") / "run", latent_cache, run={"steps": 2}))
     return train(TransformerTask(cfg), cfg.run, cfg.optim, config_to_dict(cfg), quiet=True)
 
@@ -94,7 +95,7 @@ def test_a_set_below_the_fid_minimum_says_so(tiny_model_dir, features_net, tmp_p
 def test_eval_curve_measures_retrieval_at_every_checkpoint(latent_cache, features_net, tmp_path, capsys,
                                                            monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    cfg = train_config_from_dict(TransformerTrainConfig, transformer_config(
+    cfg = config_from_dict(TransformerTrainConfig, transformer_config(
         tmp_path / "run", latent_cache, run={"steps": 2, "checkpoint_every": 1, "sample_every": 2},
         samples={"prompts": ["a red circle"], "accuracy_examples": 4}))
     train(TransformerTask(cfg), cfg.run, cfg.optim, config_to_dict(cfg), quiet=True)

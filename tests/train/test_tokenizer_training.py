@@ -3,7 +3,8 @@ import torch
 
 from openhart.data.datasets import ImageCaptionFolder
 from openhart.loading import load_tokenizer
-from openhart.train.config import TokenizerTrainConfig, train_config_from_dict
+from openhart.config import config_from_dict
+from openhart.train.config import TokenizerTrainConfig
 from openhart.train.tokenizer_task import TokenizerTask, TokenizerTrainingModule, reconstruction_metrics
 from openhart.train.trainer import train
 
@@ -11,7 +12,7 @@ from .conftest import metrics, tokenizer_config
 
 
 def _train(config: dict):
-    cfg = train_config_from_dict(TokenizerTrainConfig, config)
+    cfg = config_from_dict(TokenizerTrainConfig, config)
     from openhart.config import config_to_dict
     return train(TokenizerTask(cfg), cfg.run, cfg.optim, config_to_dict(cfg), quiet=True)
 
@@ -47,7 +48,7 @@ def test_decode_path_probability_is_respected(shapes_dir):
     from openhart.tokenizer import HybridTokenizer
     images = _images(shapes_dir)
     for prob, expected in ((0.0, 0.0), (1.0, 1.0)):
-        cfg = train_config_from_dict(TokenizerTrainConfig, tokenizer_config(
+        cfg = config_from_dict(TokenizerTrainConfig, tokenizer_config(
             "unused", shapes_dir, losses={"discrete_prob": prob}))
         module = TokenizerTrainingModule(HybridTokenizer(tokenizer_tiny()), cfg, None)
         assert all(module(images, step)[1]["discrete_step"].item() == expected for step in range(4))
@@ -88,7 +89,7 @@ def test_missing_perceptual_weights_fail_before_training(shapes_dir, tmp_path):
 
 
 def test_an_image_size_the_tokenizer_cannot_take_fails_before_compute(shapes_dir, tmp_path):
-    cfg = train_config_from_dict(TokenizerTrainConfig, tokenizer_config(tmp_path, shapes_dir, data={"resolution": 40}))
+    cfg = config_from_dict(TokenizerTrainConfig, tokenizer_config(tmp_path, shapes_dir, data={"resolution": 40}))
     with pytest.raises(ValueError, match="cannot take 40x40"):
         TokenizerTask(cfg)
 

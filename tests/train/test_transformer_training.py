@@ -6,15 +6,16 @@ import torch
 from openhart.config import config_to_dict
 from openhart.data.latent_cache import LatentCache, collate
 from openhart.pipeline import HARTPipeline
-from openhart.train.config import TransformerLossConfig, TransformerTrainConfig, train_config_from_dict
+from openhart.config import config_from_dict
+from openhart.train.config import TransformerLossConfig, TransformerTrainConfig
 from openhart.train.trainer import train
-from openhart.train.transformer_task import HARTTrainingModule, TransformerTask, kept_token_count
+from openhart.train.transformer_task import TransformerTask, kept_token_count
 
 from .conftest import make_cache, metrics, transformer_config
 
 
 def _train(config: dict):
-    cfg = train_config_from_dict(TransformerTrainConfig, config)
+    cfg = config_from_dict(TransformerTrainConfig, config)
     return train(TransformerTask(cfg), cfg.run, cfg.optim, config_to_dict(cfg), quiet=True)
 
 
@@ -96,13 +97,13 @@ def test_sample_steps_log_teacher_forced_accuracy_on_training_and_heldout_data(l
 def test_a_heldout_cache_of_other_scales_is_refused(latent_cache, shapes_dir, tiny_tokenizer_dir, tmp_path):
     other = make_cache(shapes_dir, tiny_tokenizer_dir, tmp_path / "c32", 32)
     with pytest.raises(ValueError, match="heldout_cache .* other scales or another text encoder"):
-        TransformerTask(train_config_from_dict(TransformerTrainConfig, transformer_config(
+        TransformerTask(config_from_dict(TransformerTrainConfig, transformer_config(
             tmp_path / "run", latent_cache, heldout_cache=str(other))))
 
 
 def _module(cache_path, **losses):
     cache = LatentCache(cache_path)
-    task = TransformerTask(train_config_from_dict(TransformerTrainConfig, transformer_config(
+    task = TransformerTask(config_from_dict(TransformerTrainConfig, transformer_config(
         "unused", cache_path, losses={"min_kept_tokens": 16, **losses})))
     torch.manual_seed(0)
     module = task.build(torch.device("cpu"))
@@ -154,7 +155,7 @@ def test_progressive_resolution_continues_from_the_low_resolution_stage(shapes_d
     full = make_cache(shapes_dir, tiny_tokenizer_dir, tmp_path / "c64", 64)
     stage2 = transformer_config(tmp_path / "high", full, run={"steps": 1},
                                 init_from=str(tmp_path / "low" / "checkpoints"))
-    task = TransformerTask(train_config_from_dict(TransformerTrainConfig, stage2))
+    task = TransformerTask(config_from_dict(TransformerTrainConfig, stage2))
     module = task.build(torch.device("cpu"))
     low_state = torch.load(sorted((tmp_path / "low" / "checkpoints").glob("*.pt"))[-1], weights_only=True)["ema"]
     for key, value in module.state_dict().items():

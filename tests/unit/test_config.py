@@ -3,9 +3,11 @@ import json
 import pytest
 
 from openhart.config import (
+    HARTConfig,
     TokenizerConfig,
     config_from_dict,
     config_to_dict,
+    hart_tiny,
     tokenizer_hart_1024,
     tokenizer_small,
     tokenizer_tiny,
@@ -69,7 +71,7 @@ def test_inconsistent_values_are_rejected(kwargs, message):
     ("TransformerConfig", {"embed_dim": 10**9, "num_heads": 1}, "embed_dim must be between 1 and 16384"),
     ("TransformerConfig", {"norm_eps": float("nan")}, "norm_eps must be between"),
     ("TransformerConfig", {"rope_theta": float("inf")}, "rope_theta must be between"),
-    ("TransformerConfig", {"patch_nums": (1, 2, 100000)}, "sides of at most 256"),
+    ("TokenizerConfig", {"patch_nums": (1, 2, 100000)}, "sides between 1 and 256"),
     ("DiffusionHeadConfig", {"num_train_timesteps": 10**11}, "num_train_timesteps must be between 1 and 100000"),
     ("DiffusionHeadConfig", {"residual_scale": float("inf")}, "residual_scale must be between"),
     ("DiffusionHeadConfig", {"width": -3}, "width must be between 1 and"),
@@ -93,8 +95,8 @@ def test_0p7b_presets_at_other_sizes():
     from openhart.config import HART_1024_PATCH_NUMS, hart_0p7b, hart_0p7b_1024
 
     assert hart_0p7b(1024) == hart_0p7b_1024()
-    assert hart_0p7b(256).transformer.patch_nums == (1, 2, 3, 4, 5, 7, 9, 12, 16)
-    assert hart_0p7b(512).transformer.patch_nums == HART_1024_PATCH_NUMS[:11] + (32,)
+    assert hart_0p7b(256).tokenizer.patch_nums == (1, 2, 3, 4, 5, 7, 9, 12, 16)
+    assert hart_0p7b(512).tokenizer.patch_nums == HART_1024_PATCH_NUMS[:11] + (32,)
     assert hart_0p7b(512).image_size == 512
     with pytest.raises(ValueError, match="multiple of 16"):
         hart_0p7b(500)
@@ -104,3 +106,22 @@ def test_missing_required_fields_are_named():
     from openhart.train.config import TransformerTrainConfig
     with pytest.raises(ValueError, match=r"missing required field\(s\) \['cache'\]"):
         config_from_dict(TransformerTrainConfig, {"run": {"output_dir": "r", "steps": 1, "batch_size": 1}})
+
+
+def test_each_fact_is_stored_once_and_format_1_copies_are_read_when_they_agree():
+    config = hart_tiny()
+    data = config_to_dict(config)
+    assert "patch_nums" not in data["transformer"] and "cond_dim" not in data["head"]
+    assert HARTConfig.from_dict(data) == config
+    tok = data["tokenizer"]
+    old = {**data, "transformer": {**data["transformer"], "patch_nums": tok["patch_nums"],
+                                   "latent_channels": tok["latent_channels"], "vocab_size": tok["vocab_size"]},
+           "head": {**data["head"], "latent_channels": tok["latent_channels"],
+                    "cond_dim": data["transformer"]["embed_dim"]}}
+    assert HARTConfig.from_dict(old) == config
+    bad = {**old, "head": {**old["head"], "cond_dim": 7}}
+    with pytest.raises(ValueError, match=r"head.cond_dim = 7 disagrees with transformer.embed_dim = 64"):
+        HARTConfig.from_dict(bad)
+    bad = {**old, "transformer": {**old["transformer"], "patch_nums": [1, 2]}}
+    with pytest.raises(ValueError, match="transformer.patch_nums"):
+        HARTConfig.from_dict(bad)

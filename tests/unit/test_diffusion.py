@@ -30,7 +30,7 @@ def test_cosine_schedule_closed_form():
 
 def _head():
     torch.manual_seed(0)
-    head = DiffusionHead(DiffusionHeadConfig(width=32, depth=2, latent_channels=4, cond_dim=8))
+    head = DiffusionHead(DiffusionHeadConfig(width=32, depth=2), latent_channels=4, cond_dim=8)
     with torch.no_grad():
         for p in head.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -48,7 +48,7 @@ def test_same_generator_same_sample_and_range():
 
 
 def test_initialisation_zeroes_the_output():
-    head = DiffusionHead(DiffusionHeadConfig(width=16, depth=1, latent_channels=4, cond_dim=8))
+    head = DiffusionHead(DiffusionHeadConfig(width=16, depth=1), latent_channels=4, cond_dim=8)
     head.initialize_weights()
     out = head(torch.randn(3, 4), torch.tensor([1, 500, 999]), torch.randn(3, 8))
     assert torch.equal(out, torch.zeros(3, 8))

@@ -3,7 +3,7 @@ import torch
 
 from openhart.eval.fid import frechet_distance, kernel_inception_distance
 from openhart.eval.inception import InceptionFeatures, preprocess
-from openhart.eval.metrics import psnr, ssim
+from openhart.eval.metrics import ssim
 
 
 def test_ssim_is_one_for_identical_images_and_falls_with_noise():
@@ -74,18 +74,18 @@ def test_teacher_forced_accuracy_counts_the_argmax_of_each_scale(tiny_model, tin
     from openhart.eval.accuracy import teacher_forced_accuracy
 
     tf, quantizer = tiny_model.transformer, tiny_model.tokenizer.quantizer
-    patch_nums = tf.config.patch_nums
+    patch_nums = tf.patch_nums
     g = torch.Generator().manual_seed(0)
-    codes = [torch.randint(0, tf.config.vocab_size, (2, pn * pn), generator=g) for pn in patch_nums]
+    codes = [torch.randint(0, tf.head.out_features, (2, pn * pn), generator=g) for pn in patch_nums]
     context, positions = tiny_context
     out = tf(context, positions, quantizer.teacher_forcing_input(codes, patch_nums))
     predicted = out.logits.argmax(-1)
     # make the targets agree with the prediction on exactly the first 5 tokens of the last scale
-    last = predicted[:, tf.scale_slices()[-1]].clone()
-    last[:, 5:] = (last[:, 5:] + 1) % tf.config.vocab_size
+    last = predicted[:, tf.scale_slices(tf.patch_nums)[-1]].clone()
+    last[:, 5:] = (last[:, 5:] + 1) % tf.head.out_features
     codes[-1] = last
     accuracy = teacher_forced_accuracy(tf, quantizer, codes, context, positions, batch_size=1)
     assert accuracy["last_scale_top1"] == pytest.approx(5 / patch_nums[-1] ** 2)
     # all scales: the earlier scales' predictions do not depend on the last scale's codes
-    earlier = sum(int((predicted[:, s] == c).sum()) for s, c in zip(tf.scale_slices()[:-1], codes[:-1]))
+    earlier = sum(int((predicted[:, s] == c).sum()) for s, c in zip(tf.scale_slices(tf.patch_nums)[:-1], codes[:-1]))
     assert accuracy["all_scales_top1"] == pytest.approx((earlier + 10) / (2 * sum(p * p for p in patch_nums)))

@@ -12,7 +12,7 @@ class OracleHead(DiffusionHead):
     """Predicts the true noise and the posterior variance (v = -1): the loss optimum."""
 
     def __init__(self, noise, eps_offset=0.0):
-        super().__init__(DiffusionHeadConfig(width=8, depth=1, latent_channels=4, cond_dim=4))
+        super().__init__(DiffusionHeadConfig(width=8, depth=1), latent_channels=4, cond_dim=4)
         self.noise, self.eps_offset = noise, eps_offset
 
     def forward(self, x, t, cond):
@@ -32,7 +32,7 @@ def test_diffusion_loss_is_zero_at_the_optimum_for_t_above_zero():
 
 def test_decoder_nll_at_t0_and_gradients_of_the_bound():
     schedule = DiffusionSchedule.cosine(1000)
-    head = DiffusionHead(DiffusionHeadConfig(width=16, depth=1, latent_channels=4, cond_dim=4))
+    head = DiffusionHead(DiffusionHeadConfig(width=16, depth=1), latent_channels=4, cond_dim=4)
     torch.manual_seed(0)
     target, cond = torch.rand(5, 4) - 0.5, torch.randn(5, 4)
     t0 = diffusion_loss(head, schedule, target, cond, t_N=torch.zeros(5, dtype=torch.long),

@@ -84,7 +84,7 @@ def _last_scale_record(model, context, positions, **kwargs):
     generate(model, context, positions, SamplingConfig(**{"guidance_scale": 3.0, **kwargs}),
              torch.Generator().manual_seed(0), on_scale=records.append)
     last = records[-1]
-    assert last.si == model.config.transformer.num_scales - 1 and last.residual is not None
+    assert last.si == model.config.num_scales - 1 and last.residual is not None
     return last
 
 
@@ -136,12 +136,12 @@ def test_head_temperature_scales_the_noise_of_every_step(tiny_model):
 
     head = tiny_model.head
     g = torch.Generator().manual_seed(0)
-    cond = torch.randn(6, head.config.cond_dim, generator=g)
+    cond = torch.randn(6, head.cond_embed.in_features, generator=g)
     schedule = DiffusionSchedule.cosine(head.config.num_train_timesteps, 4)
-    initial = torch.randn(6, head.config.latent_channels, generator=g)
+    initial = torch.randn(6, head.latent_channels, generator=g)
 
     def run(temperature, step_seed):
-        steps = [torch.randn(6, head.config.latent_channels, generator=torch.Generator().manual_seed(step_seed + k))
+        steps = [torch.randn(6, head.latent_channels, generator=torch.Generator().manual_seed(step_seed + k))
                  for k in range(4)]
         return sample_residual(head, cond, schedule, guidance=None, temperature=temperature,
                                noise=DiffusionNoise(initial=initial, steps=steps))

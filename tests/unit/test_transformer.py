@@ -1,9 +1,10 @@
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from openhart.config import TransformerConfig
+from openhart.config import TransformerConfig, hart_tiny, tokenizer_tiny
 from openhart.convert import official
 from openhart.model import HARTModel
 from openhart.transformer.kv_cache import KVCache
@@ -24,15 +25,15 @@ def test_cached_scale_steps_equal_teacher_forcing(tiny_model, tiny_context):
     full = tf(context, positions, inputs)
 
     cond = tf.embed_context(context)
-    cache = tf.new_cache(2, context.device, context.dtype)
+    cache = tf.new_cache(2, context.device, context.dtype, tf.patch_nums)
     hidden = [tf.forward_scale(cond + tf.level_embedding(0), tf.text_rope(positions), cache)]
     start = 0
-    for si, pn in enumerate(tf.config.patch_nums[1:], start=1):
+    for si, pn in enumerate(tf.patch_nums[1:], start=1):
         x = tf.embed_scale_input(inputs[:, start:start + pn * pn], si)
-        hidden.append(tf.forward_scale(x, tf.scale_rope(si, positions), cache))
+        hidden.append(tf.forward_scale(x, tf.scale_rope(si, positions, tf.patch_nums), cache))
         start += pn * pn
     torch.testing.assert_close(torch.cat(hidden, dim=1), full.hidden, atol=2e-5, rtol=1e-5)
-    assert cache.length == tf.config.sequence_length
+    assert cache.length == tf.config.context_tokens + sum(pn * pn for pn in tf.patch_nums) - 1
 
 
 def test_cache_overflow_is_an_error():
@@ -77,7 +78,7 @@ def test_rotate_is_x_cos_plus_rotate_half_x_sin_in_both_dtypes():
 def test_context_mask_does_not_matter_but_positions_do(tiny_model, tiny_context):
     tf = tiny_model.transformer
     context, positions = tiny_context
-    inputs = torch.randn(2, tf.config.num_image_tokens - 1, 8)
+    inputs = torch.randn(2, sum(pn * pn for pn in tf.patch_nums) - 1, 8)
     with torch.no_grad():
         a = tf(context, positions, inputs).logits
         b = tf(context, torch.arange(6).expand(2, -1), inputs).logits
@@ -122,8 +123,8 @@ def test_unsupported_official_switches_are_rejected(change, message):
 def test_config_validation():
     with pytest.raises(ValueError, match="multiple of 4"):
         TransformerConfig(embed_dim=60, num_heads=10)
-    with pytest.raises(ValueError, match="first scale must be 1x1"):
-        TransformerConfig(patch_nums=(2, 4))
+    with pytest.raises(ValueError, match="the first 1x1"):
+        dataclasses.replace(hart_tiny(), tokenizer=dataclasses.replace(tokenizer_tiny(), patch_nums=(2, 4)))
 
 
 @torch.no_grad()
@@ -135,14 +136,13 @@ def _teacher_inputs(model, batch=2, size=64, seed=3):
 
 @torch.no_grad()
 def test_a_prefix_of_the_scales_is_the_model_configured_with_that_prefix(tiny_model, tiny_context):
-    import dataclasses
     from openhart.transformer.model import HARTTransformer
     tf = tiny_model.transformer
     context, positions = tiny_context
-    prefix = tf.config.patch_nums[:5]
+    prefix = tf.patch_nums[:5]
     tokens, inputs = _teacher_inputs(tiny_model, size=prefix[-1] * 4)
     assert tokens.patch_nums == prefix
-    narrow = HARTTransformer(dataclasses.replace(tf.config, patch_nums=prefix))
+    narrow = HARTTransformer(tf.config, dataclasses.replace(tiny_model.config.tokenizer, patch_nums=prefix))
     narrow.load_state_dict(tf.state_dict())
     got = tf(context, positions, inputs, patch_nums=prefix)
     want = narrow(context, positions, inputs)
@@ -157,7 +157,7 @@ def test_subsampled_last_scale_rows_equal_the_full_sequence_rows(tiny_model, tin
     context, positions = tiny_context
     _, inputs = _teacher_inputs(tiny_model)
     full = tf(context, positions, inputs).logits
-    l = tf.config.patch_nums[-1] ** 2
+    l = tf.patch_nums[-1] ** 2
     keep = torch.stack([torch.randperm(l, generator=torch.Generator().manual_seed(i)) for i in range(2)])
     # all tokens kept, in another order per sample: same rows, permuted
     permuted = tf(context, positions, inputs, last_scale_keep_Bn=keep).logits
@@ -194,7 +194,7 @@ def test_uniform_unconditional_prefix_fills_the_cache_as_the_full_prefix_does(ti
     caches, hidden = [], []
     with torch.no_grad():
         for uniform in (False, True):
-            cache = tf.new_cache(context.shape[0], context.device, context.dtype)
+            cache = tf.new_cache(context.shape[0], context.device, context.dtype, tf.patch_nums)
             hidden.append(tf.forward_prefix(x, rope, cache, uncond_is_uniform=uniform))
             caches.append(cache)
     full, collapsed = caches

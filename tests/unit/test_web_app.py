@@ -64,7 +64,7 @@ def test_cli_pipeline_and_web_ui_draw_the_same_image(top_k, tmp_path):
     assert main(argv + ([] if top_k is None else ["--top-k", str(top_k)])) == 0
 
     defaults = pipe.default_sampling
-    request = validate_request(ServeLimits(), defaults, pipe.model.config.transformer.vocab_size,
+    request = validate_request(ServeLimits(), defaults, pipe.model.config.tokenizer.vocab_size,
                                prompt="a red apple", negative_prompt="", seed=5, guidance_scale=2.0, top_k=top_k,
                                top_p=defaults.top_p, smooth=defaults.smooth, head_steps=steps,
                                use_residual=defaults.use_residual, num_images=1,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import LAST_SCALE_MODES
 from ..images import image_grid, save_png
+from ..sampling import per_scale
 from ..seeding import check_seed
 from .common import UsageError, add_device_arguments, add_model_arguments, check_output_file, load_pipeline
 
@@ -142,6 +143,6 @@ def _scale_progress(pipe, quiet: bool, calls: int = 1):
         return
     from tqdm import tqdm
 
-    total = pipe.model.config.transformer.num_scales * calls
+    total = pipe.model.config.num_scales * calls
     with tqdm(total=total, desc="scales", unit="scale", file=sys.stderr, leave=False) as bar:
-        yield lambda record: bar.update(1)
+        yield per_scale(lambda si: bar.update(1))

@@ -172,7 +172,7 @@ _LLM_IGNORED_FIELDS = frozenset({
 _LLM_FIELD_MAP = {
     "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio",
     "context_token": "context_tokens", "context_dim": "context_dim",
-    "use_context_norm": "use_context_norm", "norm_eps": "norm_eps", "patch_nums": "patch_nums",
+    "use_context_norm": "use_context_norm", "norm_eps": "norm_eps",
 }
 _LLM_KEY_RULES = [
     (r"^lvl_embed\.mlp\.0\.", "transformer.level_embed.linear_1."),
@@ -281,7 +281,7 @@ def hart_config_from_official(llm: Mapping, tokenizer: Mapping) -> HARTConfig:
         ValueError: for unknown fields, and for switches other than the release's.
     """
     known = set(_LLM_FIELD_MAP) | set(_LLM_REQUIRED) | _LLM_IGNORED_FIELDS | HF_GENERIC_FIELDS
-    known |= {"diff_width", "diff_depth", "num_sampling_steps", "context_token"}
+    known |= {"diff_width", "diff_depth", "num_sampling_steps", "context_token", "patch_nums"}
     unknown = sorted(k for k in llm if k not in known and not k.startswith("_"))
     if unknown:
         raise ValueError(f"unknown field(s) in the official llm config: {unknown}")
@@ -296,14 +296,13 @@ def hart_config_from_official(llm: Mapping, tokenizer: Mapping) -> HARTConfig:
     if not steps.isdigit():
         raise ValueError(f"num_sampling_steps={steps!r} is not supported: expected a step count")
     tok = tokenizer_config_from_official(tokenizer)
+    if "patch_nums" in llm and llm["patch_nums"] != list(tok.patch_nums):
+        raise ValueError(f"the llm's patch_nums {llm['patch_nums']!r} differ from the tokenizer's "
+                         f"v_patch_nums {list(tok.patch_nums)}")
     kwargs = {ours: llm[theirs] for theirs, ours in _LLM_FIELD_MAP.items() if theirs in llm}
-    kwargs["patch_nums"] = tuple(kwargs.get("patch_nums", tok.patch_nums))
-    transformer = TransformerConfig(latent_channels=tok.latent_channels, vocab_size=tok.vocab_size,
-                                    **kwargs)
+    transformer = TransformerConfig(**kwargs)
     head = DiffusionHeadConfig(width=int(llm.get("diff_width", 1024)),
-                               depth=int(llm.get("diff_depth", 6)),
-                               latent_channels=tok.latent_channels, cond_dim=transformer.embed_dim,
-                               sampling_steps=int(steps))
+                               depth=int(llm.get("diff_depth", 6)), sampling_steps=int(steps))
     return HARTConfig(tokenizer=tok, transformer=transformer, head=head)
 
 

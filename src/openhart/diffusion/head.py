@@ -49,17 +49,23 @@ class FinalLayer(nn.Module):
 
 
 class DiffusionHead(nn.Module):
-    """MLP denoiser of residual tokens with learned-range variance output."""
+    """MLP denoiser of residual tokens with learned-range variance output.
 
-    def __init__(self, config: DiffusionHeadConfig):
+    Args:
+        latent_channels: width Cv of the residual tokens it models (the tokenizer's latent).
+        cond_dim: width of the per-token condition (the transformer's width C).
+    """
+
+    def __init__(self, config: DiffusionHeadConfig, *, latent_channels: int, cond_dim: int):
         super().__init__()
         self.config = config
+        self.latent_channels = latent_channels
         W = config.width
         self.time_embed = TimestepEmbedding(W)
-        self.cond_embed = nn.Linear(config.cond_dim, W)
-        self.input_proj = nn.Linear(config.latent_channels, W)
+        self.cond_embed = nn.Linear(cond_dim, W)
+        self.input_proj = nn.Linear(latent_channels, W)
         self.blocks = nn.ModuleList(AdaLNResBlock(W) for _ in range(config.depth))
-        self.final = FinalLayer(W, 2 * config.latent_channels)
+        self.final = FinalLayer(W, 2 * latent_channels)
 
     def forward(self, x_NCv: torch.Tensor, t_N: torch.Tensor, cond_NC: torch.Tensor) -> torch.Tensor:
         """Returns (N, 2 Cv): predicted noise, then variance interpolation values in [-1, 1]."""

@@ -60,7 +60,7 @@ def reverse_steps(head: DiffusionHead, cond_MC: torch.Tensor, schedule: Diffusio
                   ) -> Iterator[DiffusionStep]:
     """Yield each reverse step from pure noise to x0 (in the head's scaled residual units)."""
     N = cond_MC.shape[0] if guidance is None else cond_MC.shape[0] // 2
-    Cv = head.config.latent_channels
+    Cv = head.latent_channels
     device, dtype = cond_MC.device, cond_MC.dtype
     x = (noise.initial.to(device, dtype) if noise is not None
          else torch.randn(N, Cv, generator=generator, device=device, dtype=dtype))

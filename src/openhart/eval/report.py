@@ -113,48 +113,18 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
     say("(a) tokenizer reconstructions")
     heldout = splits[0]
     recons = {split.name: _reconstructions(pipe.model.tokenizer, split.images, batch_size) for split in splits}
-    continuous, discrete, _ = recons["heldout"]
     recon_features = {name: [features(images) for images in (c, d)] for name, (c, d, _) in recons.items()}
-    real_heldout = gallery_features[heldout.gallery_index]
-    reconstruction = {
-        name: {"rfid": frechet_distance(real_heldout, recon_features["heldout"][i]),
-               "psnr": float(psnr(images, heldout.images).mean()),
-               "ssim": float(ssim(images, heldout.images).mean())}
-        for i, (name, images) in enumerate((("continuous", continuous), ("discrete_only", discrete)))
-    }
-
-    results_splits, sheet_images = {}, {}
+    reconstruction = _reconstruction_metrics(heldout, recons["heldout"][:2], recon_features["heldout"],
+                                             gallery_features)
+    results_splits, generated = {}, {}
     for split in splits:
-        say(f"(b) teacher-forced accuracy: {split.name}")
-        accuracy = _accuracy(pipe, split, recons[split.name][2], batch_size)
-        real_features = gallery_features[split.gallery_index]
-        # retrieval of the tokenizer's reconstructions: the best a generated image can hope for
-        oracle = {name: _retrieval(feats, gallery_features, split.gallery_index)
-                  for name, feats in zip(("continuous", "discrete_only"), recon_features[split.name])}
-        generation = {}
-        for name, sampling in settings.items():
-            say(f"(c) generation, {split.name} captions: {name}")
-            images = _generate(pipe, split.captions, seed, batch_size, sampling)
-            gen_features = features(images)
-            kid, kid_std = kernel_inception_distance(real_features, gen_features, seed=seed)
-            generation[name] = {"fid": frechet_distance(real_features, gen_features), "kid_x1000": kid,
-                                "kid_x1000_std": kid_std,
-                                **_retrieval(gen_features, gallery_features, split.gallery_index)}
-            if split.name == "heldout":
-                sheet_images[name] = images[:SHEET_ROWS]
-        results_splits[split.name] = {"images": len(split.captions), "accuracy": accuracy,
-                                      "reconstruction_retrieval": oracle, "generation": generation}
+        results_splits[split.name], generated[split.name] = _split_results(
+            pipe, split, recons[split.name][2], recon_features[split.name], gallery_features, features,
+            settings, seed, batch_size, say)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["held-out image", "continuous reconstruction", "discrete-only reconstruction",
-               *(f"generated: {name}" for name in sheet_images)]
-    rows = []
-    for i in range(min(SHEET_ROWS, len(heldout.images))):
-        rows += to_pil(torch.stack([heldout.images[i], continuous[i], discrete[i],
-                                    *(g[i] for g in sheet_images.values())]))
-    save_png(image_grid(rows, columns=len(columns)), out / "contact_sheet.png",
-             {"columns": " | ".join(columns), "captions": " | ".join(heldout.captions[:SHEET_ROWS])})
+    columns = _write_contact_sheet(out / "contact_sheet.png", heldout, recons["heldout"][:2], generated["heldout"])
     results = {
         "model": str(model_dir), "data": str(data_dir), "train_data": None if train_data is None else str(train_data),
         "resolution": size, "seed": seed, "batch_size": batch_size, "inception": str(features.path),
@@ -172,6 +142,57 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
 
 
 # ----- steps -----------------------------------------------------------------------------------------
+
+
+def _reconstruction_metrics(heldout: Split, images: tuple[torch.Tensor, torch.Tensor],
+                            recon_features: list[torch.Tensor], gallery_features: torch.Tensor) -> dict:
+    """rFID, PSNR and SSIM of the continuous and discrete-only reconstructions of the held-out set."""
+    real = gallery_features[heldout.gallery_index]
+    return {name: {"rfid": frechet_distance(real, feats), "psnr": float(psnr(recon, heldout.images).mean()),
+                   "ssim": float(ssim(recon, heldout.images).mean())}
+            for name, recon, feats in zip(("continuous", "discrete_only"), images, recon_features)}
+
+
+def _split_results(pipe, split: Split, codes, recon_features: list[torch.Tensor],
+                   gallery_features: torch.Tensor, features: InceptionFeatures, settings: dict,
+                   seed: int, batch_size: int, say: Callable[[str], None]) -> tuple[dict, dict]:
+    """(b) and (c) for one split's captions: accuracy, the reconstructions' retrieval, and FID,
+    KID and retrieval of every variant's generations; also each variant's first images (for the
+    contact sheet)."""
+    say(f"(b) teacher-forced accuracy: {split.name}")
+    accuracy = _accuracy(pipe, split, codes, batch_size)
+    real_features = gallery_features[split.gallery_index]
+    # retrieval of the tokenizer's reconstructions: the best a generated image can hope for
+    oracle = {name: _retrieval(feats, gallery_features, split.gallery_index)
+              for name, feats in zip(("continuous", "discrete_only"), recon_features)}
+    generation, sheet_images = {}, {}
+    for name, sampling in settings.items():
+        say(f"(c) generation, {split.name} captions: {name}")
+        images = _generate(pipe, split.captions, seed, batch_size, sampling)
+        gen_features = features(images)
+        kid, kid_std = kernel_inception_distance(real_features, gen_features, seed=seed)
+        generation[name] = {"fid": frechet_distance(real_features, gen_features), "kid_x1000": kid,
+                            "kid_x1000_std": kid_std,
+                            **_retrieval(gen_features, gallery_features, split.gallery_index)}
+        sheet_images[name] = images[:SHEET_ROWS]
+    return ({"images": len(split.captions), "accuracy": accuracy, "reconstruction_retrieval": oracle,
+             "generation": generation}, sheet_images)
+
+
+def _write_contact_sheet(path: Path, heldout: Split, recons: tuple[torch.Tensor, torch.Tensor],
+                         generated: dict[str, torch.Tensor]) -> list[str]:
+    """Rows of held-out image, its reconstructions and each variant's generation; returns the
+    column titles."""
+    columns = ["held-out image", "continuous reconstruction", "discrete-only reconstruction",
+               *(f"generated: {name}" for name in generated)]
+    continuous, discrete = recons
+    rows = []
+    for i in range(min(SHEET_ROWS, len(heldout.images))):
+        rows += to_pil(torch.stack([heldout.images[i], continuous[i], discrete[i],
+                                    *(g[i] for g in generated.values())]))
+    save_png(image_grid(rows, columns=len(columns)), path,
+             {"columns": " | ".join(columns), "captions": " | ".join(heldout.captions[:SHEET_ROWS])})
+    return columns
 
 def _gallery(folders: dict[str, ImageCaptionFolder]) -> tuple[torch.Tensor, dict[str, int]]:
     """Every image of the folders in [0, 1], (M, 3, R, R), and where each folder starts."""

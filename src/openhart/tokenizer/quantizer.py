@@ -9,7 +9,7 @@ Whatever the codes do not explain is the continuous residual that the diffusion 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +56,17 @@ class TrainingQuantization:
     vq_loss: torch.Tensor
     indices: list[torch.Tensor]
     queries: torch.Tensor
+
+
+@dataclass
+class _ScaleStep:
+    """One scale of the residual quantization: the looked-up vectors (N, Cv), their codes
+    (B, pn**2), the code map as it enters f_hat (B, Cv, pK, pK) and the rest it was taken from."""
+
+    queries: torch.Tensor
+    indices: torch.Tensor
+    h: torch.Tensor
+    rest: torch.Tensor
 
 
 class PhiRefiners(nn.Module):
@@ -116,49 +127,46 @@ class MultiScaleQuantizer(nn.Module):
             f_BChw: latent (B, Cv, pK, pK) with pK = patch_nums[-1].
             patch_nums: scale sides, small to large.
         """
-        B, C, H, W = f_BChw.shape
-        assert H == W == patch_nums[-1], (f_BChw.shape, patch_nums)
-        num_scales = len(patch_nums)
-        f_rest = f_BChw.detach().clone()
         indices = []
-        for si, pn in enumerate(patch_nums):
-            z_BChw = area_downsample(f_rest, pn)
-            idx_N = self.lookup(rearrange(z_BChw, "b c h w -> (b h w) c"))
-            indices.append(idx_N.reshape(B, pn * pn))
-            h_BChw = self.embed(indices[-1], pn)
-            if si < num_scales - 1:
-                h_BChw = self.phi(bicubic_upsample(h_BChw, H), si, num_scales)
-            else:
-                last_scale_input = rearrange(f_rest, "b c h w -> b (h w) c").clone()
-            f_rest = f_rest - h_BChw
-        return QuantizedLatent(indices=indices, residual=f_rest, last_scale_input=last_scale_input)
+        for step in self._scale_steps(f_BChw, patch_nums):
+            indices.append(step.indices)
+        return QuantizedLatent(indices=indices, residual=step.rest - step.h.detach(),
+                               last_scale_input=rearrange(step.rest, "b c h w -> b (h w) c").clone())
 
     def quantize_for_training(self, f_BChw: torch.Tensor, patch_nums: Sequence[int],
                               beta: float) -> TrainingQuantization:
         """Quantize with gradients: codebook and Phi learn from the VQ loss, the encoder from the
         commitment term and from the straight-through f_hat."""
-        B, C, H, W = f_BChw.shape
-        assert H == W == patch_nums[-1], (f_BChw.shape, patch_nums)
         f_detached = f_BChw.detach()
-        f_rest = f_detached.clone()
         f_hat = torch.zeros_like(f_detached)
         vq_loss = f_BChw.new_zeros(())
         indices, queries = [], []
-        for si, pn in enumerate(patch_nums):
-            with torch.no_grad():
-                z_BChw = area_downsample(f_rest, pn)
-                queries.append(rearrange(z_BChw, "b c h w -> (b h w) c").float())
-                idx_N = self.lookup(queries[-1])
-            indices.append(idx_N.reshape(B, pn * pn))
-            h_BChw = self.embed(indices[-1], pn)
-            if si < len(patch_nums) - 1:
-                h_BChw = self.phi(bicubic_upsample(h_BChw, H), si, len(patch_nums))
-            f_hat = f_hat + h_BChw
-            f_rest = f_rest - h_BChw.detach()
+        for step in self._scale_steps(f_BChw, patch_nums, query_dtype=torch.float32):
+            indices.append(step.indices)
+            queries.append(step.queries)
+            f_hat = f_hat + step.h
             vq_loss = vq_loss + beta * F.mse_loss(f_hat.detach(), f_BChw) + F.mse_loss(f_hat, f_detached)
         f_hat_st = (f_hat.detach() - f_detached) + f_BChw
         return TrainingQuantization(f_hat=f_hat_st, vq_loss=vq_loss / len(patch_nums), indices=indices,
                                     queries=torch.cat(queries))
+
+    def _scale_steps(self, f_BChw: torch.Tensor, patch_nums: Sequence[int],
+                     query_dtype: torch.dtype | None = None) -> Iterator[_ScaleStep]:
+        """The residual quantization shared by `quantize` and `quantize_for_training`: at each
+        scale, look up the area-downsampled rest, and subtract the code map (refined by Phi
+        except at the last scale) from it. The lookups take no gradient; the maps do."""
+        B, _, H, W = f_BChw.shape
+        if not H == W == patch_nums[-1]:
+            raise ValueError(f"latent of shape {tuple(f_BChw.shape)} does not end at scale {patch_nums[-1]}")
+        rest = f_BChw.detach().clone()
+        for si, pn in enumerate(patch_nums):
+            with torch.no_grad():
+                queries = rearrange(area_downsample(rest, pn), "b c h w -> (b h w) c")
+                queries = queries if query_dtype is None else queries.to(query_dtype)
+                idx_Bl = self.lookup(queries).reshape(B, pn * pn)
+            h = self.scale_map(self.embed(idx_Bl, pn), si, patch_nums)
+            yield _ScaleStep(queries=queries, indices=idx_Bl, h=h, rest=rest)
+            rest = rest - h.detach()
 
     @torch.no_grad()
     def restart_codes(self, unused_V: torch.Tensor, queries_NC: torch.Tensor,
@@ -178,13 +186,16 @@ class MultiScaleQuantizer(nn.Module):
 
     # ----- codes -> latent -------------------------------------------------------------------------
 
+    def scale_map(self, h_BChw: torch.Tensor, si: int, patch_nums: Sequence[int]) -> torch.Tensor:
+        """Scale si's code map as it enters f_hat: Phi(upsample(h)), the last scale's as it is."""
+        if si == len(patch_nums) - 1:
+            return h_BChw
+        return self.phi(bicubic_upsample(h_BChw, patch_nums[-1]), si, len(patch_nums))
+
     def add_scale(self, f_hat_BChw: torch.Tensor, h_BChw: torch.Tensor, si: int,
                   patch_nums: Sequence[int]) -> torch.Tensor:
-        """f_hat + Phi(upsample(h)) for scale si; the last scale's map is added without Phi."""
-        if si == len(patch_nums) - 1:
-            return f_hat_BChw + h_BChw
-        side = patch_nums[-1]
-        return f_hat_BChw + self.phi(bicubic_upsample(h_BChw, side), si, len(patch_nums))
+        """f_hat + scale si's map."""
+        return f_hat_BChw + self.scale_map(h_BChw, si, patch_nums)
 
     def next_scale_input(self, si: int, f_hat_BChw: torch.Tensor, h_BChw: torch.Tensor,
                          patch_nums: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

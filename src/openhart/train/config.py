@@ -13,14 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import SamplingConfig, config_from_dict, config_to_dict
+from ..config import SamplingConfig, config_from_dict, invalid
 
 PRECISIONS = ("fp32", "bf16", "auto")
 PARALLEL_MODES = ("ddp", "fsdp")
-
-
-def _fail(owner: str, message: str) -> None:
-    raise ValueError(f"invalid {owner}: {message}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,20 +61,20 @@ class RunConfig:
     def __post_init__(self) -> None:
         name = "run config"
         if not self.output_dir:
-            _fail(name, "output_dir is required")
+            invalid(name, "output_dir is required")
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
-                _fail(name, f"{key} must be >= 1, got {getattr(self, key)}")
+                invalid(name, f"{key} must be >= 1, got {getattr(self, key)}")
         if self.prefetch_batches < 0:
-            _fail(name, f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
+            invalid(name, f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if self.sample_every < 0:
-            _fail(name, f"sample_every must be >= 0 (0 = no samples), got {self.sample_every}")
+            invalid(name, f"sample_every must be >= 0 (0 = no samples), got {self.sample_every}")
         if self.precision not in PRECISIONS:
-            _fail(name, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            invalid(name, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.parallel not in PARALLEL_MODES:
-            _fail(name, f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
+            invalid(name, f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
-            _fail(name, f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+            invalid(name, f"device must be auto, cpu, cuda or mps, got {self.device!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,15 +102,15 @@ class OptimConfig:
     def __post_init__(self) -> None:
         name = "optim config"
         if not self.lr > 0:
-            _fail(name, f"lr must be > 0, got {self.lr}")
+            invalid(name, f"lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            _fail(name, f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+            invalid(name, f"betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            _fail(name, "warmup_steps, weight_decay and grad_clip must be >= 0")
+            invalid(name, "warmup_steps, weight_decay and grad_clip must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
-            _fail(name, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            invalid(name, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.ema_decay < 1:
-            _fail(name, f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
+            invalid(name, f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,9 +129,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not self.path:
-            _fail("data config", "path is required (an image folder or tar shards)")
+            invalid("data config", "path is required (an image folder or tar shards)")
         if self.resolution < 1:
-            _fail("data config", f"resolution must be >= 1, got {self.resolution}")
+            invalid("data config", f"resolution must be >= 1, got {self.resolution}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,16 +165,16 @@ class TokenizerLossConfig:
     def __post_init__(self) -> None:
         name = "tokenizer loss config"
         if self.restart_dead_codes_every < 0:
-            _fail(name, "restart_dead_codes_every must be >= 0 (0 = never)")
+            invalid(name, "restart_dead_codes_every must be >= 0 (0 = never)")
         for key in ("l1", "l2", "vq", "gan", "perceptual"):
             if getattr(self, key) < 0:
-                _fail(name, f"{key} must be >= 0, got {getattr(self, key)}")
+                invalid(name, f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.discrete_prob <= 1:
-            _fail(name, f"discrete_prob must be in [0, 1], got {self.discrete_prob}")
+            invalid(name, f"discrete_prob must be in [0, 1], got {self.discrete_prob}")
         if self.gan_start_step < 0:
-            _fail(name, "gan_start_step must be >= 0")
+            invalid(name, "gan_start_step must be >= 0")
         if self.perceptual > 0 and not self.perceptual_weights:
-            _fail(name, "perceptual > 0 needs perceptual_weights: the path of a local "
+            invalid(name, "perceptual > 0 needs perceptual_weights: the path of a local "
                   "TorchScript feature network (nothing is downloaded); or set perceptual to 0")
 
 
@@ -205,12 +201,12 @@ class TokenizerTrainConfig:
 
     def __post_init__(self) -> None:
         if self.train not in ("all", "decoder"):
-            _fail("tokenizer train config", f"train must be 'all' or 'decoder', got {self.train!r}")
+            invalid("tokenizer train config", f"train must be 'all' or 'decoder', got {self.train!r}")
         if self.train == "decoder" and not self.init_from:
-            _fail("tokenizer train config", "train='decoder' fine-tunes an existing tokenizer: "
+            invalid("tokenizer train config", "train='decoder' fine-tunes an existing tokenizer: "
                   "set init_from to its folder")
         if self.eval_images < 1:
-            _fail("tokenizer train config", "eval_images must be >= 1")
+            invalid("tokenizer train config", "eval_images must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,19 +243,19 @@ class TransformerLossConfig:
     def __post_init__(self) -> None:
         name = "transformer loss config"
         if self.ce < 0 or self.diffusion < 0 or self.ce + self.diffusion == 0:
-            _fail(name, "ce and diffusion must be >= 0 and not both 0")
+            invalid(name, "ce and diffusion must be >= 0 and not both 0")
         if not 0 <= self.cond_drop_rate <= 1:
-            _fail(name, f"cond_drop_rate must be in [0, 1], got {self.cond_drop_rate}")
+            invalid(name, f"cond_drop_rate must be in [0, 1], got {self.cond_drop_rate}")
         if self.diffusion_batch_mul < 1 or self.min_kept_tokens < 1:
-            _fail(name, "diffusion_batch_mul and min_kept_tokens must be >= 1")
+            invalid(name, "diffusion_batch_mul and min_kept_tokens must be >= 1")
         if not 0 <= self.mask_rate_min <= self.mask_rate_max < 1 + 1e-9:
-            _fail(name, "need 0 <= mask_rate_min <= mask_rate_max <= 1")
+            invalid(name, "need 0 <= mask_rate_min <= mask_rate_max <= 1")
         if self.mask_rate_std <= 0:
-            _fail(name, "mask_rate_std must be > 0")
+            invalid(name, "mask_rate_std must be > 0")
         if self.diffusion_code not in ("sampled", "ground_truth"):
-            _fail(name, f"diffusion_code must be 'sampled' or 'ground_truth', got {self.diffusion_code!r}")
+            invalid(name, f"diffusion_code must be 'sampled' or 'ground_truth', got {self.diffusion_code!r}")
         if self.diffusion_top_k < 0 or not 0 <= self.diffusion_top_p < 1:
-            _fail(name, "diffusion_top_k must be >= 0 and diffusion_top_p in [0, 1)")
+            invalid(name, "diffusion_top_k must be >= 0 and diffusion_top_p in [0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,7 +276,7 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         if self.accuracy_examples < 0:
-            _fail("samples config", f"accuracy_examples must be >= 0, got {self.accuracy_examples}")
+            invalid("samples config", f"accuracy_examples must be >= 0, got {self.accuracy_examples}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,11 +316,11 @@ class TransformerTrainConfig:
 
     def __post_init__(self) -> None:
         if not self.cache:
-            _fail("transformer train config", "cache is required (a folder from `openhart cache`)")
+            invalid("transformer train config", "cache is required (a folder from `openhart cache`)")
         try:
             self.recommended_sampling()
         except ValueError as error:
-            _fail("transformer train config", f"sampling: {error}")
+            invalid("transformer train config", f"sampling: {error}")
 
     def recommended_sampling(self) -> SamplingConfig:
         """The `sampling` section as a `SamplingConfig` (last scale "consistent" unless given)."""
@@ -361,14 +357,7 @@ def load_train_config(cls: type[C], path: str | os.PathLike, overrides: list[str
                 raise ValueError(f"--set {key}: {part} is {target!r}, not a section of keys")
         target[last] = value
     try:
-        return train_config_from_dict(cls, data)
+        return config_from_dict(cls, data)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
 
-
-def train_config_from_dict(cls: type[C], data: dict) -> C:
-    return config_from_dict(cls, data)
-
-
-def train_config_to_dict(config: Any) -> dict:
-    return config_to_dict(config)

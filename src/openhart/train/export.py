@@ -49,7 +49,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
         tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in trained.items()})
         return save_tokenizer(storage_cast(tokenizer, dtype), out)
     if kind == "transformer":
-        model = HARTModel(config_from_dict(HARTConfig, state["config"]["hart"]))
+        model = HARTModel(HARTConfig.from_dict(state["config"]["hart"]))
         model.load_state_dict({**state["frozen"], **trained})
         model = storage_cast(model, dtype)
         extra = state.get("extra", {})

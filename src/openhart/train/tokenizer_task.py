@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TokenizerConfig, config_from_dict, config_to_dict, tokenizer_hart_1024, tokenizer_small, tokenizer_tiny
+from ..config import TOKENIZER_PRESETS, TokenizerConfig, config_from_dict, config_to_dict
 from ..data.datasets import ImageCaptionFolder, TarShards
 from ..eval.metrics import psnr
 from ..images import image_grid, save_png, to_pil
@@ -25,13 +25,11 @@ from ..tokenizer import HybridTokenizer
 from .config import TokenizerTrainConfig
 from .discriminator import PatchDiscriminator, discriminator_hinge_loss, generator_hinge_loss
 from .distributed import Distributed
-from .optim import build_optimizer
+from .optim import EMA, build_optimizer
 from .perceptual import PerceptualLoss
 from .trainer import TrainingTask
 
 logger = logging.getLogger(__name__)
-
-TOKENIZER_PRESETS = {"tiny": tokenizer_tiny, "small": tokenizer_small, "hart-1024": tokenizer_hart_1024}
 
 
 def tokenizer_config_from(model: Any) -> TokenizerConfig:
@@ -171,7 +169,8 @@ class TokenizerTask(TrainingTask):
 
     # ----- discriminator and codebook statistics -------------------------------------------------
 
-    def auxiliary_step(self, batch: torch.Tensor, step: int, dist: Distributed) -> dict[str, float]:
+    def auxiliary_step(self, batch: torch.Tensor, step: int, dist: Distributed,
+                       ema: EMA | None) -> dict[str, float]:
         last = self.module.last
         for idx in last["indices"]:
             hits = torch.bincount(idx.flatten().cpu(), minlength=len(self.code_counts)).double()
@@ -179,7 +178,7 @@ class TokenizerTask(TrainingTask):
             self.restart_counts += hits
         every = self.config.losses.restart_dead_codes_every
         if every and self.config.train == "all" and (step + 1) % every == 0:
-            self._restart_dead_codes(step, dist)
+            self._restart_dead_codes(step, dist, ema)
         if self.discriminator is None or step < self.config.losses.gan_start_step:
             return {}
         if self.disc_wrapped is None:
@@ -192,7 +191,7 @@ class TokenizerTask(TrainingTask):
         self.disc_optimizer.step()
         return {"gan_d": float(loss.detach())}
 
-    def _restart_dead_codes(self, step: int, dist: Distributed) -> None:
+    def _restart_dead_codes(self, step: int, dist: Distributed, ema: EMA | None) -> None:
         """Unused codes (over all processes) move onto looked-up vectors of the main process,
         which every process then receives, so the codebooks stay identical."""
         unused = dist.sum(self.restart_counts.clone()) == 0
@@ -209,8 +208,8 @@ class TokenizerTask(TrainingTask):
             if isinstance(weight, DTensor):
                 raise ValueError("restart_dead_codes_every is not supported with parallel 'fsdp'")
             torch_dist.broadcast(weight.data, src=0)
-        if self.ema is not None:  # a restarted code must not be averaged with its dead value
-            shadow = self.ema.shadow["tokenizer.quantizer.codebook.weight"]
+        if ema is not None:  # a restarted code must not be averaged with its dead value
+            shadow = ema.shadow["tokenizer.quantizer.codebook.weight"]
             shadow[unused.to(shadow.device)] = weight.data[unused.to(weight.device)].to(shadow.dtype)
 
     def interval_metrics(self, dist: Distributed) -> dict[str, float]:

@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,6 @@ class TrainingTask:
     """What a trainer needs from a task; see `TokenizerTask` and `TransformerTask`."""
 
     kind: str = ""
-    ema: "EMA | None" = None  # set by the trainer; a task may edit averaged weights it replaces
 
     def build(self, device: torch.device) -> nn.Module:
         """The trainable module; its forward(batch, step) returns (loss, {name: value})."""
@@ -66,7 +66,9 @@ class TrainingTask:
         """{"images": n, "tokens": n} of one process's batch, for throughput."""
         raise NotImplementedError
 
-    def auxiliary_step(self, batch, step: int, dist: Distributed) -> dict[str, float]:
+    def auxiliary_step(self, batch, step: int, dist: Distributed, ema: EMA | None) -> dict[str, float]:
+        """Task-specific work after the optimiser step (`ema`: the run's averaged weights, which
+        a task may edit where it replaces weights)."""
         return {}
 
     def interval_metrics(self, dist: Distributed) -> dict[str, float]:
@@ -91,6 +93,28 @@ class TrainingTask:
         raise NotImplementedError
 
 
+@dataclass
+class TrainState:
+    """Everything one training run holds between steps."""
+
+    task: TrainingTask
+    run: RunConfig
+    optim: OptimConfig
+    train_config: dict
+    dist: Distributed
+    wrapped: nn.Module              # the module as DDP / FSDP runs it
+    model: nn.Module                # the same module, unwrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+    stream: Any                     # openhart.data.stream.BatchStream
+    step: int = 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.run.output_dir)
+
+
 def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: dict, *,
           resume: str | None = "auto", quiet: bool = False) -> Path | None:
     """Run (or resume) a training run; returns the exported model folder on the main process.
@@ -100,102 +124,137 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
         resume: "auto" (the newest checkpoint of the run folder, if any), a checkpoint file or
             folder, or None (start afresh even if the run folder has checkpoints).
     """
-    out = Path(run.output_dir)
-    ckpt_dir = out / CHECKPOINT_DIR
-    resume_from = _resume_source(resume, ckpt_dir)
+    resume_from = _resume_source(resume, Path(run.output_dir) / CHECKPOINT_DIR)
     resumed = load_checkpoint(resume_from, task.architecture()) if resume_from else None
-
     dist = Distributed.from_env(run.device)
     try:
-        if run.batch_size % dist.world_size:
-            raise ValueError(f"the global batch size {run.batch_size} must be divisible by the "
-                             f"number of processes {dist.world_size}")
-        torch.manual_seed(run.seed)  # same initial weights in every process
-        module = task.build(dist.device)
-        wrapped = dist.wrap(module, run.parallel, task.shard_units(module))
-        model = unwrap(wrapped)
-        optimizer = build_optimizer(model, optim.lr, optim.weight_decay, tuple(optim.betas))
-        scheduler = build_scheduler(optimizer, optim.warmup_steps, run.steps, optim.min_lr_ratio)
-        ema = EMA(model, optim.ema_decay) if optim.ema_decay > 0 else None
-        task.ema = ema
-        from ..data.stream import BatchStream
-
-        stream = BatchStream(task.dataset(), run.batch_size // dist.world_size, run.seed,
-                             dist.rank, dist.world_size, prefetch=run.prefetch_batches)
-        step = 0
+        state = _setup(task, run, optim, train_config, dist)
         if resumed is not None:
-            step = _restore(resumed, model, optimizer, scheduler, ema, stream, task, dist)
-            logger.info("resumed from %s at step %d", resume_from, step)
+            state.step = _restore(state, resumed)
+            logger.info("resumed from %s at step %d", resume_from, state.step)
         if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            _write_run_file(out / "run.json", train_config)
-            _truncate_metrics(out / METRICS_FILE, step)
-        writer = _tensorboard(out, run.tensorboard) if dist.is_main else None
-
+            state.out.mkdir(parents=True, exist_ok=True)
+            _write_run_file(state.out / "run.json", train_config)
+            _truncate_metrics(state.out / METRICS_FILE, state.step)
+        writer = _tensorboard(state.out, run.tensorboard) if dist.is_main else None
         autocast = autocast_context(run.precision, dist.device)
         if run.precision == "auto":
-            logger.info("precision auto: %s on %s", resolved_precision(run.precision, dist.device),
-                        dist.device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        bar = tqdm(total=run.steps, initial=step, disable=quiet or not dist.is_main, file=sys.stderr,
+            logger.info("precision auto: %s on %s", resolved_precision(run.precision, dist.device), dist.device)
+        bar = tqdm(total=run.steps, initial=state.step, disable=quiet or not dist.is_main, file=sys.stderr,
                    desc=f"train {task.kind}", dynamic_ncols=True)
-        window = {"start": time.perf_counter(), "steps": 0, "images": 0, "tokens": 0, "sums": {}}
-        while step < run.steps:
-            wrapped.train()
-            batch = task.collate(stream.next_batch(), dist.device)
-            with autocast:
-                loss, metrics = wrapped(batch, step)
-            if not torch.isfinite(loss):
-                raise ValueError(f"the loss is {loss.item()} at step {step}; lower the "
-                                         "learning rate or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            metrics = {"loss": loss.detach(), **metrics, "grad_norm": grad_norm}
-            metrics.update(task.auxiliary_step(batch, step, dist))
-            step += 1
-
-            counts = task.batch_counts(batch)
-            window["steps"] += 1
-            window["images"] += counts["images"] * dist.world_size
-            window["tokens"] += counts["tokens"] * dist.world_size
-            for key, value in metrics.items():
-                window["sums"][key] = window["sums"].get(key, 0.0) + float(value)
+        window = _Window()
+        while state.step < run.steps:
+            batch, metrics = _train_step(state, autocast)
+            window.add(task.batch_counts(batch), metrics, dist.world_size)
             bar.update(1)
+            step = state.step
             if step % run.log_every == 0 or step == run.steps:
-                record = _log_record(step, window, dist, scheduler, task)
-                if dist.is_main:
-                    _append_metrics(out / METRICS_FILE, record)
-                    if writer is not None:
-                        for key, value in record.items():
-                            if key != "step":
-                                writer.add_scalar(key, value, step)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}",
-                                    tok_s=f"{record['tokens_per_s']:.0f}")
-                window = {"start": time.perf_counter(), "steps": 0, "images": 0, "tokens": 0, "sums": {}}
+                _log(state, window, writer, bar)
+                window = _Window()
             if step % run.checkpoint_every == 0 or step == run.steps:
-                _save(ckpt_dir, step, model, optimizer, scheduler, ema, stream, task, dist, run,
-                      train_config)
+                _save(state)
             if (run.sample_every and (step % run.sample_every == 0 or step == run.steps)) or step in run.sample_at:
-                state = _full_weights(model, ema)
-                if dist.is_main:
-                    sample_metrics = task.write_samples(step, state, out / "samples")
-                    if sample_metrics:
-                        _append_metrics(out / METRICS_FILE, {"step": step, **sample_metrics})
-                dist.barrier()
+                _write_samples(state)
         bar.close()
-        state = _full_weights(model, ema)
-        exported = task.export(state, out / "model") if dist.is_main else None
+        weights = _full_weights(state.model, state.ema)
+        exported = task.export(weights, state.out / "model") if dist.is_main else None
         dist.barrier()
         if writer is not None:
             writer.close()
         return exported
     finally:
         dist.close()
+
+
+def _setup(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: dict,
+           dist: Distributed) -> TrainState:
+    """The module (wrapped for DDP / FSDP), its optimizer, schedule and EMA, and the data stream."""
+    from ..data.stream import BatchStream
+
+    if run.batch_size % dist.world_size:
+        raise ValueError(f"the global batch size {run.batch_size} must be divisible by the "
+                         f"number of processes {dist.world_size}")
+    torch.manual_seed(run.seed)  # same initial weights in every process
+    module = task.build(dist.device)
+    wrapped = dist.wrap(module, run.parallel, task.shard_units(module))
+    model = unwrap(wrapped)
+    optimizer = build_optimizer(model, optim.lr, optim.weight_decay, tuple(optim.betas))
+    return TrainState(
+        task=task, run=run, optim=optim, train_config=train_config, dist=dist, wrapped=wrapped, model=model,
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, optim.warmup_steps, run.steps, optim.min_lr_ratio),
+        ema=EMA(model, optim.ema_decay) if optim.ema_decay > 0 else None,
+        stream=BatchStream(task.dataset(), run.batch_size // dist.world_size, run.seed, dist.rank,
+                           dist.world_size, prefetch=run.prefetch_batches))
+
+
+def _train_step(state: TrainState, autocast) -> tuple[Any, dict]:
+    """One optimisation step (and the task's auxiliary step); returns the batch and its metrics."""
+    state.wrapped.train()
+    batch = state.task.collate(state.stream.next_batch(), state.dist.device)
+    with autocast:
+        loss, metrics = state.wrapped(batch, state.step)
+    if not torch.isfinite(loss):
+        raise ValueError(f"the loss is {loss.item()} at step {state.step}; lower the learning rate or "
+                         "check the data")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in state.model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, state.optim.grad_clip or float("inf"))
+    state.optimizer.step()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update(state.model)
+    metrics = {"loss": loss.detach(), **metrics, "grad_norm": grad_norm}
+    metrics.update(state.task.auxiliary_step(batch, state.step, state.dist, state.ema))
+    state.step += 1
+    return batch, metrics
+
+
+@dataclass
+class _Window:
+    """Sums of the metrics and counts since the last log line."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    images: int = 0
+    tokens: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, counts: dict[str, int], metrics: dict, world_size: int) -> None:
+        self.steps += 1
+        self.images += counts["images"] * world_size
+        self.tokens += counts["tokens"] * world_size
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+
+
+def _log(state: TrainState, window: _Window, writer, bar) -> None:
+    """Mean metrics of the window over all processes: metrics.jsonl, TensorBoard and the bar."""
+    means = state.dist.mean({k: v / window.steps for k, v in window.sums.items()})
+    means.update(state.task.interval_metrics(state.dist))
+    seconds = max(time.perf_counter() - window.start, 1e-9)
+    record = {"step": state.step, **means, "lr": state.scheduler.get_last_lr()[0],
+              "images_per_s": window.images / seconds, "tokens_per_s": window.tokens / seconds,
+              "seconds_per_step": seconds / window.steps}
+    if not state.dist.is_main:
+        return
+    _append_metrics(state.out / METRICS_FILE, record)
+    if writer is not None:
+        for key, value in record.items():
+            if key != "step":
+                writer.add_scalar(key, value, state.step)
+    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}",
+                    tok_s=f"{record['tokens_per_s']:.0f}")
+
+
+def _write_samples(state: TrainState) -> None:
+    """Samples (and their metrics) from the current weights, EMA when kept; main process only."""
+    weights = _full_weights(state.model, state.ema)
+    if state.dist.is_main:
+        sample_metrics = state.task.write_samples(state.step, weights, state.out / "samples")
+        if sample_metrics:
+            _append_metrics(state.out / METRICS_FILE, {"step": state.step, **sample_metrics})
+    state.dist.barrier()
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
@@ -258,69 +317,69 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu()
 
 
-def _save(ckpt_dir: Path, step: int, model, optimizer, scheduler, ema, stream, task, dist, run,
-          train_config) -> None:
+def _save(state: TrainState) -> None:
+    """A checkpoint of everything a resume needs (collective: every process gathers its part)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    options = _state_options()
-    state = {
+    task, dist, ema = state.task, state.dist, state.ema
+    checkpoint = {
         "kind": task.kind,
         "config": task.architecture(),
-        "train_config": train_config,
-        "model": _model_state(model),
-        "optimizer": get_optimizer_state_dict(model, optimizer, options=options),
-        "scheduler": scheduler.state_dict(),
+        "train_config": state.train_config,
+        "model": _model_state(state.model),
+        "optimizer": get_optimizer_state_dict(state.model, state.optimizer, options=_state_options()),
+        "scheduler": state.scheduler.state_dict(),
         "ema": {k: _full(v) for k, v in ema.state_dict().items()} if ema is not None else None,
         "frozen": task.frozen_state(),
         "extra": task.extra_state(dist),
         "world_size": dist.world_size,
-        "data_positions": dist.gather_objects(stream.state_dict()),
+        "data_positions": dist.gather_objects(state.stream.state_dict()),
         "rng": dist.gather_objects(rng_states({})),
     }
     if dist.is_main:
-        save_checkpoint(ckpt_dir, step, state, keep_last=run.keep_checkpoints)
+        save_checkpoint(state.out / CHECKPOINT_DIR, state.step, checkpoint, keep_last=state.run.keep_checkpoints)
     dist.barrier()
 
 
-def _restore(state: dict, model, optimizer, scheduler, ema, stream, task, dist) -> int:
+def _restore(state: TrainState, checkpoint: dict) -> int:
+    """Load a checkpoint into the run's state; returns its step."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-    from torch.distributed.tensor import DTensor, distribute_tensor
 
-    if state.get("kind") != task.kind:
-        raise CheckpointError(f"the checkpoint is from {state.get('kind')!r} training, not {task.kind!r}")
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=StateDictOptions(full_state_dict=True))
-    scheduler.load_state_dict(state["scheduler"])
-    if ema is not None:
-        if state.get("ema") is None:
+    task, dist = state.task, state.dist
+    if checkpoint.get("kind") != task.kind:
+        raise CheckpointError(f"the checkpoint is from {checkpoint.get('kind')!r} training, not {task.kind!r}")
+    set_state_dict(state.model, state.optimizer, model_state_dict=checkpoint["model"],
+                   optim_state_dict=checkpoint["optimizer"], options=StateDictOptions(full_state_dict=True))
+    state.scheduler.load_state_dict(checkpoint["scheduler"])
+    if state.ema is not None:
+        if checkpoint.get("ema") is None:
             raise CheckpointError("the checkpoint has no EMA weights but this run keeps them "
                                   "(set optim.ema_decay to 0, or start afresh)")
-        shadow = {}
-        for key, current in ema.state_dict().items():
-            full = state["ema"][key].to(device=current.device if not isinstance(current, DTensor)
-                                        else current.to_local().device)
-            shadow[key] = (distribute_tensor(full, current.device_mesh, current.placements)
-                           if isinstance(current, DTensor) else full)
-        ema.load_state_dict(shadow)
-    task.load_extra_state(state.get("extra", {}))
-    if state["world_size"] == dist.world_size:
-        stream.position = type(stream.position)(**state["data_positions"][dist.rank])
-        restore_rng_states({}, state["rng"][dist.rank])
+        _restore_ema(state.ema, checkpoint["ema"])
+    task.load_extra_state(checkpoint.get("extra", {}))
+    stream = state.stream
+    if checkpoint["world_size"] == dist.world_size:
+        stream.position = type(stream.position)(**checkpoint["data_positions"][dist.rank])
+        restore_rng_states({}, checkpoint["rng"][dist.rank])
     else:
-        epoch = max(p["epoch"] for p in state["data_positions"]) + 1
+        epoch = max(p["epoch"] for p in checkpoint["data_positions"]) + 1
         logger.warning("the checkpoint was written by %d processes and this run has %d: the data "
-                       "stream restarts at epoch %d", state["world_size"], dist.world_size, epoch)
+                       "stream restarts at epoch %d", checkpoint["world_size"], dist.world_size, epoch)
         stream.position = type(stream.position)(epoch, 0)
-    return int(state["step"])
+    return int(checkpoint["step"])
 
 
-def _log_record(step: int, window: dict, dist: Distributed, scheduler, task) -> dict[str, float]:
-    means = dist.mean({k: v / window["steps"] for k, v in window["sums"].items()})
-    means.update(task.interval_metrics(dist))
-    seconds = max(time.perf_counter() - window["start"], 1e-9)
-    return {"step": step, **means, "lr": scheduler.get_last_lr()[0],
-            "images_per_s": window["images"] / seconds, "tokens_per_s": window["tokens"] / seconds,
-            "seconds_per_step": seconds / window["steps"]}
+def _restore_ema(ema: EMA, full_shadow: dict[str, torch.Tensor]) -> None:
+    """Load full (unsharded) EMA weights, sharded like the current ones under FSDP."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    shadow = {}
+    for key, current in ema.state_dict().items():
+        full = full_shadow[key].to(device=current.device if not isinstance(current, DTensor)
+                                   else current.to_local().device)
+        shadow[key] = (distribute_tensor(full, current.device_mesh, current.placements)
+                       if isinstance(current, DTensor) else full)
+    ema.load_state_dict(shadow)
 
 
 def _append_metrics(path: Path, record: dict) -> None:

@@ -25,13 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import (
-    DiffusionHeadConfig,
-    HARTConfig,
-    TransformerConfig,
-    config_from_dict,
-    config_to_dict,
-)
+from ..config import MODEL_PRESETS, HARTConfig, config_to_dict
 from ..data.latent_cache import CachedBatch, LatentCache, collate
 from ..diffusion.head import DiffusionHead
 from ..diffusion.schedule import DiffusionSchedule
@@ -54,33 +48,28 @@ logger = logging.getLogger(__name__)
 
 def model_config_from(model: Any, tokenizer: HybridTokenizer, context_tokens: int,
                       context_dim: int) -> HARTConfig:
-    """A preset ("tiny", "0.7b") or {"transformer": {...}, "head": {...}}, completed with the
-    fields that the tokenizer and the text encoder fix."""
+    """A preset of `MODEL_PRESETS` ("tiny", "0.7b") or {"transformer": {...}, "head": {...}},
+    over the cache's tokenizer and text encoder (which fix the text prefix's length and width)."""
     if isinstance(model, str):
-        presets = {"tiny": ({"embed_dim": 64, "depth": 2, "num_heads": 4}, {"width": 48, "depth": 2}),
-                   "0.7b": ({}, {})}
-        if model not in presets:
-            raise ValueError(f"unknown model preset {model!r}; choose one of {sorted(presets)} or "
+        if model not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {model!r}; choose one of {sorted(MODEL_PRESETS)} or "
                              "give {\"transformer\": {...}, \"head\": {...}}")
-        transformer, head = presets[model]
+        preset = MODEL_PRESETS[model]()
+        transformer, head = config_to_dict(preset.transformer), config_to_dict(preset.head)
     elif isinstance(model, dict):
         unknown = sorted(set(model) - {"transformer", "head"})
         if unknown:
             raise ValueError(f"unknown model section(s) {unknown}; expected 'transformer' and 'head'")
         transformer, head = dict(model.get("transformer", {})), dict(model.get("head", {}))
+        for key, value in {"context_tokens": context_tokens, "context_dim": context_dim}.items():
+            if key in transformer and transformer[key] != value:
+                raise ValueError(f"model.transformer.{key} = {transformer[key]} but the text encoder of "
+                                 f"the cache fixes it to {value}; leave it out")
     else:
         raise ValueError(f"model must be a preset name or an object, got {model!r}")
-    tok = tokenizer.config
-    fixed = {"patch_nums": list(tok.patch_nums), "latent_channels": tok.latent_channels,
-             "vocab_size": tok.vocab_size, "context_tokens": context_tokens, "context_dim": context_dim}
-    for key, value in fixed.items():
-        if key in transformer and transformer[key] != value:
-            raise ValueError(f"model.transformer.{key} = {transformer[key]} but the tokenizer / text "
-                             f"encoder of the cache fix it to {value}; leave it out")
-    tf_config = config_from_dict(TransformerConfig, {**transformer, **fixed})
-    head_fixed = {"latent_channels": tok.latent_channels, "cond_dim": tf_config.embed_dim}
-    head_config = config_from_dict(DiffusionHeadConfig, {**head, **head_fixed})
-    return HARTConfig(tokenizer=tok, transformer=tf_config, head=head_config)
+    transformer.update(context_tokens=context_tokens, context_dim=context_dim)
+    return HARTConfig.from_dict({"tokenizer": config_to_dict(tokenizer.config), "transformer": transformer,
+                                 "head": head})
 
 
 class HARTTrainingModule(nn.Module):
@@ -90,8 +79,9 @@ class HARTTrainingModule(nn.Module):
     def __init__(self, config: HARTConfig, tokenizer: HybridTokenizer, losses: TransformerLossConfig,
                  patch_nums: tuple[int, ...], seed: int, checkpointing: bool):
         super().__init__()
-        self.transformer = HARTTransformer(config.transformer)
-        self.head = DiffusionHead(config.head)
+        self.transformer = HARTTransformer(config.transformer, config.tokenizer)
+        self.head = DiffusionHead(config.head, latent_channels=config.tokenizer.latent_channels,
+                                  cond_dim=config.transformer.embed_dim)
         self.head.initialize_weights()
         self.__dict__["tokenizer"] = tokenizer.eval().requires_grad_(False)
         self.losses, self.patch_nums, self.seed = losses, patch_nums, seed
@@ -100,7 +90,7 @@ class HARTTrainingModule(nn.Module):
 
     def forward(self, batch: CachedBatch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, patch_nums = self.losses, self.patch_nums
-        device, B = batch.context.device, batch.size
+        device = batch.context.device
         l = patch_nums[-1] ** 2
         generators = [keyed_generator("example", self.seed, step, int(i), device=device)
                       for i in batch.indices]
@@ -184,9 +174,9 @@ class TransformerTask(TrainingTask):
         self.model_config = model_config_from(config.model, self.tokenizer, encoder["context_tokens"],
                                               encoder["context_dim"])
         self.patch_nums = self.cache.patch_nums
-        if self.patch_nums != self.model_config.transformer.patch_nums[: len(self.patch_nums)]:
+        if self.patch_nums != self.model_config.tokenizer.patch_nums[: len(self.patch_nums)]:
             raise ValueError(f"the cache's scales {list(self.patch_nums)} are not a prefix of the "
-                             f"model's {list(self.model_config.transformer.patch_nums)}")
+                             f"model's {list(self.model_config.tokenizer.patch_nums)}")
         self.init_state = _initial_weights(config.init_from, self.model_config) if config.init_from else None
         self.sampling = config.recommended_sampling()
         self.heldout = self._open_heldout_cache(config.heldout_cache) if config.heldout_cache else None

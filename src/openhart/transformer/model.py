@@ -23,7 +23,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..common import RMSNorm, TimestepEmbedding
-from ..config import TransformerConfig
+from ..config import TokenizerConfig, TransformerConfig
 from .kv_cache import KVCache
 from .layers import AdaLNHeadNorm, Block
 from .rope import block_tables, image_positions, image_rope, text_rope
@@ -42,20 +42,28 @@ class TeacherForcingOutput:
 
 
 class HARTTransformer(nn.Module):
-    """The released HART transformer (no per-block AdaLN; text conditioning through the prefix)."""
+    """The released HART transformer (no per-block AdaLN; text conditioning through the prefix).
 
-    def __init__(self, config: TransformerConfig):
+    It predicts the codes of the tokenizer described by `tokens`: its scales (`patch_nums`), its
+    latent width (the input of `word_embed`) and its codebook size (the output of `head`).
+
+    Methods that take `patch_nums` expect the model's scales or a prefix of them, checked once
+    where a caller enters (`forward`, or `check_patch_nums` in the sampler).
+    """
+
+    def __init__(self, config: TransformerConfig, tokens: TokenizerConfig):
         super().__init__()
         self.config = config
+        self.patch_nums = tokens.patch_nums
         C = config.embed_dim
         self.context_norm = (RMSNorm(config.context_dim, config.norm_eps)
                              if config.use_context_norm else nn.Identity())
         self.context_embed = nn.Linear(config.context_dim, C)
-        self.word_embed = nn.Linear(config.latent_channels, C)
+        self.word_embed = nn.Linear(tokens.latent_channels, C)
         self.level_embed = TimestepEmbedding(C)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.head_norm = AdaLNHeadNorm(C, C, config.norm_eps)
-        self.head = nn.Linear(C, config.vocab_size)
+        self.head = nn.Linear(C, tokens.vocab_size)
         self.diffusion_cond_norm = RMSNorm(C, config.norm_eps)
 
     # ----- embeddings --------------------------------------------------------------------------
@@ -79,15 +87,13 @@ class HARTTransformer(nn.Module):
     def text_rope(self, position_ids_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return text_rope(position_ids_BT, self.config.head_dim, self.config.rope_theta)
 
-    def scale_rope(self, si: int, position_ids_BT: torch.Tensor,
-                   token_idx_Bl: torch.Tensor | None = None,
-                   patch_nums: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def scale_rope(self, si: int, position_ids_BT: torch.Tensor, patch_nums: Sequence[int],
+                   token_idx_Bl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables of scale si >= 1 (optionally of a subset of its tokens, (B, l) indices).
 
-        Positions are laid out on the grid of the last of `patch_nums` (the configured scales by
-        default, or a prefix of them for a lower resolution).
+        Positions are laid out on the grid of the last of `patch_nums` (the model's scales, or a
+        prefix of them for a lower resolution).
         """
-        patch_nums = self.check_patch_nums(patch_nums)
         positions = image_positions(patch_nums, si, position_ids_BT[:, -1])
         if token_idx_Bl is not None:
             positions = torch.gather(positions.expand(token_idx_Bl.shape[0], -1, -1), 1,
@@ -151,7 +157,7 @@ class HARTTransformer(nn.Module):
 
     def check_patch_nums(self, patch_nums: Sequence[int] | None) -> tuple[int, ...]:
         """The configured scales, or a validated prefix of at least two of them."""
-        full = self.config.patch_nums
+        full = self.patch_nums
         if patch_nums is None:
             return full
         patch_nums = tuple(patch_nums)
@@ -161,9 +167,8 @@ class HARTTransformer(nn.Module):
         return patch_nums
 
     def embed_sequence(self, cond_BTC: torch.Tensor, inputs_BLCv: torch.Tensor,
-                       patch_nums: Sequence[int] | None = None) -> torch.Tensor:
+                       patch_nums: Sequence[int]) -> torch.Tensor:
         """Block input (B, S, C): [text prefix ; word_embed(inputs)] + level embeddings."""
-        patch_nums = self.check_patch_nums(patch_nums)
         levels_S = self.sequence_levels(cond_BTC.device, patch_nums)
         expected = sum(pn * pn for pn in patch_nums[1:])
         if inputs_BLCv.shape[1] != expected:
@@ -173,9 +178,8 @@ class HARTTransformer(nn.Module):
         levels = torch.arange(len(patch_nums), device=levels_S.device)
         return x_BSC + self.level_embedding(levels)[levels_S]
 
-    def sequence_levels(self, device: torch.device, patch_nums: Sequence[int] | None = None) -> torch.Tensor:
+    def sequence_levels(self, device: torch.device, patch_nums: Sequence[int]) -> torch.Tensor:
         """(S,) level id of every position: 0 for text, s for the tokens of scale s >= 1."""
-        patch_nums = self.check_patch_nums(patch_nums)
         counts = [self.config.context_tokens] + [pn * pn for pn in patch_nums[1:]]
         return torch.repeat_interleave(torch.arange(len(patch_nums), device=device),
                                        torch.tensor(counts, device=device))
@@ -183,7 +187,7 @@ class HARTTransformer(nn.Module):
     def _sequence_rope(self, position_ids_BT: torch.Tensor,
                        patch_nums: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         tables = [self.text_rope(position_ids_BT)]
-        tables += [self.scale_rope(si, position_ids_BT, patch_nums=patch_nums)
+        tables += [self.scale_rope(si, position_ids_BT, patch_nums)
                    for si in range(1, len(patch_nums))]
         B = position_ids_BT.shape[0]
         cos = torch.cat([c.expand(B, -1, -1) for c, _ in tables], dim=1)
@@ -193,9 +197,10 @@ class HARTTransformer(nn.Module):
     # ----- cached, one scale at a time --------------------------------------------------------------
 
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype,
-                  patch_nums: Sequence[int] | None = None) -> KVCache:
+                  patch_nums: Sequence[int]) -> KVCache:
+        """An empty cache for the text prefix and the tokens of `patch_nums` (S = T + L - 1)."""
         cfg = self.config
-        length = cfg.context_tokens + sum(pn * pn for pn in self.check_patch_nums(patch_nums)) - 1
+        length = cfg.context_tokens + sum(pn * pn for pn in patch_nums) - 1
         return KVCache.allocate(cfg.depth, batch, cfg.num_heads, length, cfg.head_dim, device, dtype)
 
     def forward_prefix(self, x_2BTC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
@@ -261,10 +266,11 @@ class HARTTransformer(nn.Module):
         """Per-token condition of the residual head: norm(hidden + word_embed(code vectors))."""
         return self.diffusion_cond_norm(hidden_BlC + self.word_embed(codes_BlCv.to(hidden_BlC.dtype)))
 
-    def scale_slices(self, patch_nums: Sequence[int] | None = None) -> Sequence[slice]:
+    @staticmethod
+    def scale_slices(patch_nums: Sequence[int]) -> Sequence[slice]:
         """Row ranges of each scale in the (B, L, ...) logits of `forward`."""
         slices, start = [], 0
-        for pn in self.check_patch_nums(patch_nums):
+        for pn in patch_nums:
             slices.append(slice(start, start + pn * pn))
             start += pn * pn
         return slices

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import LAST_SCALE_MODES
 from ..images import save_png
 from ..pipeline import HARTPipeline
+from ..sampling import per_scale
 from .limits import MAX_HEAD_TEMPERATURE, GenerationRequest, RequestError, ServeLimits, validate_request
 
 RANDOM_SEED_BOUND = 2**32
@@ -74,8 +75,8 @@ def build_app(service: ImageService, limits: ServeLimits):
     """The Blocks of the page, queued with one worker and at most `limits.queue_size` waiting."""
     gr = import_gradio()
     config = service.pipe.model.config
-    vocab = config.transformer.vocab_size
-    num_scales = config.transformer.num_scales
+    vocab = config.tokenizer.vocab_size
+    num_scales = config.num_scales
     defaults = service.pipe.default_sampling  # the model folder's recommended settings
     default_steps = min(defaults.head_steps or config.head.sampling_steps, limits.max_head_steps)
     size = config.image_size
@@ -93,11 +94,11 @@ def build_app(service: ImageService, limits: ServeLimits):
         progress(0, desc="encoding the prompt")
         done = []
 
-        def on_scale(record) -> None:
-            done.append(record.si)
+        def scale_done(si: int) -> None:
+            done.append(si)
             progress((len(done), num_scales), desc=f"scale {len(done)} of {num_scales}")
 
-        paths, seconds = service(request, on_scale)
+        paths, seconds = service(request, per_scale(scale_done))
         gallery = [(str(p), f"seed {request.seed} · image {i + 1}") for i, p in enumerate(paths)]
         status = (f"{len(paths)} image(s) of {size}x{size} in {seconds:.2f} s · seed {request.seed} · "
                   f"guidance {request.sampling.guidance_scale:g}")
