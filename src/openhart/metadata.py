@@ -14,8 +14,11 @@ from .config import SamplingConfig, config_to_dict
 
 def generation_metadata(*, prompt: str, negative_prompt: str | None, seed: int | None, index: int,
                         model_name: str, model: str, text_encoder: str, dtype: str,
-                        sampling: SamplingConfig, num_images: int = 1) -> dict[str, str]:
-    """PNG text chunks of the `index`-th image of one generation call."""
+                        sampling: SamplingConfig, num_images: int = 1,
+                        edit: dict | None = None) -> dict[str, str]:
+    """PNG text chunks of the `index`-th image of one generation call (`edit`: what an edit of
+    an image did, `openhart.editing.EditInput.details` with its kind)."""
+    extra = {} if edit is None else {"edit": edit}
     return {
         "prompt": prompt,
         "negative_prompt": negative_prompt or "",
@@ -23,5 +26,5 @@ def generation_metadata(*, prompt: str, negative_prompt: str | None, seed: int |
         "model": model_name,
         "openhart": json.dumps({"version": __version__, "index": index, "num_images": num_images,
                                 "seed": seed, "model": model, "text_encoder": text_encoder,
-                                "dtype": dtype, "sampling": config_to_dict(sampling)}),
+                                "dtype": dtype, "sampling": config_to_dict(sampling), **extra}),
     }

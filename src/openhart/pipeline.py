@@ -272,7 +272,88 @@ class HARTPipeline:
             head_temperature=head_temperature, last_scale=last_scale)
         cond, uncond, prompts, negatives = self._conditions(prompt, prompt_embeds, negative_prompt,
                                                             num_images_per_prompt)
-        n = num_images_per_prompt
+        return self._sample(cond, uncond, prompts, negatives, num_images_per_prompt, resolved, generator,
+                            seed, output_type, return_dict, on_scale)
+
+    # ----- editing (openhart.editing) ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def inpaint(self, image: Any, mask: Any, prompt: str | Sequence[str], *, dilate: int = 0,
+                feather: int | None = None, **kwargs) -> PipelineOutput | tuple:
+        """Regenerate the region where `mask` is white (1) from the prompt, keep the rest.
+
+        Args:
+            image: a path, PIL image, uint8 array or (3, H, W) tensor in [0, 1]; not square or
+                not at the model's side, it is resized and center-cropped.
+            mask: the same kinds, (H, W); resized to the image if its size differs, thresholded
+                at 0.5. Empty: the result is the reconstruction; full: a plain generation.
+            dilate: grow the regenerated region by this many pixels.
+            feather: blend the result with the image in pixel space after decoding, over a ramp of
+                this many pixels at the border (0: a hard border); None (default): no blending.
+            **kwargs: what `__call__` takes (negative_prompt, num_images_per_prompt,
+                guidance_scale, generator, seed, output_type, sampling settings, ...).
+        """
+        from .editing import inpaint_input
+
+        return self._edit(inpaint_input(self.model, image, mask, dilate_pixels=dilate), prompt, feather, **kwargs)
+
+    @torch.no_grad()
+    def outpaint(self, image: Any, prompt: str | Sequence[str], *, pad: tuple[int, int, int, int],
+                 feather: int | None = None, **kwargs) -> PipelineOutput | tuple:
+        """Extend the image by `pad` (left, top, right, bottom) pixels of the image as given: the
+        padded canvas is scaled to the model's side and everything outside the image is
+        generated from the prompt (`openhart.editing.outpaint_input`)."""
+        from .editing import outpaint_input
+
+        return self._edit(outpaint_input(self.model, image, tuple(pad)), prompt, feather, **kwargs)
+
+    @torch.no_grad()
+    def vary(self, image: Any, strength: float = 0.5, prompt: str | Sequence[str] | None = None,
+             **kwargs) -> PipelineOutput | tuple:
+        """Variations: keep the image's codes for the first k = round((1 - strength) * K) scales
+        and sample the rest. Strength 0 gives the reconstruction, 1 a plain generation. Without
+        a prompt the model samples unconditionally (the text features of condition dropout)."""
+        from .editing import variation_input
+
+        return self._edit(variation_input(self.model, image, strength), prompt, None, **kwargs)
+
+    def _edit(self, edit, prompt, feather: int | None, *, negative_prompt=None, num_images_per_prompt: int = 1,
+              generator=None, seed: int | None = None, output_type: str = "pil", return_dict: bool = True,
+              sampling: SamplingConfig | None = None, on_scale=None, **settings) -> PipelineOutput | tuple:
+        """Sample with the edit's known tokens; then blend with the image when `feather` is given."""
+        from .editing import blend
+
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
+        resolved = self.resolve_sampling(sampling, **settings)
+        for note in edit.notes:
+            logger.warning("%s", note)
+        if prompt is None:
+            prompts, negatives = self.check_inputs(["(no prompt)"], negative_prompt, num_images_per_prompt)
+            cond = self._unconditional(len(prompts))
+            uncond = self.encode_prompt(negatives, None)[0] if negatives else None
+            prompts = [""]
+        else:
+            cond, uncond, prompts, negatives = self._conditions(prompt, None, negative_prompt, num_images_per_prompt)
+        details = {"kind": edit.kind, **edit.details, "feather": feather}
+        finish = None if feather is None else (lambda images: blend(images, edit.image, edit.unknown, feather))
+        return self._sample(cond, uncond, prompts, negatives, num_images_per_prompt, resolved, generator, seed,
+                            output_type, return_dict, on_scale, known=edit.known, edit=details, finish=finish)
+
+    def _unconditional(self, batch: int) -> PromptEmbedding:
+        """The text features of an empty condition: zeros at position 0, as the unconditional
+        branch (and condition dropout in training)."""
+        T, D = self.model.config.transformer.context_tokens, self.model.config.transformer.context_dim
+        return PromptEmbedding(features=torch.zeros(batch, T, D, device=self.device),
+                               mask=torch.zeros(batch, T, dtype=torch.bool, device=self.device),
+                               position_ids=torch.zeros(batch, T, dtype=torch.long, device=self.device),
+                               truncated=[False] * batch)
+
+    def _sample(self, cond: PromptEmbedding, uncond: PromptEmbedding | None, prompts: list[str],
+                negatives: list[str] | None, n: int, sampling: SamplingConfig, generator, seed: int | None,
+                output_type: str, return_dict: bool, on_scale, *, known=None, edit: dict | None = None,
+                finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PipelineOutput | tuple:
+        """`generate` for every prompt x n images, one batch per generator; metadata and output type."""
         total = len(prompts) * n
         generators, seed = self._generators(generator, seed, total)
 
@@ -288,18 +369,17 @@ class HARTPipeline:
         for (start, stop), gen in zip(chunks, generators):
             context, positions = rows(cond, start, stop)
             uncond_context, uncond_positions = rows(uncond, start, stop)
-            out = generate(self.model, context, positions, resolved, gen,
-                           uncond_context_BTD=uncond_context, uncond_position_ids_BT=uncond_positions,
-                           on_scale=on_scale)
+            out = generate(self.model, context, positions, sampling, gen, uncond_context_BTD=uncond_context,
+                           uncond_position_ids_BT=uncond_positions, on_scale=on_scale, known=known)
             if not (bool(torch.isfinite(out.images).all()) and bool(torch.isfinite(out.latent).all())):
                 raise ValueError(f"{self.source} produced NaN or infinite values: its weights or its config.json "
                                  "(e.g. residual_scale) are broken; re-download or re-export the model")
-            images.append(out.images)
+            images.append(out.images if finish is None else finish(out.images))
             latents.append(out.latent)
         pixels = torch.cat(images)
         prompts = [p for p in prompts for _ in range(n)]
         metadata = [self.image_metadata(prompt=p, negative_prompt=None if not negatives else negatives[i // n],
-                                        seed=seed, index=i, num_images=total, sampling=resolved)
+                                        seed=seed, index=i, num_images=total, sampling=sampling, edit=edit)
                     for i, p in enumerate(prompts)]
         if output_type == "pil":
             result = to_pil(pixels)
@@ -309,17 +389,17 @@ class HARTPipeline:
             result = pixels.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         if not return_dict:
             return (result,)
-        return PipelineOutput(images=result, prompts=prompts, seed=seed, sampling=resolved,
+        return PipelineOutput(images=result, prompts=prompts, seed=seed, sampling=sampling,
                               latents=torch.cat(latents), metadata=metadata)
 
     def image_metadata(self, *, prompt: str, negative_prompt: str | None, seed: int | None, index: int,
-                       num_images: int, sampling: SamplingConfig) -> dict[str, str]:
+                       num_images: int, sampling: SamplingConfig, edit: dict | None = None) -> dict[str, str]:
         """The PNG text chunks of one generated image."""
         return generation_metadata(
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, index=index, model_name=self.name,
             model=self.source, text_encoder=self.text_encoder_name,
             dtype=str(self.dtype).removeprefix("torch."), sampling=sampling,
-            num_images=num_images)
+            num_images=num_images, edit=edit)
 
     def _conditions(self, prompt, prompt_embeds, negative_prompt, num_images_per_prompt):
         """(text features, negative text features or None, prompts for the metadata, negative

@@ -88,13 +88,15 @@ class KnownTokens:
     Attributes:
         indices: the image's codes per scale, (1 or B, pn**2) each.
         unknown: per scale, (pn**2,) bool, True where the token is sampled; one mask for the batch.
-        residual: the image's continuous residual at the last scale in token layout
-            (1 or B, pK**2, Cv), kept with the known last-scale codes when the residual is on.
+        latent: the image's latent as its codes and residual give it, (1 or B, Cv, pK, pK): the
+            final latent keeps it at the known last-scale positions (residual on).
+        discrete: the latent of its codes alone (residual off).
     """
 
     indices: list[torch.Tensor]
     unknown: list[torch.Tensor]
-    residual: torch.Tensor
+    latent: torch.Tensor
+    discrete: torch.Tensor
 
     def check(self, batch: int, patch_nums: tuple[int, ...]) -> None:
         if len(self.indices) != len(patch_nums) or len(self.unknown) != len(patch_nums):
@@ -112,15 +114,15 @@ class KnownTokens:
         return (torch.where(unknown, idx_Bl, known),
                 torch.where(unknown[:, None], h_BlCv, F.embedding(known, codebook_VC).to(h_BlCv.dtype)))
 
-    def last_scale(self, batch: int, codebook_VC: torch.Tensor,
-                   with_residual: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (B, l) and tokens (B, l, Cv) of the last scale before sampling: the image's own,
-        its residual included when `with_residual`."""
-        known = self.indices[-1].expand(batch, -1)
-        tokens = F.embedding(known, codebook_VC)
-        if with_residual:
-            tokens = tokens + self.residual.to(tokens.dtype)
-        return known.clone(), tokens.expand(batch, -1, -1).clone()
+    def keep_latent(self, f_hat_BChw: torch.Tensor, with_residual: bool) -> torch.Tensor:
+        """The final latent with the image's own at the known last-scale positions.
+
+        Earlier scales' sampled tokens reach known positions through the upsampling and Phi, so
+        adding the image's codes and residual there would not give back the image's latent;
+        putting the latent back does, exactly."""
+        side = f_hat_BChw.shape[-1]
+        target = (self.latent if with_residual else self.discrete).to(f_hat_BChw.dtype)
+        return torch.where(self.unknown[-1].reshape(side, side), f_hat_BChw, target)
 
 
 @dataclass
@@ -162,8 +164,8 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
         on_scale: called with a `ScaleRecord` after each scale's codes and each residual.
         patch_nums: a prefix of the model's scales, to generate at a lower resolution.
         known: tokens kept from an image (editing): after each scale's draw the known tokens
-            are put back before f_hat accumulates them, and the last scale samples only the
-            unknown ones.
+            are put back before f_hat accumulates them, the last scale samples only the unknown
+            ones, and the final latent keeps the image's own at the known positions.
     """
     transformer, quantizer = model.transformer, model.tokenizer.quantizer
     patch_nums = transformer.check_patch_nums(patch_nums)
@@ -214,6 +216,8 @@ def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch
     tokens, last_idx = sample_last_scale(model, run, x_2BlC)
     indices.append(last_idx)
     f_hat = f_hat + rearrange(tokens, "b (h w) c -> b c h w", h=patch_nums[-1])
+    if known is not None:
+        f_hat = known.keep_latent(f_hat, sampling.use_residual)
     # the cache is 2.9 GB at 1024 px in bf16: free it before the decoder's activations take
     # their place, so that the two never add up in the peak
     del run, x_2BlC, hidden, readout, logits
@@ -234,12 +238,12 @@ def sample_last_scale(model: HARTModel, run: _Run, x_2BlC: torch.Tensor) -> tupl
     sampling, K = run.sampling, len(run.patch_nums)
     guidance, ratio = sampling.guidance_at(K - 1, K), sampling.progress_at(K - 1, K)
     B, l, Cv = x_2BlC.shape[0] // 2, x_2BlC.shape[1], codebook.weight.shape[1]
+    tokens = x_2BlC.new_zeros(B, l, Cv, dtype=codebook.weight.dtype)
     if run.known is None:
-        tokens = x_2BlC.new_zeros(B, l, Cv, dtype=codebook.weight.dtype)
         codes = torch.zeros(B, l, dtype=torch.long, device=x_2BlC.device)
         sampled_l = torch.arange(l, device=x_2BlC.device)
-    else:
-        codes, tokens = run.known.last_scale(B, codebook.weight, with_residual=sampling.use_residual)
+    else:  # the known positions keep their codes here, and their latent in `generate`
+        codes = run.known.indices[-1].expand(B, -1).clone()
         sampled_l = run.known.unknown[-1].nonzero().flatten()
     schedule = DiffusionSchedule.cosine(head.config.num_train_timesteps,
                                         sampling.head_steps or head.config.sampling_steps)
