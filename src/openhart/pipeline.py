@@ -295,7 +295,7 @@ class HARTPipeline:
         """
         from .editing import inpaint_input
 
-        return self._edit(inpaint_input(self.model, image, mask, dilate_pixels=dilate), prompt, feather, **kwargs)
+        return self.edit(inpaint_input(self.model, image, mask, dilate_pixels=dilate), prompt, feather, **kwargs)
 
     @torch.no_grad()
     def outpaint(self, image: Any, prompt: str | Sequence[str], *, pad: tuple[int, int, int, int],
@@ -305,7 +305,7 @@ class HARTPipeline:
         generated from the prompt (`openhart.editing.outpaint_input`)."""
         from .editing import outpaint_input
 
-        return self._edit(outpaint_input(self.model, image, tuple(pad)), prompt, feather, **kwargs)
+        return self.edit(outpaint_input(self.model, image, tuple(pad)), prompt, feather, **kwargs)
 
     @torch.no_grad()
     def vary(self, image: Any, strength: float = 0.5, prompt: str | Sequence[str] | None = None,
@@ -315,12 +315,15 @@ class HARTPipeline:
         a prompt the model samples unconditionally (the text features of condition dropout)."""
         from .editing import variation_input
 
-        return self._edit(variation_input(self.model, image, strength), prompt, None, **kwargs)
+        return self.edit(variation_input(self.model, image, strength), prompt, None, **kwargs)
 
-    def _edit(self, edit, prompt, feather: int | None, *, negative_prompt=None, num_images_per_prompt: int = 1,
-              generator=None, seed: int | None = None, output_type: str = "pil", return_dict: bool = True,
-              sampling: SamplingConfig | None = None, on_scale=None, **settings) -> PipelineOutput | tuple:
-        """Sample with the edit's known tokens; then blend with the image when `feather` is given."""
+    def edit(self, edit, prompt: str | Sequence[str] | None, feather: int | None = None, *, negative_prompt=None,
+             num_images_per_prompt: int = 1, generator=None, seed: int | None = None, output_type: str = "pil",
+             return_dict: bool = True, sampling: SamplingConfig | None = None, on_scale=None,
+             **settings) -> PipelineOutput | tuple:
+        """Sample with a prepared edit (`openhart.editing.EditInput`: its known tokens), then blend
+        with the image when `feather` is given. `inpaint`, `outpaint` and `vary` prepare one;
+        prompt None samples unconditionally."""
         from .editing import blend
 
         if output_type not in OUTPUT_TYPES:

@@ -130,3 +130,71 @@ def test_rejected_request_is_a_gradio_error_without_a_printed_traceback(pipe, tm
         fn(**arguments)
     assert raised.value.print_exception is False
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def _edit_handler(app):
+    (fn,) = [f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "run_edit"]
+    return fn
+
+
+def _editor_value(tmp_path, side, painted):
+    """What the page's ImageEditor sends: the uploaded image and one RGBA layer of strokes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp_path / "upload.png")
+    strokes = np.zeros((side, side, 4), dtype=np.uint8)
+    strokes[painted] = (255, 0, 255, 255)
+    Image.fromarray(strokes, mode="RGBA").save(tmp_path / "layer.png")
+    return {"background": {"path": str(tmp_path / "upload.png")}, "layers": [{"path": str(tmp_path / "layer.png")}],
+            "composite": None}
+
+
+def test_edit_tab_inpaints_the_painted_region_and_varies(pipe, tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    side = pipe.model.config.image_size
+    app = build_app(ImageService(pipe, tmp_path), ServeLimits(max_images=2))
+    run_edit = _edit_handler(app)
+    painted = (slice(side // 4, 3 * side // 4), slice(side // 4, 3 * side // 4))
+    editor = _editor_value(tmp_path, side, painted)
+    arguments = dict(editor=editor, prompt="red apple", mode="inpaint", strength=0.5, dilate=0, feather=2,
+                     seed=1, guidance_scale=2.0, num_images=1)
+    gallery, status = run_edit(**arguments, progress=lambda *a, **k: None)
+    assert status.startswith("inpaint: 1 image(s)")
+    with Image.open(gallery[0][0]) as image:
+        record = json.loads(image.text["openhart"])
+        pixels = np.asarray(image.convert("RGB"))
+    assert record["edit"]["kind"] == "inpaint" and 0.2 < record["edit"]["mask_coverage"] < 0.3
+    # blended over 2 px: further out than that, the page returns the upload itself
+    upload = np.asarray(Image.open(tmp_path / "upload.png").convert("RGB"))
+    far = side // 4 - 3
+    assert np.array_equal(pixels[:far], upload[:far]) and not np.array_equal(pixels, upload)
+    gallery, status = run_edit(**dict(arguments, mode="vary", prompt="", num_images=2),
+                               progress=lambda *a, **k: None)
+    assert status.startswith("vary: 2 image(s)") and len(gallery) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"editor": None}, "upload an image to edit first"),
+    ({"editor": {"background": {"path": "/nonexistent/x.png"}, "layers": []}}, "cannot read"),
+    ({"prompt": ""}, "prompt is empty"),
+    ({"mode": "erase"}, "mode must be one of"),
+    ({"strength": 2}, "strength must be between 0 and 1"),
+    ({"dilate": 1000}, "dilate must be between"),
+    ({"num_images": 99}, "number of images must be between"),
+])
+def test_edit_tab_rejects_bad_requests_with_one_message(pipe, tmp_path, change, message):
+    import gradio as gr
+
+    side = pipe.model.config.image_size
+    run_edit = _edit_handler(build_app(ImageService(pipe, tmp_path), ServeLimits(max_images=2)))
+    arguments = dict(editor=_editor_value(tmp_path, side, (slice(0, 8), slice(0, 8))), prompt="red apple",
+                     mode="inpaint", strength=0.5, dilate=0, feather=0, seed=1, guidance_scale=2.0, num_images=1)
+    with pytest.raises(gr.Error, match=message) as raised:
+        run_edit(**dict(arguments, **change), progress=lambda *a, **k: None)
+    assert raised.value.print_exception is False

@@ -201,3 +201,39 @@ def test_api_clients_cannot_bypass_the_limits(server):
     assert len(gallery) == 2 and "2 image(s)" in status
     # every rejection above reached the client as a message; none printed a traceback on the server
     assert "Traceback" not in server.log.read_text(), server.log.read_text()
+
+
+def test_edit_tab_inpaints_a_region_painted_in_the_browser(server, browser, tmp_path):
+    """Upload an image in the Edit tab, paint a stroke over it, regenerate under a prompt."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    size = load_model(HART_TINY).config.image_size
+    upload = tmp_path / "upload.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(upload)
+    browser.get(server)
+    tab = _wait(browser, lambda d: [t for t in d.find_elements("css selector", "button[role=tab]")
+                                    if t.text.strip() == "Edit"], 60, "the Edit tab")
+    tab[0].click()
+    file_input = _wait(browser, lambda d: d.find_element("css selector", "#edit-image input[type=file]"), 30,
+                       "the image upload")
+    file_input.send_keys(str(upload))
+    canvas = _wait(browser, lambda d: d.find_element("css selector", "#edit-image canvas"), 30, "the canvas")
+    time.sleep(1)  # the editor lays the image out on the canvas
+    ActionChains(browser).move_to_element_with_offset(canvas, -20, -20).click_and_hold() \
+        .move_by_offset(30, 10).move_by_offset(10, 30).release().perform()
+    browser.find_element("css selector", "#edit-prompt textarea").send_keys("a red apple")
+    browser.find_element("css selector", "#edit").click()
+    _wait(browser, lambda d: "inpaint:" in d.find_element("css selector", "#edit-status").text,
+          GENERATE_TIMEOUT_S, "the edit's status line")
+    status = browser.find_element("css selector", "#edit-status").text
+    assert "mask is empty" not in status, "the painted stroke reached the server as the mask"
+    sources = [img.get_attribute("src") for img in browser.find_elements("css selector", "#edit-gallery img")
+               if img.get_attribute("src")]
+    assert sources
+    browser.save_screenshot(str(ARTIFACTS / "web-ui-edit.png"))
+    with urllib.request.urlopen(sources[0], timeout=30) as response:
+        image = Image.open(io.BytesIO(response.read()))
+    assert image.size == (size, size) and image.text["prompt"] == "a red apple"
+    edit = json.loads(image.text["openhart"])["edit"]
+    assert edit["kind"] == "inpaint" and 0 < edit["mask_coverage"] < 1
+    assert "Traceback" not in server.log.read_text(), server.log.read_text()

@@ -7,6 +7,7 @@ import argparse
 
 import torch
 
+from ..config import LAST_SCALE_MODES
 from ..device import default_dtype, resolve_device, resolve_dtype
 
 
@@ -51,6 +52,44 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks (the first generation compiles for "
                         "about half a minute; torch caches the result on disk for later runs)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """--seed, --negative-prompt and the sampling settings of the commands that sample."""
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
+    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's, 4.5 for the official "
+                        "model)")
+    p.add_argument("--negative-prompt", default=None,
+                   help="text for the unconditional branch (default: HART's zero features)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="top-k at every scale, 0 = off (default: the model folder's; officially "
+                        "600 for scales < 7, then 300)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling threshold, 0 = off (default: the model folder's)")
+    p.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=None,
+                   help="Gumbel smoothing of code embeddings (default on, as the official scripts)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the residual diffusion head's continuous detail (default on; "
+                        "--no-residual gives discrete-only images)")
+    p.add_argument("--last-scale", choices=LAST_SCALE_MODES, default=None,
+                   help="which embedding the residual is added to: 'consistent' (the code the "
+                        "head was conditioned on), 'official' (the smoothed embedding of a second "
+                        "draw, as the official sampler) or 'gumbel' (default: the model folder's)")
+    p.add_argument("--head-temperature", type=float, default=None,
+                   help="noise temperature of the residual head, 0 = no noise after the first "
+                        "step (default: the model folder's, 1 for the official model)")
+    p.add_argument("--head-steps", type=int, default=None,
+                   help="diffusion steps of the residual head (default 8)")
+    p.add_argument("--maskgit-iters", type=int, default=None,
+                   help="MaskGIT iterations on the last scale (default 1)")
+
+
+def sampling_settings(args: argparse.Namespace) -> dict:
+    """The sampling keywords of `add_sampling_arguments` (None: the model folder's)."""
+    return dict(guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
+                head_steps=args.head_steps, maskgit_iters=args.maskgit_iters, use_residual=args.residual,
+                head_temperature=args.head_temperature, last_scale=args.last_scale)
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

@@ -9,11 +9,18 @@ import secrets
 import sys
 from pathlib import Path
 
-from ..config import LAST_SCALE_MODES
 from ..images import image_grid, save_png
 from ..sampling import per_scale
 from ..seeding import check_seed
-from .common import UsageError, add_device_arguments, add_model_arguments, check_output_file, load_pipeline
+from .common import (
+    UsageError,
+    add_device_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    check_output_file,
+    load_pipeline,
+    sampling_settings,
+)
 
 # Images per prompt at most; they are generated CHUNK at a time (bounded memory).
 MAX_IMAGES = 1024
@@ -45,37 +52,11 @@ def add_command(commands) -> None:
     p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
     p.add_argument("--out", type=Path, required=True,
                    help="output PNG; with several images, -000, -001, ... are added to the name")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
-    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None,
-                   help="classifier-free guidance scale (default: the model's, 4.5 for the official "
-                        "model)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--grid", action="store_true",
                    help="write one grid image to --out (a row per prompt, a column per image) "
                         "instead of one PNG per image")
-    p.add_argument("--negative-prompt", default=None,
-                   help="text for the unconditional branch (default: HART's zero features)")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="top-k at every scale, 0 = off (default: the model folder's; officially "
-                        "600 for scales < 7, then 300)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="nucleus sampling threshold, 0 = off (default: the model folder's)")
-    p.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=None,
-                   help="Gumbel smoothing of code embeddings (default on, as the official scripts)")
-    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
-                   help="add the residual diffusion head's continuous detail (default on; "
-                        "--no-residual gives discrete-only images)")
-    p.add_argument("--last-scale", choices=LAST_SCALE_MODES, default=None,
-                   help="which embedding the residual is added to: 'consistent' (the code the "
-                        "head was conditioned on), 'official' (the smoothed embedding of a second "
-                        "draw, as the official sampler) or 'gumbel' (default: the model folder's)")
-    p.add_argument("--head-temperature", type=float, default=None,
-                   help="noise temperature of the residual head, 0 = no noise after the first "
-                        "step (default: the model folder's, 1 for the official model)")
-    p.add_argument("--head-steps", type=int, default=None,
-                   help="diffusion steps of the residual head (default 8)")
-    p.add_argument("--maskgit-iters", type=int, default=None,
-                   help="MaskGIT iterations on the last scale (default 1)")
+    add_sampling_arguments(p)
     add_model_arguments(p)
     add_device_arguments(p)
     p.add_argument("--low-memory", action="store_true",
@@ -101,16 +82,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         check_seed(args.seed)
     pipe = load_pipeline(args, low_memory=args.low_memory)
-    sampling = pipe.resolve_sampling(
-        None, guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
-        head_steps=args.head_steps, maskgit_iters=args.maskgit_iters, use_residual=args.residual,
-        head_temperature=args.head_temperature, last_scale=args.last_scale)
+    sampling = pipe.resolve_sampling(None, **sampling_settings(args))
     seed = secrets.randbits(62) if args.seed is None else args.seed
     # at most CHUNK images per pipeline call: chunk c is drawn with seed + c (recorded per image)
     jobs = [(prompt, start, min(CHUNK, args.num_images - start))
             for prompt in prompts for start in range(0, args.num_images, CHUNK)]
     images, metadata = [], []
-    with _scale_progress(pipe, args.quiet, len(jobs)) as on_scale:
+    with scale_progress(pipe, args.quiet, len(jobs)) as on_scale:
         for prompt, start, count in jobs:
             out = pipe(prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=count,
                        sampling=sampling, seed=seed + start // CHUNK, on_scale=on_scale)
@@ -122,20 +100,20 @@ def run(args: argparse.Namespace) -> int:
                                       images=json.dumps([json.loads(m["openhart"]) for m in metadata])))
         print(f"{args.out}  seed {seed}  {len(prompts)} prompt(s) x {args.num_images} image(s)")
         return 0
-    for image, path, text in zip(images, _output_paths(args.out, len(images)), metadata):
+    for image, path, text in zip(images, output_paths(args.out, len(images)), metadata):
         save_png(image, path, text)
         print(f"{path}  seed {text['seed']}  {text['prompt']!r}")
     return 0
 
 
-def _output_paths(out: Path, count: int) -> list[Path]:
+def output_paths(out: Path, count: int) -> list[Path]:
     if count == 1:
         return [out]
     return [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(count)]
 
 
 @contextlib.contextmanager
-def _scale_progress(pipe, quiet: bool, calls: int = 1):
+def scale_progress(pipe, quiet: bool, calls: int = 1):
     """A tqdm bar over the scales on stderr, as an `on_scale` hook; None (no bar) with --quiet or
     when stderr is not a TTY."""
     if quiet or not sys.stderr.isatty():

@@ -1,8 +1,10 @@
 """The Gradio app of `openhart serve`: one thin layer over `HARTPipeline`.
 
-The page takes text and numbers only (no file, path or pickle inputs). Each request is checked
-against `ServeLimits` on the server, runs on the one worker of the model, and returns PNGs that
-carry the same metadata as `openhart generate` writes.
+The Generate tab takes text and numbers only; the Edit tab also takes one uploaded image and the
+strokes painted on it, which Gradio keeps in its upload folder and openhart reads with the size
+checks of every image it reads (no path or pickle inputs). Each request is checked against
+`ServeLimits` on the server, runs on the one worker of the model, and returns PNGs that carry the
+same metadata as `openhart generate` writes.
 """
 
 from __future__ import annotations
@@ -18,10 +20,22 @@ from ..config import LAST_SCALE_MODES
 from ..images import save_png
 from ..pipeline import HARTPipeline
 from ..sampling import per_scale
-from .limits import MAX_HEAD_TEMPERATURE, GenerationRequest, RequestError, ServeLimits, validate_request
+from .limits import (
+    EDIT_MODES,
+    MAX_DILATE,
+    MAX_FEATHER,
+    MAX_HEAD_TEMPERATURE,
+    EditRequest,
+    GenerationRequest,
+    RequestError,
+    ServeLimits,
+    validate_edit,
+    validate_request,
+)
 
 RANDOM_SEED_BOUND = 2**32
 KEEP_FILES = 64  # newest PNGs kept in the output folder; Gradio serves its own copies
+MAX_UPLOAD = "20mb"  # an image to edit (Gradio refuses larger uploads before they reach openhart)
 
 
 def import_gradio():
@@ -47,7 +61,26 @@ class ImageService:
         out = self.pipe(request.prompt, negative_prompt=request.negative_prompt,
                         num_images_per_prompt=request.num_images, sampling=request.sampling,
                         seed=request.seed, on_scale=on_scale)
-        seconds = time.perf_counter() - start
+        return self._write(out), time.perf_counter() - start
+
+    def edit(self, request: EditRequest, on_scale=None) -> tuple[list[Path], float, list[str]]:
+        """Inpaint or vary the uploaded image; also the notes on how the input was taken."""
+        from ..editing import inpaint_input, variation_input
+
+        start = time.perf_counter()
+        g = request.generation
+        model = self.pipe.model
+        if request.mode == "inpaint":
+            edit = inpaint_input(model, request.image, request.mask, dilate_pixels=request.dilate)
+        else:
+            edit = variation_input(model, request.image, request.strength)
+        feather = request.feather if request.mode == "inpaint" else None
+        out = self.pipe.edit(edit, g.prompt, feather, negative_prompt=g.negative_prompt,
+                              num_images_per_prompt=g.num_images, sampling=g.sampling, seed=g.seed,
+                              on_scale=on_scale)
+        return self._write(out), time.perf_counter() - start, edit.notes
+
+    def _write(self, out) -> list[Path]:
         stem = uuid.uuid4().hex[:12]
         paths = []
         for i, (image, text) in enumerate(zip(out.images, out.metadata)):
@@ -55,7 +88,7 @@ class ImageService:
             save_png(image, path, self._public(text))
             paths.append(path)
         self._prune()
-        return paths, seconds
+        return paths
 
     def _public(self, text: dict[str, str]) -> dict[str, str]:
         """The metadata without this server's paths: local models and encoders by folder name."""
@@ -72,14 +105,41 @@ class ImageService:
 
 
 def build_app(service: ImageService, limits: ServeLimits):
-    """The Blocks of the page, queued with one worker and at most `limits.queue_size` waiting."""
+    """The Blocks of the page, queued with one worker and at most `limits.queue_size` waiting: a
+    "Generate" tab (text to image) and an "Edit" tab (inpainting and variations of an upload)."""
     gr = import_gradio()
+    pipe = service.pipe
+    size = pipe.model.config.image_size
+    # Gradio's copies of the served PNGs are deleted after an hour (checked every 10 minutes)
+    with gr.Blocks(title="openhart", analytics_enabled=False, delete_cache=(600, 3600)) as app:
+        gr.Markdown(f"## openhart · HART text-to-image\nModel **{pipe.name}** "
+                    f"({size}x{size}, text encoder {Path(pipe.text_encoder_name).name}). "
+                    f"Images download as PNGs with their prompt, seed and settings.")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate-tab", elem_id="generate-tab"):
+                _generate_tab(gr, service, limits)
+            with gr.Tab("Edit", id="edit-tab", elem_id="edit-tab"):
+                _edit_tab(gr, service, limits)
+    app.queue(max_size=limits.queue_size, default_concurrency_limit=1)
+    return app
+
+
+def _progress_hook(progress, num_scales: int):
+    """An on_scale hook that moves Gradio's progress bar once per scale."""
+    done = []
+
+    def scale_done(si: int) -> None:
+        done.append(si)
+        progress((len(done), num_scales), desc=f"scale {len(done)} of {num_scales}")
+
+    return per_scale(scale_done)
+
+
+def _generate_tab(gr, service: ImageService, limits: ServeLimits) -> None:
     config = service.pipe.model.config
-    vocab = config.tokenizer.vocab_size
-    num_scales = config.num_scales
+    vocab, num_scales, size = config.tokenizer.vocab_size, config.num_scales, config.image_size
     defaults = service.pipe.default_sampling  # the model folder's recommended settings
     default_steps = min(defaults.head_steps or config.head.sampling_steps, limits.max_head_steps)
-    size = config.image_size
 
     def run(prompt, negative_prompt, seed, guidance_scale, num_images, top_k, top_p, smooth, head_steps,
             use_residual, head_temperature, last_scale, progress=gr.Progress()):
@@ -92,78 +152,125 @@ def build_app(service: ImageService, limits: ServeLimits):
         except RequestError as error:
             raise gr.Error(str(error), title="Invalid input", print_exception=False) from None
         progress(0, desc="encoding the prompt")
-        done = []
-
-        def scale_done(si: int) -> None:
-            done.append(si)
-            progress((len(done), num_scales), desc=f"scale {len(done)} of {num_scales}")
-
-        paths, seconds = service(request, per_scale(scale_done))
+        paths, seconds = service(request, _progress_hook(progress, num_scales))
         gallery = [(str(p), f"seed {request.seed} · image {i + 1}") for i, p in enumerate(paths)]
         status = (f"{len(paths)} image(s) of {size}x{size} in {seconds:.2f} s · seed {request.seed} · "
                   f"guidance {request.sampling.guidance_scale:g}")
         return gallery, status
 
-    # Gradio's copies of the served PNGs are deleted after an hour (checked every 10 minutes)
-    with gr.Blocks(title="openhart", analytics_enabled=False, delete_cache=(600, 3600)) as app:
-        gr.Markdown(f"## openhart · HART text-to-image\nModel **{service.pipe.name}** "
-                    f"({size}x{size}, text encoder {Path(service.pipe.text_encoder_name).name}). "
-                    f"Images download as PNGs with their prompt, seed and settings.")
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                # No max_length on the widgets: an over-long prompt gets the server's message
-                # instead of being cut silently.
-                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="red apple", elem_id="prompt",
-                                    info=f"at most {limits.max_prompt_chars} characters")
-                negative = gr.Textbox(label="Negative prompt (optional)", lines=1,
-                                      elem_id="negative-prompt")
-                with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed",
-                                     scale=3)
-                    randomize = gr.Button("🎲 Random", elem_id="random-seed", scale=1, min_width=100)
-                guidance = gr.Slider(0, limits.max_guidance, value=min(defaults.guidance_scale, limits.max_guidance),
-                                     step=0.1, label="Guidance scale (CFG)", elem_id="guidance")
-                num_images = gr.Slider(1, limits.max_images, value=min(4, limits.max_images), step=1,
-                                       label="Images", elem_id="num-images")
-                with gr.Accordion("Sampling", open=False):
-                    top_k = gr.Number(value=None if defaults.top_k is None else min(defaults.top_k, vocab),
-                                      precision=0, minimum=0, maximum=vocab, elem_id="top-k",
-                                      label="Top-k at every scale (0: off; empty: the model's per-scale "
-                                            f"schedule {defaults.scale_top_k[0]}, then {defaults.scale_top_k[1]})")
-                    top_p = gr.Slider(0, 0.99, value=min(defaults.top_p, 0.99), step=0.01,
-                                      label="Top-p (0: off)", elem_id="top-p")
-                    smooth = gr.Checkbox(value=defaults.smooth, label="Gumbel smoothing of code embeddings",
-                                         elem_id="smooth")
-                    use_residual = gr.Checkbox(value=defaults.use_residual,
-                                               label="Residual diffusion (off: discrete tokens only)",
-                                               elem_id="residual")
-                    head_steps = gr.Slider(1, limits.max_head_steps, value=default_steps, step=1,
-                                           label="Residual diffusion steps", elem_id="head-steps")
-                    head_temperature = gr.Slider(
-                        0, MAX_HEAD_TEMPERATURE, value=min(defaults.head_temperature, MAX_HEAD_TEMPERATURE),
-                        step=0.05, label="Residual temperature (0: no noise after the first step)",
-                        elem_id="head-temperature")
-                    last_scale = gr.Radio(
-                        list(LAST_SCALE_MODES), value=defaults.last_scale, elem_id="last-scale",
-                        label="Last scale: residual added to the head's code (consistent), to a "
-                              "second smoothed draw (official) or to the smoothed draw's code (gumbel)")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Column(scale=3, min_width=320):
-                gallery = gr.Gallery(label="Images", columns=4, height=520, object_fit="contain",
-                                     buttons=["download", "fullscreen"], interactive=False,
-                                     elem_id="gallery")
-                status = gr.Markdown(elem_id="status")
-        inputs = [prompt, negative, seed, guidance, num_images, top_k, top_p, smooth, head_steps,
-                  use_residual, head_temperature, last_scale]
-        # preprocess=False: the raw values go to `validate_request`, which checks every one (type,
-        # finiteness, range) for the page and for API clients alike. Gradio's own range check of
-        # the sliders would reject first, but prints a traceback in the server log each time.
-        gr.on([button.click, prompt.submit], run, inputs, [gallery, status], concurrency_limit=1,
-              api_name="generate", preprocess=False)
-        randomize.click(lambda: secrets.randbelow(RANDOM_SEED_BOUND), None, seed, queue=False,
-                        api_name=False)
-    app.queue(max_size=limits.queue_size, default_concurrency_limit=1)
-    return app
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            # No max_length on the widgets: an over-long prompt gets the server's message
+            # instead of being cut silently.
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="red apple", elem_id="prompt",
+                                info=f"at most {limits.max_prompt_chars} characters")
+            negative = gr.Textbox(label="Negative prompt (optional)", lines=1, elem_id="negative-prompt")
+            seed, randomize, guidance, num_images = _seed_guidance_images(gr, limits, defaults, "")
+            with gr.Accordion("Sampling", open=False):
+                top_k = gr.Number(value=None if defaults.top_k is None else min(defaults.top_k, vocab),
+                                  precision=0, minimum=0, maximum=vocab, elem_id="top-k",
+                                  label="Top-k at every scale (0: off; empty: the model's per-scale "
+                                        f"schedule {defaults.scale_top_k[0]}, then {defaults.scale_top_k[1]})")
+                top_p = gr.Slider(0, 0.99, value=min(defaults.top_p, 0.99), step=0.01,
+                                  label="Top-p (0: off)", elem_id="top-p")
+                smooth = gr.Checkbox(value=defaults.smooth, label="Gumbel smoothing of code embeddings",
+                                     elem_id="smooth")
+                use_residual = gr.Checkbox(value=defaults.use_residual,
+                                           label="Residual diffusion (off: discrete tokens only)",
+                                           elem_id="residual")
+                head_steps = gr.Slider(1, limits.max_head_steps, value=default_steps, step=1,
+                                       label="Residual diffusion steps", elem_id="head-steps")
+                head_temperature = gr.Slider(
+                    0, MAX_HEAD_TEMPERATURE, value=min(defaults.head_temperature, MAX_HEAD_TEMPERATURE),
+                    step=0.05, label="Residual temperature (0: no noise after the first step)",
+                    elem_id="head-temperature")
+                last_scale = gr.Radio(
+                    list(LAST_SCALE_MODES), value=defaults.last_scale, elem_id="last-scale",
+                    label="Last scale: residual added to the head's code (consistent), to a "
+                          "second smoothed draw (official) or to the smoothed draw's code (gumbel)")
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Column(scale=3, min_width=320):
+            gallery = gr.Gallery(label="Images", columns=4, height=520, object_fit="contain",
+                                 buttons=["download", "fullscreen"], interactive=False, elem_id="gallery")
+            status = gr.Markdown(elem_id="status")
+    inputs = [prompt, negative, seed, guidance, num_images, top_k, top_p, smooth, head_steps,
+              use_residual, head_temperature, last_scale]
+    # preprocess=False: the raw values go to `validate_request`, which checks every one (type,
+    # finiteness, range) for the page and for API clients alike. Gradio's own range check of
+    # the sliders would reject first, but prints a traceback in the server log each time.
+    gr.on([button.click, prompt.submit], run, inputs, [gallery, status], concurrency_limit=1,
+          api_name="generate", preprocess=False)
+    randomize.click(lambda: secrets.randbelow(RANDOM_SEED_BOUND), None, seed, queue=False, api_name=False)
+
+
+def _seed_guidance_images(gr, limits: ServeLimits, defaults, prefix: str):
+    """The seed box with its random button, the guidance slider and the image count of a tab."""
+    with gr.Row():
+        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id=f"{prefix}seed", scale=3)
+        randomize = gr.Button("🎲 Random", elem_id=f"{prefix}random-seed", scale=1, min_width=100)
+    guidance = gr.Slider(0, limits.max_guidance, value=min(defaults.guidance_scale, limits.max_guidance),
+                         step=0.1, label="Guidance scale (CFG)", elem_id=f"{prefix}guidance")
+    num_images = gr.Slider(1, limits.max_images, value=min(4, limits.max_images), step=1,
+                           label="Images", elem_id=f"{prefix}num-images")
+    return seed, randomize, guidance, num_images
+
+
+def _edit_tab(gr, service: ImageService, limits: ServeLimits) -> None:
+    """Upload an image, paint over the region to regenerate (inpaint), or vary the whole image."""
+    config = service.pipe.model.config
+    vocab, num_scales, size = config.tokenizer.vocab_size, config.num_scales, config.image_size
+    defaults = service.pipe.default_sampling
+
+    def run_edit(editor, prompt, mode, strength, dilate, feather, seed, guidance_scale, num_images,
+                 progress=gr.Progress()):
+        try:
+            request = validate_edit(
+                limits, defaults, vocab, editor=editor, mode=mode, strength=strength, dilate=dilate,
+                feather=feather, prompt=prompt, negative_prompt=None, seed=seed, guidance_scale=guidance_scale,
+                top_k=defaults.top_k, top_p=defaults.top_p, smooth=defaults.smooth,
+                head_steps=min(defaults.head_steps or config.head.sampling_steps, limits.max_head_steps),
+                use_residual=defaults.use_residual, num_images=num_images,
+                head_temperature=min(defaults.head_temperature, MAX_HEAD_TEMPERATURE),
+                last_scale=defaults.last_scale)
+        except RequestError as error:
+            raise gr.Error(str(error), title="Invalid input", print_exception=False) from None
+        progress(0, desc="encoding the image")
+        try:
+            paths, seconds, notes = service.edit(request, _progress_hook(progress, num_scales))
+        except ValueError as error:  # what the editing module says of the input
+            raise gr.Error(str(error), title="Invalid input", print_exception=False) from None
+        gallery = [(str(p), f"seed {request.generation.seed} · image {i + 1}") for i, p in enumerate(paths)]
+        status = (f"{mode}: {len(paths)} image(s) of {size}x{size} in {seconds:.2f} s · seed "
+                  f"{request.generation.seed}" + "".join(f" · {note}" for note in notes))
+        return gallery, status
+
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            editor = gr.ImageEditor(
+                label="Image: paint over the region to regenerate", elem_id="edit-image", height=420,
+                sources=["upload", "clipboard"], transforms=(), layers=False,
+                brush=gr.Brush(colors=["#ff00ff"], default_size=max(4, size // 16), color_mode="fixed"))
+            prompt = gr.Textbox(label="Prompt (what the painted region shows; optional for variations)",
+                                lines=1, placeholder="grinning face", elem_id="edit-prompt")
+            mode = gr.Radio(list(EDIT_MODES), value="inpaint", elem_id="edit-mode",
+                            label="inpaint: regenerate the painted region · vary: keep the coarse scales "
+                                  "of the whole image, resample the fine ones")
+            strength = gr.Slider(0, 1, value=0.5, step=0.05, elem_id="edit-strength",
+                                 label="Variation strength (0: the image itself, 1: a new image)")
+            with gr.Accordion("Mask", open=False):
+                dilate = gr.Slider(0, MAX_DILATE, value=0, step=1, elem_id="edit-dilate",
+                                   label="Grow the painted region (pixels)")
+                feather = gr.Slider(0, MAX_FEATHER, value=0, step=1, elem_id="edit-feather",
+                                    label="Blend with the image across the border (pixels; 0: no blending)")
+            seed, randomize, guidance, num_images = _seed_guidance_images(gr, limits, defaults, "edit-")
+            button = gr.Button("Edit", variant="primary", elem_id="edit")
+        with gr.Column(scale=3, min_width=320):
+            gallery = gr.Gallery(label="Edited images", columns=4, height=520, object_fit="contain",
+                                 buttons=["download", "fullscreen"], interactive=False, elem_id="edit-gallery")
+            status = gr.Markdown(elem_id="edit-status")
+    inputs = [editor, prompt, mode, strength, dilate, feather, seed, guidance, num_images]
+    button.click(run_edit, inputs, [gallery, status], concurrency_limit=1, api_name="edit", preprocess=False)
+    randomize.click(lambda: secrets.randbelow(RANDOM_SEED_BOUND), None, seed, queue=False, api_name=False)
 
 
 def launch(app, host: str, port: int, output_dir: Path, *, quiet: bool = False) -> None:
@@ -172,5 +279,5 @@ def launch(app, host: str, port: int, output_dir: Path, *, quiet: bool = False) 
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts: offline
     app.launch(server_name=host, server_port=port, share=False, ssr_mode=False, quiet=quiet,
-               allowed_paths=[str(output_dir)], footer_links=[], theme=theme, show_error=False,
-               mcp_server=False)
+               max_file_size=MAX_UPLOAD, allowed_paths=[str(output_dir)], footer_links=[], theme=theme,
+               show_error=False, mcp_server=False)

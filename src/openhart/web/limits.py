@@ -11,6 +11,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+from PIL import Image
+
 from ..config import SamplingConfig
 from ..seeding import MAX_SEED
 
@@ -51,7 +54,7 @@ class ServeLimits:
 class GenerationRequest:
     """A validated request: what to draw, and the sampling settings (checked by SamplingConfig)."""
 
-    prompt: str
+    prompt: str | None
     negative_prompt: str | None
     seed: int
     num_images: int
@@ -84,7 +87,8 @@ def _text(name: str, value, limit: int, *, required: bool) -> str | None:
 
 def validate_request(limits: ServeLimits, defaults: SamplingConfig, vocab_size: int, *, prompt,
                      negative_prompt, seed, guidance_scale, top_k, top_p, smooth, head_steps,
-                     use_residual, num_images, head_temperature, last_scale) -> GenerationRequest:
+                     use_residual, num_images, head_temperature, last_scale,
+                     prompt_required: bool = True) -> GenerationRequest:
     """Check raw UI/API values against the server's `limits`, then build the sampling settings
     from the model's `defaults`; SamplingConfig's own checks give the message of anything else.
 
@@ -107,9 +111,78 @@ def validate_request(limits: ServeLimits, defaults: SamplingConfig, vocab_size: 
             raise
         raise RequestError(str(error).removeprefix("invalid SamplingConfig: ")) from None
     return GenerationRequest(
-        prompt=_text("prompt", prompt, limits.max_prompt_chars, required=True),
+        prompt=_text("prompt", prompt, limits.max_prompt_chars, required=prompt_required),
         negative_prompt=_text("negative prompt", negative_prompt, limits.max_prompt_chars, required=False),
         seed=_number("seed", seed, 0, MAX_SEED, integer=True),
         num_images=_number("number of images", num_images, 1, limits.max_images, integer=True),
         sampling=sampling,
     )
+
+
+EDIT_MODES = ("inpaint", "vary")
+MAX_DILATE = 64
+MAX_FEATHER = 32
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """A validated edit of an uploaded image (the Edit tab): what `HARTPipeline.inpaint` or
+    `.vary` takes."""
+
+    generation: GenerationRequest
+    mode: str
+    image: Image.Image
+    mask: np.ndarray  # (H, W) bool, True = regenerate (drawn strokes)
+    strength: float
+    dilate: int
+    feather: int | None
+
+
+def validate_edit(limits: ServeLimits, defaults: SamplingConfig, vocab_size: int, *, editor, mode, strength,
+                  dilate, feather, **generation) -> EditRequest:
+    """`validate_request` for the edit's text and settings (a variation needs no prompt), plus the
+    uploaded image and the strokes drawn on it, read from Gradio's upload folder with the same
+    size checks as every image openhart reads."""
+    if mode not in EDIT_MODES:
+        raise RequestError(f"mode must be one of {list(EDIT_MODES)}, got {mode!r}")
+    request = validate_request(limits, defaults, vocab_size, prompt_required=mode == "inpaint", **generation)
+    image, mask = _editor_image_and_mask(editor)
+    feather = _number("feather", feather, 0, MAX_FEATHER, integer=True)
+    return EditRequest(generation=request, mode=mode, image=image, mask=mask,
+                       strength=_number("strength", strength, 0, 1, integer=False),
+                       dilate=_number("dilate", dilate, 0, MAX_DILATE, integer=True), feather=feather or None)
+
+
+def _editor_image_and_mask(editor) -> tuple[Image.Image, np.ndarray]:
+    """The ImageEditor's background image and the union of its drawn layers' opaque pixels."""
+    background = editor.get("background") if isinstance(editor, dict) else None
+    if not isinstance(background, dict) or not isinstance(background.get("path"), str):
+        raise RequestError("upload an image to edit first")
+    image = _open(background["path"], "the uploaded image")
+    mask = np.zeros((image.height, image.width), dtype=bool)
+    for layer in editor.get("layers") or []:
+        if not isinstance(layer, dict) or not isinstance(layer.get("path"), str):
+            raise RequestError("the drawn mask layer could not be read; draw it again")
+        with Image.open(layer["path"]) as strokes:  # written by the page's own editor, like the image
+            _check_size(strokes.size)
+            alpha = strokes.convert("RGBA").getchannel("A").resize(image.size, Image.Resampling.NEAREST)
+        mask |= np.asarray(alpha) > 0
+    return image, mask
+
+
+def _open(path: str, name: str) -> Image.Image:
+    from ..images import open_image
+
+    try:
+        return open_image(path, name)
+    except ValueError as error:
+        raise RequestError(str(error)) from None
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    from ..images import check_image_size
+
+    try:
+        check_image_size(size, "the drawn mask")
+    except ValueError as error:
+        raise RequestError(str(error)) from None

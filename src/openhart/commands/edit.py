@@ -1,0 +1,153 @@
+"""`openhart edit` (inpainting, outpainting) and `openhart vary` (variations): an image in, PNGs
+with their metadata out (`HARTPipeline.inpaint`, `.outpaint`, `.vary`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..images import save_png
+from ..seeding import check_seed
+from .common import (
+    UsageError,
+    add_device_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    check_output_file,
+    load_pipeline,
+    sampling_settings,
+)
+from .generate import CHUNK, output_paths, scale_progress
+
+MAX_IMAGES = 64
+
+EDIT_EXAMPLES = """\
+examples:
+  openhart edit face.png --mask mouth.png "grinning face with sweat" --out edited.png
+      regenerate the white part of mouth.png from the prompt, keep the rest of face.png
+  openhart edit face.png --mask mouth.png "grinning face" --dilate 4 --feather 3 --num-images 4 --out e.png
+      grow the region by 4 px, blend 3 px across its border, four candidates
+  openhart edit apple.png --outpaint 32,0,32,0 "red apple" --out wide.png
+      32 px more on the left and on the right (the canvas is scaled to the model's side)
+"""
+
+VARY_EXAMPLES = """\
+examples:
+  openhart vary face.png --strength 0.5 --num-images 4 --out variation.png
+      keep the coarse half of the scales, resample the rest, without a prompt
+  openhart vary face.png --strength 0.3 --prompt "smiling face with sunglasses" --out v.png
+"""
+
+
+def add_command(commands) -> None:
+    edit = commands.add_parser(
+        "edit", help="inpaint (regenerate a masked region) or outpaint (extend) an image",
+        description="Zero-shot editing with any HART model: the image is encoded, and at every scale "
+                    "the tokens of the region that stays are kept while the others are sampled from "
+                    "the prompt (docs/editing.md). The image is center-cropped to a square and "
+                    "resized to the model's side; the mask gets the same crop and resize.",
+        epilog=EDIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    edit.add_argument("image", type=Path, metavar="IMAGE", help="the image to edit")
+    edit.add_argument("prompt", metavar="PROMPT", help="what the regenerated region shows")
+    how = edit.add_mutually_exclusive_group(required=True)
+    how.add_argument("--mask", type=Path,
+                     help="mask image, white (>= 0.5) = regenerate, black = keep; resized to the image if "
+                          "its size differs")
+    how.add_argument("--outpaint", metavar="LEFT,TOP,RIGHT,BOTTOM",
+                     help="pixels to add on each side (of the image as given)")
+    edit.add_argument("--dilate", type=int, default=0, help="grow the masked region by N pixels (default 0)")
+    edit.add_argument("--feather", type=int, default=None,
+                      help="after decoding, blend with the image over N pixels on each side of the border "
+                           "(0: a hard border; default: no blending)")
+    _add_common(edit)
+    edit.set_defaults(handler=run_edit)
+
+    vary = commands.add_parser(
+        "vary", help="variations of an image: keep its coarse scales, resample the rest",
+        description="Scale-level image-to-image: keep the image's codes for the first "
+                    "k = round((1 - strength) x K) of the model's K scales and sample the others. "
+                    "Strength 0 gives the tokenizer's reconstruction, 1 a new image.",
+        epilog=VARY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    vary.add_argument("image", type=Path, metavar="IMAGE", help="the image to vary")
+    vary.add_argument("--strength", type=float, required=True, help="0 (keep every scale) to 1 (keep none)")
+    vary.add_argument("--prompt", default=None, help="guide the new scales with a prompt (default: none)")
+    _add_common(vary)
+    vary.set_defaults(handler=run_vary)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True,
+                   help="output PNG; with several images, -000, -001, ... are added to the name")
+    p.add_argument("--num-images", type=int, default=1, help=f"images to draw, 1 to {MAX_IMAGES} (default 1)")
+    add_sampling_arguments(p)
+    add_model_arguments(p)
+    add_device_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    _check(args)
+    if args.mask is not None and not args.mask.is_file():
+        raise UsageError(f"mask not found: {args.mask}")
+    if args.dilate < 0 or (args.feather is not None and args.feather < 0):
+        raise UsageError("--dilate and --feather take a number of pixels >= 0")
+    if args.outpaint is not None:
+        pad = _parse_pad(args.outpaint)
+        if args.dilate:
+            raise UsageError("--dilate applies to --mask, not to --outpaint")
+        return _write(args, lambda pipe, **kw: pipe.outpaint(args.image, args.prompt, pad=pad,
+                                                              feather=args.feather, **kw))
+    return _write(args, lambda pipe, **kw: pipe.inpaint(args.image, args.mask, args.prompt, dilate=args.dilate,
+                                                         feather=args.feather, **kw))
+
+
+def run_vary(args: argparse.Namespace) -> int:
+    _check(args)
+    if not 0 <= args.strength <= 1:
+        raise UsageError(f"--strength must be between 0 and 1, got {args.strength:g}")
+    return _write(args, lambda pipe, **kw: pipe.vary(args.image, args.strength, args.prompt, **kw))
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not args.image.is_file():
+        raise UsageError(f"image not found: {args.image}")
+    if args.out.suffix.lower() != ".png":
+        raise UsageError(f"--out must name a .png file, got {args.out}")
+    check_output_file(args.out)
+    if not 1 <= args.num_images <= MAX_IMAGES:
+        raise UsageError(f"--num-images must be between 1 and {MAX_IMAGES}, got {args.num_images}")
+    if args.seed is not None:
+        check_seed(args.seed)
+
+
+def _parse_pad(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    try:
+        pad = tuple(int(p) for p in parts)
+    except ValueError:
+        pad = ()
+    if len(pad) != 4 or min(pad) < 0:
+        raise UsageError(f"--outpaint takes four pixel counts >= 0, LEFT,TOP,RIGHT,BOTTOM (e.g. 32,0,32,0), "
+                         f"got {text!r}")
+    return pad
+
+
+def _write(args: argparse.Namespace, edit) -> int:
+    """Run the edit CHUNK images at a time (chunk c drawn with seed + c) and write the PNGs."""
+    import secrets
+
+    pipe = load_pipeline(args)
+    sampling = pipe.resolve_sampling(None, **sampling_settings(args))
+    seed = secrets.randbits(62) if args.seed is None else args.seed
+    starts = range(0, args.num_images, CHUNK)
+    images, metadata = [], []
+    with scale_progress(pipe, args.quiet, len(starts)) as on_scale:
+        for start in starts:
+            out = edit(pipe, num_images_per_prompt=min(CHUNK, args.num_images - start), sampling=sampling,
+                       negative_prompt=args.negative_prompt, seed=seed + start // CHUNK, on_scale=on_scale)
+            images += out.images
+            metadata += out.metadata
+    for image, path, text in zip(images, output_paths(args.out, len(images)), metadata):
+        save_png(image, path, text)
+        print(f"{path}  seed {text['seed']}")
+    return 0
