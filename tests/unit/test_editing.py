@@ -30,6 +30,11 @@ def pipe():
     return HARTPipeline.from_pretrained(str(HART_TINY), text_encoder="random", dtype=torch.float32)
 
 
+@pytest.fixture(scope="module")
+def shipped():
+    return HARTPipeline.from_pretrained(dtype=torch.float32)  # the emoji model in the repository
+
+
 def _image(seed=0, side=SIDE):
     """An image whose pixels are exact 8-bit levels, as an image file's are."""
     g = torch.Generator().manual_seed(seed)
@@ -194,3 +199,24 @@ def test_editing_runs_on_the_0p7b_architecture():
     edited = generate(model, context, positions, sampling, torch.Generator().manual_seed(0), known=everything.known)
     plain = generate(model, context, positions, sampling, torch.Generator().manual_seed(0))
     assert torch.equal(edited.images, plain.images)
+
+
+def test_the_shipped_model_edits_exactly_at_both_ends_and_keeps_known_codes(shipped):
+    side = shipped.model.config.image_size
+    image = _image(5, side=side)
+    for residual in (True, False):
+        kept = shipped.inpaint(image, torch.zeros(side, side), "grinning face", seed=0, output_type="pt",
+                               use_residual=residual)
+        assert torch.equal(kept.images, _reconstruction(shipped.model, image, residual=residual))
+    everything = shipped.inpaint(image, torch.ones(side, side), "grinning face", seed=4, output_type="pt")
+    assert torch.equal(everything.images, shipped("grinning face", seed=4, output_type="pt").images)
+    assert torch.equal(shipped.vary(image, 1.0, "red apple", seed=2, output_type="pt").images,
+                       shipped("red apple", seed=2, output_type="pt").images)
+    mask = torch.zeros(side, side)
+    mask[8:40, 16:56] = 1
+    edit = inpaint_input(shipped.model, image, mask)
+    cond = shipped.encode_prompt(["grinning face"], None)[0]
+    out = generate(shipped.model, cond.features, cond.position_ids, shipped.default_sampling,
+                   torch.Generator().manual_seed(0), known=edit.known)
+    for codes, known, unknown in zip(out.indices, edit.known.indices, edit.known.unknown):
+        assert torch.equal(codes[:, ~unknown], known[:, ~unknown])
