@@ -141,6 +141,7 @@ class _Run:
     known: KnownTokens | None
 
 
+# Longer than ~60 lines on purpose: the sampling loop reads top to bottom in one function (steps 1-4).
 @torch.no_grad()
 def generate(model: HARTModel, context_BTD: torch.Tensor, position_ids_BT: torch.Tensor,
              sampling: SamplingConfig, generator: torch.Generator | None = None, *,

@@ -28,6 +28,20 @@ def check_output_file(path) -> None:
         raise UsageError(f"cannot write into {path.parent}: permission denied; choose another folder")
 
 
+def check_image_outputs(args: argparse.Namespace, max_images: int) -> None:
+    """--out (a writable .png), --num-images and --seed of the commands that write images,
+    checked before any work."""
+    from ..seeding import check_seed
+
+    if args.out.suffix.lower() != ".png":
+        raise UsageError(f"--out must name a .png file, got {args.out}")
+    check_output_file(args.out)
+    if not 1 <= args.num_images <= max_images:
+        raise UsageError(f"--num-images must be between 1 and {max_images}, got {args.num_images}")
+    if args.seed is not None:
+        check_seed(args.seed)
+
+
 def add_model_arguments(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
     """--model and --text-encoder (and --weights) of the commands that load a model."""
     p.add_argument("--model", default=None,

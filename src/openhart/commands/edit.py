@@ -7,13 +7,12 @@ import argparse
 from pathlib import Path
 
 from ..images import save_png
-from ..seeding import check_seed
 from .common import (
     UsageError,
     add_device_arguments,
     add_model_arguments,
     add_sampling_arguments,
-    check_output_file,
+    check_image_outputs,
     load_pipeline,
     sampling_settings,
 )
@@ -111,13 +110,7 @@ def run_vary(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> None:
     if not args.image.is_file():
         raise UsageError(f"image not found: {args.image}")
-    if args.out.suffix.lower() != ".png":
-        raise UsageError(f"--out must name a .png file, got {args.out}")
-    check_output_file(args.out)
-    if not 1 <= args.num_images <= MAX_IMAGES:
-        raise UsageError(f"--num-images must be between 1 and {MAX_IMAGES}, got {args.num_images}")
-    if args.seed is not None:
-        check_seed(args.seed)
+    check_image_outputs(args, MAX_IMAGES)
 
 
 def _parse_pad(text: str) -> tuple[int, int, int, int]:

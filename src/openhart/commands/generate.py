@@ -11,13 +11,12 @@ from pathlib import Path
 
 from ..images import image_grid, save_png
 from ..sampling import per_scale
-from ..seeding import check_seed
 from .common import (
     UsageError,
     add_device_arguments,
     add_model_arguments,
     add_sampling_arguments,
-    check_output_file,
+    check_image_outputs,
     load_pipeline,
     sampling_settings,
 )
@@ -74,13 +73,7 @@ def run(args: argparse.Namespace) -> int:
                     if line.strip()]
     if not prompts:
         raise UsageError("no prompt given: pass PROMPT arguments or --prompts-file")
-    if args.out.suffix.lower() != ".png":
-        raise UsageError(f"--out must name a .png file, got {args.out}")
-    check_output_file(args.out)
-    if not 1 <= args.num_images <= MAX_IMAGES:
-        raise UsageError(f"--num-images must be between 1 and {MAX_IMAGES}, got {args.num_images}")
-    if args.seed is not None:
-        check_seed(args.seed)
+    check_image_outputs(args, MAX_IMAGES)
     pipe = load_pipeline(args, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(None, **sampling_settings(args))
     seed = secrets.randbits(62) if args.seed is None else args.seed

@@ -64,6 +64,7 @@ class Split:
     gallery_index: torch.Tensor
 
 
+# About 60 lines: (a)-(c) in the order the report lists them; the work is in the helpers below.
 @torch.no_grad()
 def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
              train_data: str | os.PathLike | None = None, train_samples: int = 500,

@@ -135,6 +135,7 @@ def _progress_hook(progress, num_scales: int):
     return per_scale(scale_done)
 
 
+# Longer than ~60 lines on purpose: the tab's widgets are declared in the order the page shows them.
 def _generate_tab(gr, service: ImageService, limits: ServeLimits) -> None:
     config = service.pipe.model.config
     vocab, num_scales, size = config.tokenizer.vocab_size, config.num_scales, config.image_size
