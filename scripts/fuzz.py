@@ -1,6 +1,6 @@
 """Seeded fuzzing of openhart's inputs (model folders, images, flags): a longer run than CI's.
 
-    python scripts/fuzz.py --seed 1 --config 2000 --weights 1000 --image 300 --flags 500
+    python scripts/fuzz.py --seed 1 --config 2000 --weights 1000 --image 300 --flags 500 --edit 126
 
 Each case runs in a forked child under a memory and a time limit; the only outcomes allowed are
 exit 0 with a valid output or exit 2 with one line naming the file or flag, and nothing
@@ -27,11 +27,13 @@ def main() -> int:
     parser.add_argument("--weights", type=int, default=1000, help="model.safetensors mutations")
     parser.add_argument("--image", type=int, default=300, help="hostile image files")
     parser.add_argument("--flags", type=int, default=500, help="hostile flag combinations")
+    parser.add_argument("--edit", type=int, default=126, help="hostile images and masks for edit / vary")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="openhart-fuzz-"))
-    counts = {"config": args.config, "weights": args.weights, "image": args.image, "flags": args.flags}
+    counts = {"config": args.config, "weights": args.weights, "image": args.image, "flags": args.flags,
+              "edit": args.edit}
     done = []
 
     def progress(outcome):

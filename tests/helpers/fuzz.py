@@ -233,6 +233,28 @@ def image_cases(rng: random.Random, work: Path, count: int) -> list[tuple[Case, 
     return cases
 
 
+def edit_cases(rng: random.Random, model: Path, work: Path, count: int) -> list[tuple[Case, callable]]:
+    """Hostile images and masks given to `openhart edit` and `openhart vary`."""
+    roles = ("image", "mask", "vary")
+    cases = []
+    for i in range(count):
+        kind, role = IMAGE_KINDS[i % len(IMAGE_KINDS)], roles[(i // len(IMAGE_KINDS)) % len(roles)]
+        folder = work / f"edit-{i}"
+        hostile, good, out = folder / "hostile.png", folder / "good.png", folder / "out.png"
+
+        def prepare(_folder, kind=kind, hostile=hostile, good=good, seed=rng.randrange(2**32)):
+            base_image(good)
+            _write_image(kind, hostile, random.Random(seed))
+        common = ["--model", str(model), "--out", str(out), "--quiet", "--seed", "1", "--head-steps", "1",
+                  "--dtype", "fp32"]
+        argv = {"image": ["edit", str(hostile), "--mask", str(good), "a red apple", *common],
+                "mask": ["edit", str(good), "--mask", str(hostile), "a red apple", *common],
+                "vary": ["vary", str(hostile), "--strength", "0.5", *common]}[role]
+        cases.append((Case("edit", f"{role}: {kind}", folder, argv, ("hostile.png",), output=out, size=128),
+                      prepare))
+    return cases
+
+
 FLAG_VALUES = {
     "--num-images": ["-1", "0", "2", "100000", "1e3", "x"],
     "--seed": ["-1", str(2**64), str(2**63 - 1), "abc", "7"],
@@ -298,6 +320,7 @@ def make_cases(seed: int, work: Path, model: Path, counts: dict[str, int]) -> li
     cases += config_cases(rng, model, work, counts.get("config", 0))
     cases += weight_cases(rng, model, work, counts.get("weights", 0))
     cases += image_cases(rng, work, counts.get("image", 0))
+    cases += edit_cases(rng, model, work, counts.get("edit", 0))
     cases += flag_cases(rng, model, work, counts.get("flags", 0))
     return cases
 

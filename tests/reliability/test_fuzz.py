@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("OPENHART_TEST_ARTIFACTS", ROOT / "test-artifacts"))
-CI_COUNTS = {"config": 200, "weights": 100, "image": 28, "flags": 60}
+CI_COUNTS = {"config": 200, "weights": 100, "image": 28, "flags": 60, "edit": 42}
 
 
 def test_fuzz_model_folders_images_and_flags(tmp_path):
