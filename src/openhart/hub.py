@@ -102,13 +102,13 @@ def resolve_model(name: str | os.PathLike | None = None, *, weights: str = "auto
     repo_id, revision = hub
     folder = _download(repo_id, revision, [*OPENHART_PATTERNS, *OFFICIAL_PATTERNS, *_llm_weights(weights)],
                        what="model")
-    if _is_official(folder) and not _has_llm_weights(folder):
+    if official.is_official_folder(folder) and not _has_llm_weights(folder):
         if weights == "auto":  # a repo without EMA weights: take the raw ones
             folder = _download(repo_id, revision, [*OFFICIAL_PATTERNS, *_llm_weights("raw")], what="model")
         if not _has_llm_weights(folder):
             raise HubError(f"{repo_id} has no {' or '.join('llm/' + n for n in _llm_weights(weights))}; "
                            "try --weights raw or --weights ema")
-    if not _is_official(folder) and not _is_openhart_model(folder):
+    if not official.is_official_folder(folder) and not _is_openhart_model(folder):
         raise HubError(f"{repo_id} is not a HART model: it has neither an openhart config.json and "
                        "model.safetensors nor llm/ and tokenizer/ (the official layout)")
     return _local(folder, str(name), str(name))
@@ -144,6 +144,15 @@ def resolve_text_encoder(spec: str | os.PathLike) -> str:
 def recorded_text_encoder(folder: str | os.PathLike) -> str | None:
     """The text encoder an openhart model folder names in its config.json ("random", a packaged
     encoder's name, a folder or a Hub id); None when it names none."""
+    spec = recorded_text_encoder_spec(folder)
+    if spec is None:
+        return None
+    return RANDOM_TEXT_ENCODER if spec["kind"] == "random" else spec["path"]
+
+
+def recorded_text_encoder_spec(folder: str | os.PathLike) -> dict | None:
+    """The `text_encoder` entry of a model folder's config.json, checked; None when the folder
+    has no config.json or its config names no text encoder."""
     config = Path(folder) / "config.json"
     if not config.is_file():
         return None
@@ -160,23 +169,18 @@ def recorded_text_encoder(folder: str | os.PathLike) -> str | None:
             spec.get("kind") == "huggingface" and not isinstance(spec.get("path"), str)):
         raise HubError(f"{config}: 'text_encoder' must be {{\"kind\": \"random\"}} or "
                        f"{{\"kind\": \"huggingface\", \"path\": NAME}}, got {spec!r}")
-    return RANDOM_TEXT_ENCODER if spec["kind"] == "random" else spec["path"]
+    return spec
 
 
 # ----- helpers -------------------------------------------------------------------------------------
 
 def _local(folder: Path, name: str, hub_id: str | None) -> ResolvedModel:
-    # the root of the official layout, or its llm/ folder itself
-    is_official = _is_official(folder) or _is_official(folder.parent) and folder.name == "llm"
+    is_official = official.official_root(folder) is not None
     if not is_official and not (folder / "config.json").is_file():
         raise HubError(f"{folder} is not a model folder: expected config.json and model.safetensors "
                        "(openhart's layout) or llm/ and tokenizer/ (the official layout)")
     text_encoder = OFFICIAL_TEXT_ENCODER if is_official else recorded_text_encoder(folder)
     return ResolvedModel(path=folder, name=name, hub_id=hub_id, official=is_official, text_encoder=text_encoder)
-
-
-def _is_official(folder: Path) -> bool:
-    return official.is_official_folder(folder)
 
 
 def _is_openhart_model(folder: Path) -> bool:

@@ -132,7 +132,7 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str | None = N
     data = read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else {}
     if data.get("model_type") == MODEL_TYPE:
         config, state, source = _read_own_model(folder, data)
-    elif (root := official.official_root(folder, data)) is not None:
+    elif (root := official.official_root(folder)) is not None:
         config, state, source = official.read_official_model(root, weights)
     else:
         raise CheckpointError(

@@ -29,7 +29,7 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     Returns:
         `dst`, after reloading it and checking every tensor.
     """
-    from ..hub import OFFICIAL_TEXT_ENCODER, resolve_model
+    from ..hub import OFFICIAL_TEXT_ENCODER, recorded_text_encoder_spec, resolve_model
     from ..loading import (MODEL_TYPE, load_model, model_config_json, recommended_sampling,
                            write_folder_files)
     from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
@@ -44,7 +44,7 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     model = load_model(src, dtype=dtype, weights=weights)
     # the converted folder names its text encoder: the recorded one, or the official models' one
     text_encoder = ({"kind": "huggingface", "path": OFFICIAL_TEXT_ENCODER} if source.official
-                    else _recorded_text_encoder(src))
+                    else recorded_text_encoder_spec(src))
     config = model_config_json(model, text_encoder=text_encoder, sampling=recommended_sampling(src))
     # everything is written and verified in a staging folder, which replaces dst only then
     with staged_folder(dst) as staging:
@@ -61,11 +61,3 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
                 raise RuntimeError(f"verification failed: {key} differs after reloading {dst}")
     return dst
 
-
-def _recorded_text_encoder(src: Path) -> dict | None:
-    """The `text_encoder` entry of an openhart folder's config.json (None for official folders)."""
-    from ..loading import CONFIG_NAME, MODEL_TYPE
-    from ..serialization import read_json
-
-    data = read_json(src / CONFIG_NAME) if (src / CONFIG_NAME).is_file() else {}
-    return data.get("text_encoder") if data.get("model_type") == MODEL_TYPE else None

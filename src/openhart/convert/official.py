@@ -212,12 +212,16 @@ def is_official_folder(folder) -> bool:
     return (Path(folder) / "llm" / CONFIG_NAME).is_file() and (Path(folder) / "tokenizer" / CONFIG_NAME).is_file()
 
 
-def official_root(folder: Path, data: Mapping) -> Path | None:
-    """The official model root that `folder` (with config.json `data`) stands for, or None: the
-    root itself, or its `llm/` folder."""
-    if is_official_llm_config(data):
-        folder = folder.parent
-    return folder if is_official_folder(folder) else None
+def official_root(folder: str | Path) -> Path | None:
+    """The official model root that `folder` stands for, or None: the root itself (`llm/` and
+    `tokenizer/` with their config.json), or its `llm/` folder. Loading and model resolution
+    both ask this one question."""
+    folder = Path(folder)
+    if is_official_folder(folder):
+        return folder
+    if folder.name == "llm" and is_official_folder(folder.parent):
+        return folder.parent
+    return None
 
 
 def read_official_model(root: Path, weights: str = "auto") -> tuple[HARTConfig, dict, str]:
