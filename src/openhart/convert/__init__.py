@@ -60,4 +60,3 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
             if not torch.equal(tensor, expected[key]):
                 raise RuntimeError(f"verification failed: {key} differs after reloading {dst}")
     return dst
-
