@@ -179,38 +179,59 @@ def inpaint_input(model: HARTModel, image: Any, mask: Any, *, dilate_pixels: int
                               "kept_tokens": _kept_fractions(masks)}, notes=notes)
 
 
-def outpaint_input(model: HARTModel, image: Any, pad: tuple[int, int, int, int]) -> EditInput:
-    """Place the image on a larger canvas and regenerate everything around it.
+def outpaint_input(model: HARTModel, image: Any, pad: tuple[int, int, int, int] | None = None, *,
+                   canvas: tuple[int, int, int, int] | None = None) -> EditInput:
+    """Place the image on the model's square canvas and regenerate everything around it.
 
-    `pad` (left, top, right, bottom) is in pixels of the image as given. The padded canvas is
-    scaled to fit the model's square side S, with the image where the padding puts it; a canvas
-    that is not square is completed to a square on its right or bottom, and that part is
-    regenerated too. The encoder sees the image's border pixels repeated outwards.
+    Give one of:
+        pad: (left, top, right, bottom) in pixels of the image as given. The padded canvas is
+            scaled to fit the model's side S, with the image where the padding puts it; a canvas
+            that is not square is completed to a square on its right or bottom, and that part
+            is regenerated too.
+        canvas: (left, top, width, height) of the image on the S x S canvas, in its pixels.
+    The encoder sees the image's border pixels repeated outwards.
     """
-    if len(pad) != 4 or any(not isinstance(p, int) or p < 0 for p in pad):
-        raise ValueError(f"pad must be four integers >= 0 (left, top, right, bottom), got {pad!r}")
-    if not any(pad):
-        raise ValueError("pad is 0 on every side: nothing to outpaint (give at least one side)")
     size, notes = model.config.image_size, []
     pil = as_pil(image, "the image")
-    left, top, right, bottom = pad
-    canvas_w, canvas_h = pil.width + left + right, pil.height + top + bottom
-    scale = size / max(canvas_w, canvas_h)
-    w, h = max(1, round(pil.width * scale)), max(1, round(pil.height * scale))
-    x, y = min(round(left * scale), size - w), min(round(top * scale), size - h)
+    if (pad is None) == (canvas is None):
+        raise ValueError("give pad=(left, top, right, bottom) or canvas=(left, top, width, height), not both")
+    if pad is not None:
+        x, y, w, h = _placement_from_pad(tuple(pad), pil.size, size, notes)
+    else:
+        if len(canvas) != 4 or any(not isinstance(v, int) or isinstance(v, bool) for v in canvas):
+            raise ValueError(f"canvas must be four integers (left, top, width, height), got {canvas!r}")
+        x, y, w, h = canvas
+        if w < 1 or h < 1 or x < 0 or y < 0 or x + w > size or y + h > size:
+            raise ValueError(f"canvas {tuple(canvas)} must place the image inside the model's {size}x{size} "
+                             "canvas, with a width and height of at least 1")
+        if (w, h) == (size, size):
+            raise ValueError(f"canvas {tuple(canvas)} covers the whole {size}x{size} canvas: nothing to outpaint")
     placed = pil_to_tensor(pil.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None))
     pixels = F.pad(placed, (x, size - w - x, y, size - h - y), mode="replicate")
     unknown = torch.ones(size, size, dtype=torch.bool)
     unknown[y:y + h, x:x + w] = False
+    masks = token_masks(unknown, model.config.tokenizer.patch_nums)
+    if bool(masks[-1].all()):
+        notes.append("the image covers no whole token at the last scale: nothing of it is kept; make it larger")
+    return EditInput(kind="outpaint", image=pixels, unknown=unknown, known=known_tokens(model, pixels, masks),
+                     details={"pad": None if pad is None else list(pad), "placement": [x, y, w, h],
+                              "kept_tokens": _kept_fractions(masks)}, notes=notes)
+
+
+def _placement_from_pad(pad: tuple, image_size: tuple[int, int], size: int,
+                        notes: list[str]) -> tuple[int, int, int, int]:
+    if len(pad) != 4 or any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in pad):
+        raise ValueError(f"pad must be four integers >= 0 (left, top, right, bottom), got {pad!r}")
+    if not any(pad):
+        raise ValueError("pad is 0 on every side: nothing to outpaint (give at least one side)")
+    (width, height), (left, top, right, bottom) = image_size, pad
+    canvas_w, canvas_h = width + left + right, height + top + bottom
+    scale = size / max(canvas_w, canvas_h)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
     if canvas_w != canvas_h:
         notes.append(f"the padded canvas is {canvas_w}x{canvas_h}: it is completed to a square, whose "
                      "extra part is regenerated too")
-    masks = token_masks(unknown, model.config.tokenizer.patch_nums)
-    if not any(bool((~m).any()) for m in masks[-1:]):
-        notes.append("the image covers no whole token at this scale: nothing of it is kept; use less padding")
-    return EditInput(kind="outpaint", image=pixels, unknown=unknown, known=known_tokens(model, pixels, masks),
-                     details={"pad": list(pad), "placement": [x, y, w, h], "kept_tokens": _kept_fractions(masks)},
-                     notes=notes)
+    return min(round(left * scale), size - w), min(round(top * scale), size - h), w, h
 
 
 def kept_scales(strength: float, num_scales: int) -> int:

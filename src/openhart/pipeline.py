@@ -298,14 +298,17 @@ class HARTPipeline:
         return self.edit(inpaint_input(self.model, image, mask, dilate_pixels=dilate), prompt, feather, **kwargs)
 
     @torch.no_grad()
-    def outpaint(self, image: Any, prompt: str | Sequence[str], *, pad: tuple[int, int, int, int],
-                 feather: int | None = None, **kwargs) -> PipelineOutput | tuple:
-        """Extend the image by `pad` (left, top, right, bottom) pixels of the image as given: the
-        padded canvas is scaled to the model's side and everything outside the image is
-        generated from the prompt (`openhart.editing.outpaint_input`)."""
+    def outpaint(self, image: Any, prompt: str | Sequence[str], *, pad: tuple[int, int, int, int] | None = None,
+                 canvas: tuple[int, int, int, int] | None = None, feather: int | None = None,
+                 **kwargs) -> PipelineOutput | tuple:
+        """Extend the image and generate what is around it from the prompt
+        (`openhart.editing.outpaint_input`). Give one of `pad` (left, top, right, bottom) in
+        pixels of the image as given (the padded canvas is scaled to the model's side) or
+        `canvas` (left, top, width, height) of the image on the model's square canvas."""
         from .editing import outpaint_input
 
-        return self.edit(outpaint_input(self.model, image, tuple(pad)), prompt, feather, **kwargs)
+        return self.edit(outpaint_input(self.model, image, None if pad is None else tuple(pad),
+                                        canvas=None if canvas is None else tuple(canvas)), prompt, feather, **kwargs)
 
     @torch.no_grad()
     def vary(self, image: Any, strength: float = 0.5, prompt: str | Sequence[str] | None = None,

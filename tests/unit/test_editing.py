@@ -139,8 +139,14 @@ def test_outpainting_keeps_the_placed_image_and_generates_around_it(pipe):
     want = torch.nn.functional.interpolate(image[None], size=64)  # placed at its own size
     torch.testing.assert_close(out.images[0][:, :64, 64:], want[0], rtol=0, atol=1e-6)
     assert json.loads(out.metadata[0]["openhart"])["edit"]["pad"] == [64, 0, 0, 64]
+    on_canvas = outpaint_input(pipe.model, image, canvas=(64, 0, 64, 64))
+    assert torch.equal(on_canvas.unknown, edit.unknown) and torch.equal(on_canvas.image, edit.image)
     with pytest.raises(ValueError, match="nothing to outpaint"):
         outpaint_input(pipe.model, image, (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="inside the model's 128x128 canvas"):
+        outpaint_input(pipe.model, image, canvas=(100, 0, 64, 64))
+    with pytest.raises(ValueError, match="not both"):
+        outpaint_input(pipe.model, image, (1, 0, 0, 0), canvas=(0, 0, 64, 64))
     with pytest.raises(ValueError, match="four integers"):
         outpaint_input(pipe.model, image, (1, 2, 3))
 
