@@ -320,19 +320,19 @@ class HARTPipeline:
 
         return self.edit(variation_input(self.model, image, strength), prompt, None, **kwargs)
 
-    def edit(self, edit, prompt: str | Sequence[str] | None, feather: int | None = None, *, negative_prompt=None,
+    def edit(self, prepared, prompt: str | Sequence[str] | None, feather: int | None = None, *, negative_prompt=None,
              num_images_per_prompt: int = 1, generator=None, seed: int | None = None, output_type: str = "pil",
              return_dict: bool = True, sampling: SamplingConfig | None = None, on_scale=None,
              **settings) -> PipelineOutput | tuple:
-        """Sample with a prepared edit (`openhart.editing.EditInput`: its known tokens), then blend
-        with the image when `feather` is given. `inpaint`, `outpaint` and `vary` prepare one;
+        """Sample with a `prepared` edit (`openhart.editing.EditInput`: its known tokens), then
+        blend with the image when `feather` is given. `inpaint`, `outpaint` and `vary` prepare one;
         prompt None samples unconditionally."""
         from .editing import blend
 
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
         resolved = self.resolve_sampling(sampling, **settings)
-        for note in edit.notes:
+        for note in prepared.notes:
             logger.warning("%s", note)
         if prompt is None:
             prompts, negatives = self.check_inputs(["(no prompt)"], negative_prompt, num_images_per_prompt)
@@ -341,10 +341,10 @@ class HARTPipeline:
             prompts = [""]
         else:
             cond, uncond, prompts, negatives = self._conditions(prompt, None, negative_prompt, num_images_per_prompt)
-        details = {"kind": edit.kind, **edit.details, "feather": feather}
-        finish = None if feather is None else (lambda images: blend(images, edit.image, edit.unknown, feather))
+        details = {"kind": prepared.kind, **prepared.details, "feather": feather}
+        finish = None if feather is None else (lambda images: blend(images, prepared.image, prepared.unknown, feather))
         return self._sample(cond, uncond, prompts, negatives, num_images_per_prompt, resolved, generator, seed,
-                            output_type, return_dict, on_scale, known=edit.known, edit=details, finish=finish)
+                            output_type, return_dict, on_scale, known=prepared.known, edit=details, finish=finish)
 
     def _unconditional(self, batch: int) -> PromptEmbedding:
         """The text features of an empty condition: zeros at position 0, as the unconditional
