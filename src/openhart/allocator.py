@@ -7,9 +7,12 @@ page by page and zeroed by the kernel again, on every call. On a 2-core EPYC, `s
 36 MiB took 36.8 ms with the default and 8.7 ms with a 1 GiB threshold; over 144 MiB, 137 ms and
 29 ms; a whole 512 px bf16 generation 53.9 s and 48.5 s (docs/performance.md).
 
-`keep_large_blocks` raises the mmap and trim thresholds to 1 GiB, so that freed blocks stay in
-the heap and are reused. The peak resident memory measured the same (6.07 and 6.05 GiB at
-512 px); memory freed after the peak is kept by the process rather than returned to the system.
+`keep_large_blocks` raises the mmap and trim thresholds to 2 GiB (the largest value mallopt
+takes), so that freed blocks stay in the heap and are reused. The peak resident memory measured
+the same (6.07 and 6.05 GiB at 512 px); memory freed after the peak is kept by the process rather
+than returned to the system. With 1 GiB, a 512 px fp32 generation's 1.8 GB KV cache was trimmed
+from the heap after each call and faulted in again on the next: its writes took 1.75 s against
+0.72 s with 2 GiB (AVX2 EPYC, docs/performance.md).
 The CLI and `HARTPipeline.from_pretrained` on the CPU call it; set OPENHART_MALLOC=system to keep
 the C library's defaults.
 """
@@ -20,7 +23,7 @@ import ctypes
 import os
 import sys
 
-THRESHOLD_BYTES = 1 << 30
+THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int
 # mallopt parameters of glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
