@@ -21,6 +21,7 @@ the image on the model's square canvas and regenerates everything around it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,7 @@ from .images import center_crop, check_image_size, open_image, pil_to_tensor
 from .model import HARTModel
 from .sampling import KnownTokens
 
-EDIT_KINDS = ("inpaint", "outpaint", "vary")
-
+logger = logging.getLogger(__name__)
 
 @dataclass
 class EditInput:
@@ -104,26 +104,15 @@ def prepare_mask(mask: Any, image_size: tuple[int, int], size: int, notes: list[
             values = values / 255
         pil = Image.fromarray((values.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
     else:
-        pil = as_pil(mask, "the mask") if not isinstance(mask, Image.Image) else mask
-        check_image_size(pil.size, "the mask")
-        pil = pil.convert("L")
+        pil = as_pil(mask, "the mask").convert("L")
     if pil.size != image_size:
         notes.append(f"the mask is {pil.width}x{pil.height} and the image {image_size[0]}x{image_size[1]}: "
                      "the mask was resized to the image")
         pil = pil.resize(image_size, Image.Resampling.NEAREST)
-    values = torch.from_numpy(np.asarray(center_crop_nearest(pil, size), dtype=np.float32)) / 255
+    values = torch.from_numpy(np.asarray(center_crop(pil, size, Image.Resampling.NEAREST), dtype=np.float32)) / 255
     if bool(((values > 0) & (values < 1)).any()):
         notes.append("the mask has values between 0 and 1: thresholded at 0.5 (white = regenerate)")
     return values >= 0.5
-
-
-def center_crop_nearest(image: Image.Image, size: int) -> Image.Image:
-    """`images.center_crop` with nearest-neighbour resampling (for masks)."""
-    scale = size / min(image.size)
-    resized = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-                           Image.Resampling.NEAREST)
-    left, top = (resized.width - size) // 2, (resized.height - size) // 2
-    return resized.crop((left, top, left + size, top + size))
 
 
 def dilate(unknown: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -150,13 +139,13 @@ def token_masks(unknown: torch.Tensor, patch_nums: tuple[int, ...]) -> list[torc
 
 @torch.no_grad()
 def known_tokens(model: HARTModel, image: torch.Tensor, unknown: list[torch.Tensor]) -> KnownTokens:
-    """The image's codes per scale and its last-scale residual, as the tokens to keep."""
+    """The image's codes per scale, and its latent from the codes alone and with the residual."""
     tokenizer = model.tokenizer
     weight = tokenizer.quant_conv.weight
     tokens = tokenizer.encode(image.to(weight.device, weight.dtype))
+    discrete = tokenizer.tokens_to_latent(tokens.indices)
     return KnownTokens(indices=list(tokens.indices), unknown=[u.to(weight.device) for u in unknown],
-                       latent=tokenizer.tokens_to_latent(tokens.indices, tokens.residual),
-                       discrete=tokenizer.tokens_to_latent(tokens.indices))
+                       latent=discrete + tokens.residual, discrete=discrete)
 
 
 # ----- the three edits ----------------------------------------------------------------------------------
@@ -252,6 +241,13 @@ def variation_input(model: HARTModel, image: Any, strength: float) -> EditInput:
     return EditInput(kind="vary", image=pixels, unknown=torch.ones(size, size, dtype=torch.bool),
                      known=known_tokens(model, pixels, masks),
                      details={"strength": strength, "kept_scales": k, "num_scales": len(patch_nums)}, notes=notes)
+
+
+def log_notes(prepared: EditInput) -> EditInput:
+    """Say the edit's notes once, as warnings (the CLI prints them; the web UI shows its own)."""
+    for note in prepared.notes:
+        logger.warning("%s", note)
+    return prepared
 
 
 def _kept_fractions(masks: list[torch.Tensor]) -> list[float]:

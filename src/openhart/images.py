@@ -60,21 +60,23 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     return pil_to_tensor(center_crop(open_image(path, str(path)), size))
 
 
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the short side is `size`, then crop the center square."""
-    image = resize_short_side(image, size)
+def center_crop(image: Image.Image, size: int,
+                resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """Resize so the short side is `size`, then crop the center square (masks: NEAREST)."""
+    image = resize_short_side(image, size, resample)
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return image.crop((left, top, left + size, top + size))
 
 
-def resize_short_side(image: Image.Image, size: int) -> Image.Image:
-    """Bicubic (antialiased) resize so that the shorter side is `size`."""
+def resize_short_side(image: Image.Image, size: int,
+                      resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """Resize (bicubic, antialiased, by default) so that the shorter side is `size`."""
     width, height = image.size
     if min(width, height) < 1:
         raise ValueError("the image is empty")
     scale = size / min(width, height)
     new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-    return image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=None)
+    return image.resize(new_size, resample, reducing_gap=None)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

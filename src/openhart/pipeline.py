@@ -264,8 +264,6 @@ class HARTPipeline:
             output_type: "pil" (default), "pt" or "np".
             return_dict: False returns `(images,)`.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
         resolved = self.resolve_sampling(
             sampling, guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, smooth=smooth,
             head_steps=head_steps, maskgit_iters=maskgit_iters, use_residual=use_residual,
@@ -293,9 +291,10 @@ class HARTPipeline:
             **kwargs: what `__call__` takes (negative_prompt, num_images_per_prompt,
                 guidance_scale, generator, seed, output_type, sampling settings, ...).
         """
-        from .editing import inpaint_input
+        from .editing import inpaint_input, log_notes
 
-        return self.edit(inpaint_input(self.model, image, mask, dilate_pixels=dilate), prompt, feather, **kwargs)
+        prepared = log_notes(inpaint_input(self.model, image, mask, dilate_pixels=dilate))
+        return self.edit(prepared, prompt, feather, **kwargs)
 
     @torch.no_grad()
     def outpaint(self, image: Any, prompt: str | Sequence[str], *, pad: tuple[int, int, int, int] | None = None,
@@ -305,10 +304,11 @@ class HARTPipeline:
         (`openhart.editing.outpaint_input`). Give one of `pad` (left, top, right, bottom) in
         pixels of the image as given (the padded canvas is scaled to the model's side) or
         `canvas` (left, top, width, height) of the image on the model's square canvas."""
-        from .editing import outpaint_input
+        from .editing import log_notes, outpaint_input
 
-        return self.edit(outpaint_input(self.model, image, None if pad is None else tuple(pad),
-                                        canvas=None if canvas is None else tuple(canvas)), prompt, feather, **kwargs)
+        prepared = log_notes(outpaint_input(self.model, image, None if pad is None else tuple(pad),
+                                            canvas=None if canvas is None else tuple(canvas)))
+        return self.edit(prepared, prompt, feather, **kwargs)
 
     @torch.no_grad()
     def vary(self, image: Any, strength: float = 0.5, prompt: str | Sequence[str] | None = None,
@@ -316,24 +316,21 @@ class HARTPipeline:
         """Variations: keep the image's codes for the first k = round((1 - strength) * K) scales
         and sample the rest. Strength 0 gives the reconstruction, 1 a plain generation. Without
         a prompt the model samples unconditionally (the text features of condition dropout)."""
-        from .editing import variation_input
+        from .editing import log_notes, variation_input
 
-        return self.edit(variation_input(self.model, image, strength), prompt, None, **kwargs)
+        return self.edit(log_notes(variation_input(self.model, image, strength)), prompt, None, **kwargs)
 
     def edit(self, prepared, prompt: str | Sequence[str] | None, feather: int | None = None, *, negative_prompt=None,
              num_images_per_prompt: int = 1, generator=None, seed: int | None = None, output_type: str = "pil",
              return_dict: bool = True, sampling: SamplingConfig | None = None, on_scale=None,
              **settings) -> PipelineOutput | tuple:
         """Sample with a `prepared` edit (`openhart.editing.EditInput`: its known tokens), then
-        blend with the image when `feather` is given. `inpaint`, `outpaint` and `vary` prepare one;
-        prompt None samples unconditionally."""
+        blend with the image when `feather` is given. `inpaint`, `outpaint` and `vary` prepare one
+        (and log its notes); one prepared edit serves any number of calls. Prompt None samples
+        unconditionally."""
         from .editing import blend
 
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
         resolved = self.resolve_sampling(sampling, **settings)
-        for note in prepared.notes:
-            logger.warning("%s", note)
         if prompt is None:
             prompts, negatives = self.check_inputs(["(no prompt)"], negative_prompt, num_images_per_prompt)
             cond = self._unconditional(len(prompts))
@@ -360,6 +357,8 @@ class HARTPipeline:
                 output_type: str, return_dict: bool, on_scale, *, known=None, edit: dict | None = None,
                 finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PipelineOutput | tuple:
         """`generate` for every prompt x n images, one batch per generator; metadata and output type."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
         total = len(prompts) * n
         generators, seed = self._generators(generator, seed, total)
 

@@ -1,11 +1,12 @@
 """`openhart edit` (inpainting, outpainting) and `openhart vary` (variations): an image in, PNGs
-with their metadata out (`HARTPipeline.inpaint`, `.outpaint`, `.vary`)."""
+with their metadata out (`openhart.editing` prepares the edit, `HARTPipeline.edit` samples it)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..editing import inpaint_input, log_notes, outpaint_input, variation_input
 from ..images import save_png
 from .common import (
     UsageError,
@@ -90,21 +91,20 @@ def run_edit(args: argparse.Namespace) -> int:
         raise UsageError(f"mask not found: {args.mask}")
     if args.dilate < 0 or (args.feather is not None and args.feather < 0):
         raise UsageError("--dilate and --feather take a number of pixels >= 0")
-    if args.outpaint is not None:
-        pad = _parse_pad(args.outpaint)
-        if args.dilate:
-            raise UsageError("--dilate applies to --mask, not to --outpaint")
-        return _write(args, lambda pipe, **kw: pipe.outpaint(args.image, args.prompt, pad=pad,
-                                                              feather=args.feather, **kw))
-    return _write(args, lambda pipe, **kw: pipe.inpaint(args.image, args.mask, args.prompt, dilate=args.dilate,
-                                                         feather=args.feather, **kw))
+    if args.outpaint is None:
+        return _write(args, lambda model: inpaint_input(model, args.image, args.mask, dilate_pixels=args.dilate),
+                      args.prompt, args.feather)
+    pad = _parse_pad(args.outpaint)
+    if args.dilate:
+        raise UsageError("--dilate applies to --mask, not to --outpaint")
+    return _write(args, lambda model: outpaint_input(model, args.image, pad), args.prompt, args.feather)
 
 
 def run_vary(args: argparse.Namespace) -> int:
     _check(args)
     if not 0 <= args.strength <= 1:
         raise UsageError(f"--strength must be between 0 and 1, got {args.strength:g}")
-    return _write(args, lambda pipe, **kw: pipe.vary(args.image, args.strength, args.prompt, **kw))
+    return _write(args, lambda model: variation_input(model, args.image, args.strength), args.prompt, None)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -125,19 +125,22 @@ def _parse_pad(text: str) -> tuple[int, int, int, int]:
     return pad
 
 
-def _write(args: argparse.Namespace, edit) -> int:
-    """Run the edit CHUNK images at a time (chunk c drawn with seed + c) and write the PNGs."""
+def _write(args: argparse.Namespace, prepare, prompt: str | None, feather: int | None) -> int:
+    """Prepare the edit once (encoding the image), then sample it CHUNK images at a time (chunk c
+    drawn with seed + c) and write the PNGs."""
     import secrets
 
     pipe = load_pipeline(args)
     sampling = pipe.resolve_sampling(None, **sampling_settings(args))
+    prepared = log_notes(prepare(pipe.model))
     seed = secrets.randbits(62) if args.seed is None else args.seed
     starts = range(0, args.num_images, CHUNK)
     images, metadata = [], []
     with scale_progress(pipe, args.quiet, len(starts)) as on_scale:
         for start in starts:
-            out = edit(pipe, num_images_per_prompt=min(CHUNK, args.num_images - start), sampling=sampling,
-                       negative_prompt=args.negative_prompt, seed=seed + start // CHUNK, on_scale=on_scale)
+            out = pipe.edit(prepared, prompt, feather, num_images_per_prompt=min(CHUNK, args.num_images - start),
+                            sampling=sampling, negative_prompt=args.negative_prompt, seed=seed + start // CHUNK,
+                            on_scale=on_scale)
             images += out.images
             metadata += out.metadata
     for image, path, text in zip(images, output_paths(args.out, len(images)), metadata):

@@ -108,6 +108,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: EMA | None
     stream: Any                     # openhart.data.stream.BatchStream
+    params: list[nn.Parameter]      # the trained parameters (gradient clipping)
     step: int = 0
 
     @property
@@ -183,6 +184,7 @@ def _setup(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config:
         task=task, run=run, optim=optim, train_config=train_config, dist=dist, wrapped=wrapped, model=model,
         optimizer=optimizer, scheduler=build_scheduler(optimizer, optim.warmup_steps, run.steps, optim.min_lr_ratio),
         ema=EMA(model, optim.ema_decay) if optim.ema_decay > 0 else None,
+        params=[p for p in model.parameters() if p.requires_grad],
         stream=BatchStream(task.dataset(), run.batch_size // dist.world_size, run.seed, dist.rank,
                            dist.world_size, prefetch=run.prefetch_batches))
 
@@ -198,8 +200,7 @@ def _train_step(state: TrainState, autocast) -> tuple[Any, dict]:
                          "check the data")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    params = [p for p in state.model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, state.optim.grad_clip or float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.optim.grad_clip or float("inf"))
     state.optimizer.step()
     state.scheduler.step()
     if state.ema is not None:
