@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .allocator import keep_large_blocks
-from .commands import bench, convert, download, edit, generate, reconstruct
+from .commands import bench, convert, download, edit, finetune, generate, reconstruct
 from .commands.common import UsageError
 from .eval import commands as eval_commands
 from .train import commands as train_commands
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"openhart {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (generate, edit, download, convert, reconstruct, bench):
+    for module in (generate, edit, download, convert, reconstruct, bench, finetune):
         module.add_command(commands)
     train_commands.add_commands(commands)
     eval_commands.add_commands(commands)

@@ -36,6 +36,10 @@ RANDOM_TEXT_ENCODER = "random"
 # The files of a model repo that a pipeline reads: openhart's layout, then the official one.
 OPENHART_PATTERNS = ("config.json", "model.safetensors", "README.md", SYSTEM_PROMPT_FILE)
 OFFICIAL_PATTERNS = ("llm/config.json", "tokenizer/*", SYSTEM_PROMPT_FILE)
+# The files of a LoRA adapter repo (peft's two files and openhart's record), at its root or in
+# the lora/ folder of an uploaded finetune run.
+ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.safetensors", "openhart_adapter.json",
+                    "lora/adapter_config.json", "lora/adapter_model.safetensors", "lora/openhart_adapter.json")
 # The files of a text encoder repo: configs, tokenizer files and safetensors weights (never
 # pickled .bin files).
 TEXT_ENCODER_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken")
@@ -125,6 +129,23 @@ def resolve_tokenizer(name: str | os.PathLike) -> Path:
         raise HubError(f"tokenizer folder not found: {name} (pass a tokenizer folder, a model folder "
                        "with tokenizer/, or a Hub repo id such as mit-han-lab/hart-0.7b-1024px)")
     return _download(hub[0], hub[1], ["tokenizer/*", "config.json", "model.safetensors"], what="tokenizer")
+
+
+def resolve_adapter(name: str | os.PathLike) -> tuple[Path, str | None]:
+    """(local folder, Hub id or None) of a LoRA adapter given as a folder (an adapter folder or a
+    finetune run folder) or a Hub repo id `owner/name[@revision]`; Hub adapters are fetched like
+    models (same cache, same offline rule), only their adapter files."""
+    path = Path(name)
+    if path.exists():
+        return path, None
+    hub = parse_hub_id(str(name))
+    if hub is None:
+        raise HubError(f"adapter not found: {name} (pass an adapter folder with adapter_config.json, a "
+                       "finetune run folder, or a Hub repo id such as owner/my-hart-lora)")
+    folder = _download(hub[0], hub[1], list(ADAPTER_PATTERNS), what="adapter")
+    if not (folder / "adapter_config.json").is_file() and not (folder / "lora" / "adapter_config.json").is_file():
+        raise HubError(f"{name} is not a LoRA adapter: it has no adapter_config.json")
+    return folder, str(name)
 
 
 def resolve_text_encoder(spec: str | os.PathLike) -> str:

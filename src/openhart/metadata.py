@@ -15,10 +15,13 @@ from .config import SamplingConfig, config_to_dict
 def generation_metadata(*, prompt: str, negative_prompt: str | None, seed: int | None, index: int,
                         model_name: str, model: str, text_encoder: str, dtype: str,
                         sampling: SamplingConfig, num_images: int = 1,
-                        edit: dict | None = None) -> dict[str, str]:
+                        edit: dict | None = None, adapters: list[dict] | None = None) -> dict[str, str]:
     """PNG text chunks of the `index`-th image of one generation call (`edit`: what an edit of
-    an image did, `openhart.editing.EditInput.details` with its kind)."""
+    an image did, `openhart.editing.EditInput.details` with its kind; `adapters`: the LoRA
+    adapters in use, with their sources, fingerprints and scales)."""
     extra = {} if edit is None else {"edit": edit}
+    if adapters:
+        extra["adapters"] = adapters
     return {
         "prompt": prompt,
         "negative_prompt": negative_prompt or "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .config import HARTConfig
@@ -20,3 +21,12 @@ class HARTModel(nn.Module):
         self.transformer = HARTTransformer(config.transformer, config.tokenizer)
         self.head = DiffusionHead(config.head, latent_channels=config.tokenizer.latent_channels,
                                   cond_dim=config.transformer.embed_dim)
+
+    @classmethod
+    def from_parts(cls, config: HARTConfig, tokenizer: HybridTokenizer, transformer: HARTTransformer,
+                   head: DiffusionHead) -> "HARTModel":
+        """A model over existing networks (shared, not copied), e.g. those being fine-tuned."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.tokenizer, model.transformer, model.head = tokenizer, transformer, head
+        return model

@@ -61,6 +61,25 @@ class PipelineOutput:
     metadata: list[dict[str, str]]
 
 
+def prompt_encoder_loader(text_encoder: str | os.PathLike, transformer, *, model_folder: os.PathLike | None = None,
+                          device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                          system_prompt: str | None = None) -> Callable[[], HFPromptEncoder]:
+    """A function that builds the prompt encoder `text_encoder` names (a Hub id, a folder, a
+    packaged encoder or "random", as `HARTPipeline.from_pretrained` takes it) for a transformer
+    config (its text length and width), fetching a Hub encoder now. A Qwen2 encoder gets the
+    system prompt given, or the `hart_system_prompt.txt` of the model or encoder folder."""
+    from .hub import RANDOM_TEXT_ENCODER, resolve_text_encoder
+
+    max_length = transformer.context_tokens
+    if str(text_encoder) == RANDOM_TEXT_ENCODER:
+        return lambda: random_prompt_encoder(transformer.context_dim, max_length, device=device, dtype=dtype)
+    encoder_path = resolve_text_encoder(text_encoder)
+    if system_prompt is None:
+        system_prompt = load_system_prompt(model_folder, encoder_path)
+    return lambda: load_prompt_encoder(encoder_path, max_length=max_length, device=device, dtype=dtype,
+                                       system_prompt=system_prompt)
+
+
 class HARTPipeline:
     """Text-to-image generation with a HART model.
 
@@ -93,6 +112,7 @@ class HARTPipeline:
         if text_encoder is None and text_encoder_loader is None:
             raise ValueError("pass a text_encoder or a text_encoder_loader")
         self.model = model.eval()
+        self._adapters = None
         self.name = name
         self.low_memory = low_memory
         self._text_encoder_loader = text_encoder_loader
@@ -140,7 +160,7 @@ class HARTPipeline:
             compile: torch.compile the transformer blocks (`HARTTransformer.compile_regions`);
                 the first call compiles, later calls and later processes reuse the result.
         """
-        from .hub import RANDOM_TEXT_ENCODER, resolve_model, resolve_text_encoder
+        from .hub import resolve_model
 
         source = resolve_model(model, weights=weights)
         device = torch.device(device or "cpu")
@@ -157,22 +177,11 @@ class HARTPipeline:
             hart.transformer.compile_regions()
         defaults = {"name": source.name, "default_sampling": recommended_sampling(source.path),
                     "source": source.hub_id or str(source.path)}
-        max_length = hart.config.transformer.context_tokens
         if isinstance(text_encoder, HFPromptEncoder):
             return cls(hart, text_encoder, text_encoder_name=text_encoder.name or "custom", **defaults)
         defaults["text_encoder_name"] = str(text_encoder)
-        if str(text_encoder) == RANDOM_TEXT_ENCODER:
-            def loader():
-                return random_prompt_encoder(hart.config.transformer.context_dim, max_length,
-                                             device=device, dtype=dtype)
-        else:
-            encoder_path = resolve_text_encoder(text_encoder)
-            if system_prompt is None:
-                system_prompt = load_system_prompt(source.path, encoder_path)
-
-            def loader():
-                return load_prompt_encoder(encoder_path, max_length=max_length, device=device,
-                                           dtype=dtype, system_prompt=system_prompt)
+        loader = prompt_encoder_loader(text_encoder, hart.config.transformer, model_folder=source.path,
+                                       device=device, dtype=dtype, system_prompt=system_prompt)
         return cls(hart, None if low_memory else loader(), text_encoder_loader=loader,
                    low_memory=low_memory, **defaults)
 
@@ -272,6 +281,69 @@ class HARTPipeline:
                                                             num_images_per_prompt)
         return self._sample(cond, uncond, prompts, negatives, num_images_per_prompt, resolved, generator,
                             seed, output_type, return_dict, on_scale)
+
+    # ----- LoRA adapters (openhart.lora), under diffusers' names --------------------------------------
+
+    @property
+    def adapters(self):
+        """The `openhart.lora.stack.AdapterStack` of this pipeline's model."""
+        if self._adapters is None:
+            from .lora.stack import AdapterStack
+
+            self._adapters = AdapterStack(self.model, base_name=self.source)
+        return self._adapters
+
+    def load_lora_weights(self, pretrained_model_name_or_path: str | os.PathLike, adapter_name: str | None = None,
+                          weight_name: str | None = None) -> str:
+        """Load a LoRA adapter and activate it at scale 1 beside those already active.
+
+        Args:
+            pretrained_model_name_or_path: an adapter folder (adapter_config.json +
+                adapter_model.safetensors, as `openhart finetune` and peft write them), an
+                `openhart finetune` run folder, or a Hub repo id (fetched into the Hugging Face
+                cache; offline once there).
+            adapter_name: its name in the model (default: default_0, default_1, ...).
+            weight_name: the weights file inside the folder (default adapter_model.safetensors).
+
+        Returns:
+            the adapter's name. An adapter trained on another base model is refused
+            (`openhart.lora.AdapterMismatch`, naming both fingerprints).
+        """
+        from .hub import resolve_adapter
+        from .lora import read_adapter
+
+        folder, hub_id = resolve_adapter(pretrained_model_name_or_path)
+        return self.adapters.load(read_adapter(folder, weight_name), adapter_name, source=hub_id)
+
+    def set_adapters(self, adapter_names: str | Sequence[str], adapter_weights: float | Sequence[float] | None = None
+                     ) -> None:
+        """Use exactly these adapters, with these scales (default 1 each); the others are off."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if adapter_weights is None:
+            weights = [1.0] * len(names)
+        elif isinstance(adapter_weights, (int, float)):
+            weights = [adapter_weights] * len(names)
+        else:
+            weights = list(adapter_weights)
+        if len(weights) != len(names):
+            raise ValueError(f"give one weight per adapter: {len(names)} name(s), {len(weights)} weight(s)")
+        self.adapters.set_scales(names, weights)
+
+    def get_active_adapters(self) -> list[str]:
+        return [a["name"] for a in self.adapters.describe() if not a.get("fused")] if self._adapters else []
+
+    def fuse_lora(self, lora_scale: float = 1.0) -> None:
+        """Add the active adapters (times `lora_scale`) into the weights: faster sampling, and
+        `unfuse_lora` gives back the original weights exactly (a copy is kept meanwhile)."""
+        self.adapters.fuse(lora_scale)
+
+    def unfuse_lora(self) -> None:
+        self.adapters.unfuse()
+
+    def unload_lora_weights(self) -> None:
+        """Remove every adapter (fused ones stay in the weights, as in diffusers)."""
+        if self._adapters is not None:
+            self.adapters.unload()
 
     # ----- editing (openhart.editing) ----------------------------------------------------------------
 
@@ -404,7 +476,7 @@ class HARTPipeline:
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, index=index, model_name=self.name,
             model=self.source, text_encoder=self.text_encoder_name,
             dtype=str(self.dtype).removeprefix("torch."), sampling=sampling,
-            num_images=num_images, edit=edit)
+            num_images=num_images, edit=edit, adapters=self._adapters.describe() if self._adapters else None)
 
     def _conditions(self, prompt, prompt_embeds, negative_prompt, num_images_per_prompt):
         """(text features, negative text features or None, prompts for the metadata, negative

@@ -56,6 +56,24 @@ def add_model_arguments(p: argparse.ArgumentParser, *, weights: bool = True) -> 
     if weights:
         p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                        help="official models: EMA or raw llm weights (default: EMA when present)")
+    p.add_argument("--lora", dest="loras", action="append", default=[], type=lora_spec, metavar="PATH_OR_ID[:SCALE]",
+                   help="a LoRA adapter (a folder from `openhart finetune`: the adapter or the run; "
+                        "or a Hub repo id), at SCALE (default 1); repeatable. An adapter trained on "
+                        "another model is refused")
+
+
+def lora_spec(text: str) -> tuple[str, float]:
+    """PATH_OR_ID[:SCALE] -> (path or id, scale); a suffix that is not a number is part of the path."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            scale = float(tail)
+        except ValueError:
+            return text, 1.0
+        if not -100 <= scale <= 100:
+            raise argparse.ArgumentTypeError(f"the scale of {head} must be between -100 and 100, got {tail}")
+        return head, scale
+    return text, 1.0
 
 
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,10 +130,15 @@ def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtyp
 
 
 def load_pipeline(args: argparse.Namespace, *, low_memory: bool = False):
-    """The pipeline of --model, --text-encoder, --weights, --device and --dtype."""
+    """The pipeline of --model, --text-encoder, --weights, --device, --dtype and --lora."""
     from ..pipeline import HARTPipeline
 
     device, dtype = device_and_dtype(args)
-    return HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device, dtype=dtype,
+    pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device, dtype=dtype,
                                         weights=getattr(args, "weights", "auto"), low_memory=low_memory,
                                         compile=args.compile)
+    loras = getattr(args, "loras", [])
+    if loras:
+        names = [pipe.load_lora_weights(path) for path, _ in loras]
+        pipe.set_adapters(names, [scale for _, scale in loras])
+    return pipe

@@ -26,7 +26,10 @@ class RunConfig:
     Args:
         output_dir: run folder: checkpoints, metrics.jsonl, samples/ and the exported model.
         steps: optimizer steps in total.
-        batch_size: global batch (split evenly across processes).
+        batch_size: global batch of one forward and backward pass (split evenly across
+            processes).
+        grad_accum: forward and backward passes per optimizer step (gradient accumulation):
+            each step learns from batch_size * grad_accum examples.
         seed: seeds the weights, the data order and every random draw of training.
         precision: "fp32", "bf16" autocast (weights and optimizer states stay fp32), or "auto":
             bf16 autocast where the device multiplies bf16 natively (CPUs with AMX or
@@ -46,6 +49,7 @@ class RunConfig:
     output_dir: str
     steps: int
     batch_size: int
+    grad_accum: int = 1
     seed: int = 0
     precision: str = "fp32"
     device: str = "auto"
@@ -62,7 +66,7 @@ class RunConfig:
         name = "run config"
         if not self.output_dir:
             invalid(name, "output_dir is required")
-        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 invalid(name, f"{key} must be >= 1, got {getattr(self, key)}")
         if self.prefetch_batches < 0:

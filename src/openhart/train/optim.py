@@ -40,12 +40,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
 class EMA:
     """Exponential moving average of a model's floating-point state: shadow = d*shadow + (1-d)*x."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
+    def __init__(self, model: nn.Module, decay: float = 0.9999, names: set[str] | None = None):
+        """Args:
+            names: the state-dict keys to average (default: every floating-point entry); a
+                fine-tune averages only what it trains.
+        """
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
-                       if v.is_floating_point()}
+                       if v.is_floating_point() and (names is None or k in names)}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -1,8 +1,10 @@
 """The training loop shared by the tokenizer and the transformer: one process or many.
 
-    batch = task.collate(stream.next_batch())
-    loss, metrics = wrapped(batch, step)          # under bf16 autocast when asked
-    loss.backward(); clip; optimizer.step(); scheduler.step(); ema.update()
+    grad_accum times:                             # gradient accumulation (default 1)
+        batch = task.collate(stream.next_batch())
+        loss, metrics = wrapped(batch, key)       # under bf16 autocast when asked
+        (loss / grad_accum).backward()            # reduced across processes on the last one
+    clip; optimizer.step(); scheduler.step(); ema.update()
     task.auxiliary_step(...)                      # e.g. the PatchGAN discriminator
     log / checkpoint / samples at their intervals
 
@@ -18,7 +20,7 @@ import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ class TrainingTask:
     """What a trainer needs from a task; see `TokenizerTask` and `TransformerTask`."""
 
     kind: str = ""
+    export_name: str = "model"   # the folder of the run that `export` writes
 
     def build(self, device: torch.device) -> nn.Module:
         """The trainable module; its forward(batch, step) returns (loss, {name: value})."""
@@ -85,6 +88,11 @@ class TrainingTask:
         """Frozen weights a checkpoint must carry to be exported on its own (e.g. the tokenizer)."""
         return {}
 
+    def saved_keys(self, model: nn.Module) -> set[str] | None:
+        """The state-dict keys that checkpoints and the EMA hold (None: all). A fine-tune holds
+        only what it trains; the rest comes back from its base model on resume."""
+        return None
+
     def write_samples(self, step: int, state: dict[str, torch.Tensor], folder: Path) -> dict[str, float]:
         """Main process only: sample images (and their metrics) from the given weights."""
         return {}
@@ -109,6 +117,7 @@ class TrainState:
     ema: EMA | None
     stream: Any                     # openhart.data.stream.BatchStream
     params: list[nn.Parameter]      # the trained parameters (gradient clipping)
+    saved_keys: set[str] | None     # what checkpoints hold (None: the whole state)
     step: int = 0
 
     @property
@@ -145,8 +154,8 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
                    desc=f"train {task.kind}", dynamic_ncols=True)
         window = _Window()
         while state.step < run.steps:
-            batch, metrics = _train_step(state, autocast)
-            window.add(task.batch_counts(batch), metrics, dist.world_size)
+            counts, metrics = _train_step(state, autocast)
+            window.add(counts, metrics, dist.world_size)
             bar.update(1)
             step = state.step
             if step % run.log_every == 0 or step == run.steps:
@@ -158,7 +167,7 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
                 _write_samples(state)
         bar.close()
         weights = _full_weights(state.model, state.ema)
-        exported = task.export(weights, state.out / "model") if dist.is_main else None
+        exported = task.export(weights, state.out / task.export_name) if dist.is_main else None
         dist.barrier()
         if writer is not None:
             writer.close()
@@ -180,35 +189,68 @@ def _setup(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config:
     wrapped = dist.wrap(module, run.parallel, task.shard_units(module))
     model = unwrap(wrapped)
     optimizer = build_optimizer(model, optim.lr, optim.weight_decay, tuple(optim.betas))
+    saved_keys = task.saved_keys(model)
     return TrainState(
         task=task, run=run, optim=optim, train_config=train_config, dist=dist, wrapped=wrapped, model=model,
         optimizer=optimizer, scheduler=build_scheduler(optimizer, optim.warmup_steps, run.steps, optim.min_lr_ratio),
-        ema=EMA(model, optim.ema_decay) if optim.ema_decay > 0 else None,
-        params=[p for p in model.parameters() if p.requires_grad],
+        ema=EMA(model, optim.ema_decay, saved_keys) if optim.ema_decay > 0 else None,
+        params=[p for p in model.parameters() if p.requires_grad], saved_keys=saved_keys,
         stream=BatchStream(task.dataset(), run.batch_size // dist.world_size, run.seed, dist.rank,
                            dist.world_size, prefetch=run.prefetch_batches))
 
 
-def _train_step(state: TrainState, autocast) -> tuple[Any, dict]:
-    """One optimisation step (and the task's auxiliary step); returns the batch and its metrics."""
+def _train_step(state: TrainState, autocast) -> tuple[dict[str, int], dict]:
+    """One optimisation step over `grad_accum` batches, then the task's auxiliary step; returns
+    the step's example counts and its metrics (means over the batches)."""
     state.wrapped.train()
-    batch = state.task.collate(state.stream.next_batch(), state.dist.device)
-    with autocast:
-        loss, metrics = state.wrapped(batch, state.step)
-    if not torch.isfinite(loss):
-        raise ValueError(f"the loss is {loss.item()} at step {state.step}; lower the learning rate or "
-                         "check the data")
+    accum = state.run.grad_accum
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    counts, sums = {"images": 0, "tokens": 0}, {}
+    for micro in range(accum):
+        batch = state.task.collate(state.stream.next_batch(), state.dist.device)
+        with _gradient_sync(state, micro == accum - 1):
+            with autocast:
+                # each batch of a step keys its random draws by its own index: with grad_accum 1
+                # the key is the step itself
+                loss, metrics = state.wrapped(batch, state.step * accum + micro)
+            if not torch.isfinite(loss):
+                raise ValueError(f"the loss is {loss.item()} at step {state.step}; lower the learning rate "
+                                 "or check the data")
+            (loss / accum if accum > 1 else loss).backward()
+        for key, value in {"loss": loss.detach(), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + value
+        for key, value in state.task.batch_counts(batch).items():
+            counts[key] += value
     grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.optim.grad_clip or float("inf"))
     state.optimizer.step()
     state.scheduler.step()
     if state.ema is not None:
         state.ema.update(state.model)
-    metrics = {"loss": loss.detach(), **metrics, "grad_norm": grad_norm}
+    metrics = {key: value / accum if accum > 1 else value for key, value in sums.items()}
+    metrics["grad_norm"] = grad_norm
+    # the auxiliary step (e.g. the PatchGAN discriminator) sees the step's last batch
     metrics.update(state.task.auxiliary_step(batch, state.step, state.dist, state.ema))
     state.step += 1
-    return batch, metrics
+    return counts, metrics
+
+
+def _gradient_sync(state: TrainState, sync: bool):
+    """Gradients are reduced across processes only on the last batch of a step (DDP's no_sync,
+    FSDP's requires_gradient_sync); a no-op in one process or on that last batch."""
+    if sync or not state.dist.active:
+        return nullcontext()
+    if hasattr(state.wrapped, "no_sync"):
+        return state.wrapped.no_sync()
+    return _fsdp_no_sync(state.wrapped)
+
+
+@contextmanager
+def _fsdp_no_sync(module: nn.Module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
 
 
 @dataclass
@@ -310,6 +352,10 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
+def _saved(state: dict[str, torch.Tensor], keys: set[str] | None) -> dict[str, torch.Tensor]:
+    return state if keys is None else {k: v for k, v in state.items() if k in keys}
+
+
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
@@ -327,7 +373,7 @@ def _save(state: TrainState) -> None:
         "kind": task.kind,
         "config": task.architecture(),
         "train_config": state.train_config,
-        "model": _model_state(state.model),
+        "model": _saved(_model_state(state.model), state.saved_keys),
         "optimizer": get_optimizer_state_dict(state.model, state.optimizer, options=_state_options()),
         "scheduler": state.scheduler.state_dict(),
         "ema": {k: _full(v) for k, v in ema.state_dict().items()} if ema is not None else None,
@@ -349,8 +395,12 @@ def _restore(state: TrainState, checkpoint: dict) -> int:
     task, dist = state.task, state.dist
     if checkpoint.get("kind") != task.kind:
         raise CheckpointError(f"the checkpoint is from {checkpoint.get('kind')!r} training, not {task.kind!r}")
+    if state.saved_keys is not None and set(checkpoint["model"]) != state.saved_keys:
+        raise CheckpointError("the checkpoint holds other trained weights than this run trains "
+                              f"({len(checkpoint['model'])} against {len(state.saved_keys)}); start a new run")
     set_state_dict(state.model, state.optimizer, model_state_dict=checkpoint["model"],
-                   optim_state_dict=checkpoint["optimizer"], options=StateDictOptions(full_state_dict=True))
+                   optim_state_dict=checkpoint["optimizer"],
+                   options=StateDictOptions(full_state_dict=True, strict=state.saved_keys is None))
     state.scheduler.load_state_dict(checkpoint["scheduler"])
     if state.ema is not None:
         if checkpoint.get("ema") is None:

@@ -74,19 +74,25 @@ def model_config_from(model: Any, tokenizer: HybridTokenizer, context_tokens: in
 
 class HARTTrainingModule(nn.Module):
     """forward(batch, step) -> (loss, metrics); holds the trained transformer and head. The frozen
-    tokenizer (its codebook and Phi build the teacher-forcing inputs) is not part of its state."""
+    quantizer (its codebook and Phi build the teacher-forcing inputs) is not part of its state."""
 
-    def __init__(self, config: HARTConfig, tokenizer: HybridTokenizer, losses: TransformerLossConfig,
-                 patch_nums: tuple[int, ...], seed: int, checkpointing: bool):
+    def __init__(self, transformer: HARTTransformer, head: DiffusionHead, quantizer: nn.Module,
+                 losses: TransformerLossConfig, patch_nums: tuple[int, ...], seed: int, checkpointing: bool):
         super().__init__()
-        self.transformer = HARTTransformer(config.transformer, config.tokenizer)
-        self.head = DiffusionHead(config.head, latent_channels=config.tokenizer.latent_channels,
-                                  cond_dim=config.transformer.embed_dim)
-        self.head.initialize_weights()
-        self.__dict__["tokenizer"] = tokenizer.eval().requires_grad_(False)
+        self.transformer, self.head = transformer, head
+        self.__dict__["quantizer"] = quantizer.eval().requires_grad_(False)
         self.losses, self.patch_nums, self.seed = losses, patch_nums, seed
         self.checkpointing = checkpointing
-        self.schedule = DiffusionSchedule.cosine(config.head.num_train_timesteps)
+        self.schedule = DiffusionSchedule.cosine(head.config.num_train_timesteps)
+
+    @classmethod
+    def fresh(cls, config: HARTConfig, quantizer: nn.Module, **kwargs) -> "HARTTrainingModule":
+        """A new transformer and head (MAR's initialisation of the head) for `config`."""
+        transformer = HARTTransformer(config.transformer, config.tokenizer)  # drawn first, then the head
+        head = DiffusionHead(config.head, latent_channels=config.tokenizer.latent_channels,
+                             cond_dim=config.transformer.embed_dim)
+        head.initialize_weights()
+        return cls(transformer, head, quantizer, **kwargs)
 
     def forward(self, batch: CachedBatch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, patch_nums = self.losses, self.patch_nums
@@ -109,7 +115,7 @@ class HARTTrainingModule(nn.Module):
 
         # 3. teacher forcing and cross-entropy
         with torch.no_grad():
-            inputs = self.tokenizer.quantizer.teacher_forcing_input(batch.codes, patch_nums)
+            inputs = self.quantizer.teacher_forcing_input(batch.codes, patch_nums)
         out = self.transformer(context, position_ids, inputs, patch_nums=patch_nums,
                                last_scale_keep_Bn=keep, checkpointing=self.checkpointing)
         last_codes = batch.codes[-1] if keep is None else torch.gather(batch.codes[-1], 1, keep)
@@ -125,7 +131,7 @@ class HARTTrainingModule(nn.Module):
                                      for b, g in enumerate(generators)])
             else:
                 codes = last_codes
-            code_vectors = self.tokenizer.quantizer.codebook(codes).float()
+            code_vectors = self.quantizer.codebook(codes).float()
             last_input = batch.last_scale_input if keep is None else torch.gather(
                 batch.last_scale_input, 1, keep[..., None].expand(-1, -1, batch.last_scale_input.shape[-1]))
             target = (last_input - code_vectors).repeat_interleave(cfg.diffusion_batch_mul, dim=1)
@@ -184,8 +190,9 @@ class TransformerTask(TrainingTask):
         self._accuracy_sets = None
 
     def build(self, device: torch.device) -> nn.Module:
-        module = HARTTrainingModule(self.model_config, self.tokenizer.to(device), self.config.losses,
-                                    self.patch_nums, self.config.run.seed, self.config.checkpointing)
+        module = HARTTrainingModule.fresh(self.model_config, self.tokenizer.to(device).quantizer,
+                                          losses=self.config.losses, patch_nums=self.patch_nums,
+                                          seed=self.config.run.seed, checkpointing=self.config.checkpointing)
         if self.init_state is not None:
             missing, unexpected = module.load_state_dict(self.init_state, strict=False)
             if missing or unexpected:

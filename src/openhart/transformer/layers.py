@@ -23,6 +23,15 @@ from .rope import rotate
 ATTENTION_SCALE_FACTOR = 0.25
 
 
+class BiasedLinear(nn.Linear):
+    """nn.Linear whose bias can be given per call: HART's q and v biases (and the zero k bias)
+    live beside the fused qkv projection, so that the checkpoint keys stay the official ones.
+    Calling the module (not its weight) lets LoRA adapters wrap it (peft passes `bias` on)."""
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias if bias is None else bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; q and v have biases, k has none; RoPE on q and k."""
 
@@ -31,7 +40,7 @@ class Attention(nn.Module):
         C = config.embed_dim
         self.num_heads = config.num_heads
         self.scale = ATTENTION_SCALE_FACTOR / math.sqrt(config.head_dim)
-        self.qkv = nn.Linear(C, 3 * C, bias=False)
+        self.qkv = BiasedLinear(C, 3 * C, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(C))
         self.v_bias = nn.Parameter(torch.zeros(C))
         self.out = nn.Linear(C, C)
@@ -45,7 +54,7 @@ class Attention(nn.Module):
         """
         B, L, _ = x_BLC.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x_BLC, self.qkv.weight, bias).view(B, L, 3, self.num_heads, -1)
+        qkv = self.qkv(x_BLC, bias=bias).view(B, L, 3, self.num_heads, -1)
         if rope[0].dtype != qkv.dtype:  # autocast: the projection is bf16, the residual stream fp32
             rope = (rope[0].to(qkv.dtype), rope[1].to(qkv.dtype))
         q, k = rotate(qkv[:, :, :2], *rope).transpose(1, 3).unbind(2)
