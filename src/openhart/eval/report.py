@@ -71,6 +71,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
              text_encoder: str | None = None, inception: str | os.PathLike | None = None,
              seed: int = 0, limit: int | None = None, batch_size: int = 32,
              guidance_scale: float | None = None, variants: Sequence[str] = DEFAULT_VARIANTS,
+             loras: Sequence[tuple[str, float]] = (),
              progress: Callable[[str], None] | None = None) -> dict:
     """Run (a)-(c) and write `results.json` and `contact_sheet.png` into `out_dir`.
 
@@ -81,6 +82,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
         limit: use only the first `limit` held-out images (the gallery keeps all of them).
         guidance_scale: the guidance scale (default: the model's).
         variants: names from `VARIANTS`.
+        loras: LoRA adapters (path or Hub id, scale) applied to the model.
     """
     from ..pipeline import HARTPipeline
 
@@ -91,6 +93,8 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
         raise ValueError(f"train_samples must be >= 1, got {train_samples}")
     say = progress or (lambda _: None)
     pipe = HARTPipeline.from_pretrained(model_dir, text_encoder=text_encoder, dtype=torch.float32)
+    if loras:
+        pipe.set_adapters([pipe.load_lora_weights(path) for path, _ in loras], [scale for _, scale in loras])
     base = pipe.resolve_sampling(None, guidance_scale=guidance_scale)
     settings = {name: dataclasses.replace(base, **VARIANTS[name]) for name in variants}
     size = pipe.model.config.image_size

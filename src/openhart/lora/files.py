@@ -46,8 +46,8 @@ class AdapterRecord:
     """openhart's record of an adapter (openhart_adapter.json).
 
     Attributes:
-        base_model: the base as named when training (a Hub id, a folder, or "(shipped)" for the
-            model that ships with openhart).
+        base_model: the base as `--model` takes it: a Hub id (with @revision), a folder, or None
+            for the model that ships with openhart.
         base_revision: the base's Hub revision, if it came from the Hub.
         base_probe: `fingerprint.weights_probe` of the base weights; `base_fingerprint` its hash.
         resolution: the training resolution in pixels, and `patch_nums` its scales.

@@ -108,7 +108,8 @@ class AdapterStack:
             return
         if not probes_match(record.base_probe, self.base_probe):
             raise AdapterMismatch(
-                f"{adapter.path} was trained on base {record.base_fingerprint} ({record.base_model}), but "
+                f"{adapter.path} was trained on base {record.base_fingerprint} "
+                f"({record.base_model or 'the model that ships with openhart'}), but "
                 f"{self.base_name} is {self.base_fingerprint}; load it on the model it was trained on")
 
     def set_scales(self, names: list[str], weights: list[float]) -> None:

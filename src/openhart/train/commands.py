@@ -34,6 +34,7 @@ EXPORT_EXAMPLES = """\
 examples:
   openhart export runs/tf runs/tf-model                       # newest checkpoint, EMA weights
   openhart export runs/tf/checkpoints/ckpt-00001000.pt model-1k --weights raw
+  openhart export runs/my-style my-style-model --merge-lora   # a LoRA (run or adapter folder) merged into its base
 """
 
 
@@ -199,24 +200,36 @@ def _add_export(commands) -> None:
         description="Write the model of a training checkpoint as an openhart folder: a HART model "
                     "(for `openhart generate --model` and HARTPipeline) or a tokenizer.",
         epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="a ckpt-*.pt file, a checkpoints/ folder or a run folder")
+    p.add_argument("checkpoint", help="a ckpt-*.pt file, a checkpoints/ folder or a run folder; with "
+                   "--merge-lora a LoRA adapter (folder, finetune run or Hub id)")
     p.add_argument("out", type=Path, help="model folder to write")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="default: ema")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="storage dtype of the weights (default fp32; fp16 halves the folder, and "
                         "loading casts back to the compute dtype)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder's files")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="add the LoRA adapter's update into its base model's weights and write a "
+                        "self-contained model folder")
+    p.add_argument("--model", default=None,
+                   help="with --merge-lora: the base model (default: the one the adapter records)")
     p.set_defaults(handler=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    from .export import export_checkpoint, merge_adapter
 
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"{args.out} already exists; choose a new folder or pass --overwrite")
+    if args.model is not None and not args.merge_lora:
+        raise ValueError("--model names the base of --merge-lora; leave it out otherwise")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        out = export_checkpoint(args.checkpoint, args.out, weights=args.weights,
+        if args.merge_lora:
+            out = merge_adapter(args.checkpoint, args.out, model=args.model, dtype=resolve_dtype(args.dtype))
+            print(f"wrote {out} (the base with the adapter merged in, stored as {args.dtype})")
+            return 0
+        out = export_checkpoint(Path(args.checkpoint), args.out, weights=args.weights,
                                 dtype=resolve_dtype(args.dtype))
     print(f"wrote {out} ({args.weights} weights, stored as {args.dtype})")
     return 0

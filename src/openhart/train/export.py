@@ -56,7 +56,53 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
         sampling = extra.get("sampling")
         return save_model(model, out, text_encoder=extra.get("text_encoder"),
                           sampling=None if sampling is None else config_from_dict(SamplingConfig, sampling))
+    if kind == "finetune":
+        raise CheckpointError(f"{path} is from `openhart finetune`: its result is the run's lora/ (an adapter; "
+                              "`openhart export RUN OUT --merge-lora` makes a model folder of it) or model/")
     raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")
+
+
+def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
+                  weights: str = "auto", dtype: torch.dtype = torch.float32) -> Path:
+    """Write a self-contained model folder: the base with a LoRA adapter's update added into its
+    weights (`openhart export ADAPTER OUT --merge-lora`).
+
+    Args:
+        adapter: an adapter folder, a finetune run folder or a Hub id.
+        model: the base (default: the one the adapter records); it must be the base the adapter
+            was trained on.
+    """
+    import shutil
+
+    from ..hub import OFFICIAL_TEXT_ENCODER, recorded_text_encoder_spec, resolve_adapter, resolve_model
+    from ..loading import load_model, recommended_sampling
+    from ..lora.files import read_adapter
+    from ..lora.stack import AdapterStack
+
+    folder, _ = resolve_adapter(adapter)
+    loaded = read_adapter(folder)
+    if model is None and loaded.record is None:
+        raise ValueError(f"{folder} records no base model (no openhart_adapter.json): pass --model BASE")
+    source = resolve_model(model if model is not None else loaded.record.base_model, weights=weights)
+    hart = load_model(source.path, weights=weights)
+    stack = AdapterStack(hart, source.name)
+    stack.load(loaded)
+    stack.fuse()
+    stack.unload()
+    config = hart.config.transformer
+    if source.official:
+        text_encoder = {"kind": "huggingface", "path": OFFICIAL_TEXT_ENCODER,
+                        "context_tokens": config.context_tokens, "context_dim": config.context_dim}
+    else:
+        text_encoder = recorded_text_encoder_spec(source.path)
+    sampling = recommended_sampling(source.path)
+    if loaded.record is not None and loaded.record.sampling is not None:
+        sampling = config_from_dict(SamplingConfig, loaded.record.sampling)
+    saved = save_model(storage_cast(hart, dtype), out, text_encoder=text_encoder, sampling=sampling)
+    prompt = Path(source.path) / "hart_system_prompt.txt"
+    if prompt.is_file():
+        shutil.copyfile(prompt, saved / prompt.name)
+    return saved
 
 
 def storage_cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:

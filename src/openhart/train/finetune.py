@@ -132,15 +132,20 @@ class Base:
         return fingerprint(self.probe)
 
     @property
-    def label(self) -> str:
-        """How an adapter names its base: the Hub id, the shipped model or the folder."""
+    def spec(self) -> str | None:
+        """The base as `resolve_model` takes it, recorded with the adapter: the Hub id (with its
+        revision), the folder, or None for the model that ships with openhart."""
         from ..default_model import default_model_dir
 
         if self.hub_id:
             return self.hub_id
         if self.path.resolve() == default_model_dir().resolve():
-            return f"{self.path.name} (shipped with openhart)"
+            return None
         return str(self.path.resolve())
+
+    @property
+    def display(self) -> str:
+        return self.spec or f"the shipped model ({self.path.name})"
 
 
 def load_base(options: FinetuneOptions) -> Base:
@@ -181,7 +186,7 @@ class FinetuneTask(TransformerTask):
                                     losses=self.config.losses, patch_nums=self.patch_nums,
                                     seed=self.config.run.seed, checkpointing=self.config.checkpointing)
         if self.options.lora is not None:
-            lora.inject(module, self.options.lora.peft_config(base_model=self.base.label), ADAPTER_NAME)
+            lora.inject(module, self.options.lora.peft_config(base_model=self.base.spec), ADAPTER_NAME)
         else:
             module.requires_grad_(True)
             module.head.requires_grad_(bool(self.options.train_head))
@@ -198,7 +203,7 @@ class FinetuneTask(TransformerTask):
 
     def extra_state(self, dist) -> dict:
         return {"text_encoder": self.cache.text_encoder, "sampling": config_to_dict(self.sampling),
-                "base": {"model": self.base.label, "fingerprint": self.base.fingerprint}}
+                "base": {"model": self.base.spec, "fingerprint": self.base.fingerprint}}
 
     def frozen_state(self) -> dict[str, torch.Tensor]:
         return {}  # the base model holds what is not trained
@@ -226,7 +231,7 @@ class FinetuneTask(TransformerTask):
 
     def export(self, state: dict[str, torch.Tensor], folder: Path) -> Path:
         if self.options.lora is not None:
-            return save_adapter(folder, self.options.lora.peft_config(base_model=self.base.label,
+            return save_adapter(folder, self.options.lora.peft_config(base_model=self.base.spec,
                                                                       revision=_revision(self.base.hub_id)),
                                 lora.adapter_state(self._module, ADAPTER_NAME, state), self.adapter_record())
         from ..loading import load_model, save_model
@@ -242,7 +247,7 @@ class FinetuneTask(TransformerTask):
     def adapter_record(self) -> AdapterRecord:
         settings, run = self.options.lora, self.config.run
         return AdapterRecord(
-            base_model=self.base.label, base_revision=_revision(self.base.hub_id), base_probe=self.base.probe,
+            base_model=self.base.spec, base_revision=_revision(self.base.hub_id), base_probe=self.base.probe,
             resolution=self.cache.resolution, patch_nums=list(self.patch_nums),
             trigger_words=list(self.options.trigger_words), sampling=config_to_dict(self.sampling),
             train={"rank": settings.rank, "alpha": settings.alpha or settings.rank, "dropout": settings.dropout,
@@ -338,7 +343,7 @@ def check_run_base(out: Path, base: Base, options: FinetuneOptions) -> None:
     architecture = checkpoint.get("config", {})
     if architecture.get("base") != base.fingerprint:
         raise CheckpointError(f"{out} fine-tunes base {architecture.get('base')}, but --model gives base "
-                              f"{base.fingerprint} ({base.label}); use the same --model, or another --out")
+                              f"{base.fingerprint} ({base.display}); use the same --model, or another --out")
     was_lora = architecture.get("lora") is not None
     if was_lora != (options.lora is not None):
         raise CheckpointError(f"{out} is a {'LoRA' if was_lora else 'full'} fine-tune; run it again with "
@@ -413,7 +418,7 @@ def train_config(options: FinetuneOptions, base: Base, cache, patch_nums: tuple[
 def write_run_record(path: Path, options: FinetuneOptions, base: Base, cache) -> None:
     from ..serialization import write_json
 
-    write_json(path, {"format": "openhart.finetune", "base": base.label, "base_fingerprint": base.fingerprint,
+    write_json(path, {"format": "openhart.finetune", "base": base.display, "base_fingerprint": base.fingerprint,
                       "cache": str(cache.root), "options": _options_json(options)})
 
 
