@@ -330,7 +330,12 @@ class HARTPipeline:
         self.adapters.set_scales(names, weights)
 
     def get_active_adapters(self) -> list[str]:
-        return [a["name"] for a in self.adapters.describe() if not a.get("fused")] if self._adapters else []
+        return [a["name"] for a in self.describe_adapters() if not a.get("fused")]
+
+    def describe_adapters(self) -> list[dict]:
+        """The adapters that shape the images now: name, source, fingerprint, scale (and fused),
+        as the images' metadata records them."""
+        return self._adapters.describe() if self._adapters is not None else []
 
     def fuse_lora(self, lora_scale: float = 1.0) -> None:
         """Add the active adapters (times `lora_scale`) into the weights: faster sampling, and
@@ -476,7 +481,7 @@ class HARTPipeline:
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, index=index, model_name=self.name,
             model=self.source, text_encoder=self.text_encoder_name,
             dtype=str(self.dtype).removeprefix("torch."), sampling=sampling,
-            num_images=num_images, edit=edit, adapters=self._adapters.describe() if self._adapters else None)
+            num_images=num_images, edit=edit, adapters=self.describe_adapters())
 
     def _conditions(self, prompt, prompt_embeds, negative_prompt, num_images_per_prompt):
         """(text features, negative text features or None, prompts for the metadata, negative

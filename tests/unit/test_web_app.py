@@ -198,3 +198,29 @@ def test_edit_tab_rejects_bad_requests_with_one_message(pipe, tmp_path, change, 
     with pytest.raises(gr.Error, match=message) as raised:
         run_edit(**dict(arguments, **change), progress=lambda *a, **k: None)
     assert raised.value.print_exception is False
+
+
+def test_the_page_shows_the_loaded_adapters_and_pngs_record_them_without_paths(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from openhart.loading import load_model
+
+    from .test_lora import random_adapter
+
+    pipe = HARTPipeline.from_pretrained(HART_TINY, text_encoder="random")
+    folder = random_adapter(load_model(HART_TINY), tmp_path / "my-style")
+    pipe.set_adapters([pipe.load_lora_weights(folder)], [0.75])
+    (tmp_path / "out").mkdir()
+    app = build_app(ImageService(pipe, tmp_path / "out"), ServeLimits())
+    shown = {c["props"].get("elem_id"): c["props"].get("value") for c in app.config["components"]}["adapters"]
+    assert "default_0" in shown and "scale 0.75" in shown and "my-style" in shown and str(tmp_path) not in shown
+    request = validate_request(ServeLimits(), pipe.default_sampling, 64, prompt="red apple", negative_prompt="",
+                               seed=3, guidance_scale=1.5, top_k=None, top_p=0.0, smooth=True, head_steps=1,
+                               use_residual=True, num_images=1, head_temperature=0.0, last_scale="official")
+    (path,), _ = ImageService(pipe, tmp_path / "out")(request)
+    with Image.open(path) as image:
+        record = json.loads(image.text["openhart"])
+    assert record["adapters"] == [{"name": "default_0", "source": "my-style",
+                                   "fingerprint": pipe.describe_adapters()[0]["fingerprint"], "scale": 0.75}]

@@ -68,6 +68,8 @@ def add_command(commands) -> None:
     p.add_argument("--sample-every", type=int, default=0,
                    help="sample images of DATA's first captions every this many steps (default 0: only RUN/samples.png)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: a fifth of the steps, at most 500")
+    p.add_argument("--log-every", type=int, default=None,
+                   help="steps between lines of RUN/metrics.jsonl (default: a twentieth of the steps, at most 50)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp", help="under torchrun (default ddp)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -79,7 +81,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ..train.finetune import FinetuneOptions, finetune
 
     logging.getLogger("openhart").setLevel(logging.INFO)
-    for name in ("steps", "batch_size", "lora_rank", "checkpoint_every", "resolution"):
+    for name in ("steps", "batch_size", "lora_rank", "checkpoint_every", "log_every", "resolution"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -96,7 +98,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         grad_accum=args.grad_accum, lora=settings, train_head=args.train_head, precision=args.precision,
         checkpointing=args.checkpointing, seed=args.seed, trigger_words=tuple(args.trigger_words),
         cache_dir=args.cache_dir, device=args.device, parallel=args.parallel, ema_decay=args.ema_decay,
-        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every)
+        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every)
     quiet = args.quiet or not sys.stderr.isatty()
     exported = finetune(options, quiet=quiet)
     if exported is not None:

@@ -380,12 +380,18 @@ def latent_cache(options: FinetuneOptions, base: Base, resolution: int, dist: Di
     def build(target: Path) -> None:
         encoder = prompt_encoder_loader(spec, transformer, model_folder=base.path, system_prompt=system_prompt)()
         total = len(dataset) if hasattr(dataset, "__len__") else None
+        samples = (sample for _, sample in dataset.stream(0, seed=0))
         with tqdm(total=total, desc="cache", unit="img", file=sys.stderr,
                   disable=quiet or not sys.stderr.isatty()) as bar:
-            _, counts = build_latent_cache(
-                (sample for _, sample in dataset.stream(0, seed=0)), target, tokenizer=base.model.tokenizer,
-                encoder=encoder, text_encoder_spec=record, resolution=resolution, batch_size=16,
-                progress=lambda done: bar.update(done - bar.n))
+            try:
+                _, counts = build_latent_cache(
+                    samples, target, tokenizer=base.model.tokenizer, encoder=encoder, text_encoder_spec=record,
+                    resolution=resolution, batch_size=16, progress=lambda done: bar.update(done - bar.n))
+            except ValueError as error:
+                if "no readable example" not in str(error):
+                    raise
+                raise ValueError(f"no readable image in {options.data} ({getattr(dataset, 'skipped', 0)} "
+                                 "unreadable skipped); check that the files are images") from error
         skipped = getattr(dataset, "skipped", 0)
         logger.info("cached %d examples of %s%s", counts["examples"], options.data,
                     f" ({skipped} unreadable images skipped)" if skipped else "")

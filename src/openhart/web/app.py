@@ -96,6 +96,9 @@ class ImageService:
         for key in ("model", "text_encoder"):
             if Path(str(record[key])).is_absolute():
                 record[key] = Path(record[key]).name
+        for adapter in record.get("adapters", []):
+            if Path(adapter["source"]).is_absolute():
+                adapter["source"] = _folder_name(adapter["source"])
         return dict(text, openhart=json.dumps(record))
 
     def _prune(self) -> None:
@@ -115,6 +118,9 @@ def build_app(service: ImageService, limits: ServeLimits):
         gr.Markdown(f"## openhart · HART text-to-image\nModel **{pipe.name}** "
                     f"({size}x{size}, text encoder {Path(pipe.text_encoder_name).name}). "
                     f"Images download as PNGs with their prompt, seed and settings.")
+        adapters = pipe.describe_adapters()
+        if adapters:
+            gr.Markdown("LoRA adapters: " + ", ".join(adapter_label(a) for a in adapters), elem_id="adapters")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate-tab", elem_id="generate-tab"):
                 _generate_tab(gr, service, limits)
@@ -122,6 +128,19 @@ def build_app(service: ImageService, limits: ServeLimits):
                 _edit_tab(gr, service, limits)
     app.queue(max_size=limits.queue_size, default_concurrency_limit=1)
     return app
+
+
+def adapter_label(adapter: dict) -> str:
+    """'**name** (scale 0.8, fused) from SOURCE, weights FINGERPRINT' for the page."""
+    notes = [f"scale {adapter['scale']:g}"] + (["fused"] if adapter.get("fused") else [])
+    return (f"**{adapter['name']}** ({', '.join(notes)}) from `{_folder_name(adapter['source'])}`, "
+            f"weights {adapter['fingerprint']}")
+
+
+def _folder_name(source: str) -> str:
+    """A local adapter by its folder's name (a finetune run's, for its lora/ folder)."""
+    path = Path(source)
+    return path.parent.name if path.name == "lora" else path.name
 
 
 def _progress_hook(progress, num_scales: int):
