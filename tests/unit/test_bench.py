@@ -88,3 +88,20 @@ def test_kernel_kinds_of_profiler_op_names():
     for other in ("aten::copy_", "aten::mul", "aten::native_group_norm", "aten::cat", "aten::linear_backward",
                   "aten::mm_backward_hypothetical"):
         assert kernel_kind(other) == "other", other
+
+
+def test_finetune_bench_smoke_on_the_tiny_preset(tmp_path, capsys):
+    out = tmp_path / "finetune.json"
+    for kind in ("lora", "full"):
+        assert main(["bench", "--finetune", kind, "--preset", "tiny", "--steps", "1", "--dtype", "fp32",
+                     "--matmul-size", "128", "--json", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["finetune"] == kind and result["seconds_per_step"] > 0 and result["peak_memory_gib"] > 0
+        assert result["tflop_per_step"] > 0 and result["checkpointing"] is True
+        assert 0 < result["trainable_parameters"] <= result["total_parameters"]
+        if kind == "lora":
+            assert result["trainable_parameters"] < result["total_parameters"] / 4 and result["lora_rank"] == 16
+        else:
+            assert result["trainable_parameters"] == result["total_parameters"]
+    assert "trainable parameters" in capsys.readouterr().out
+    assert main(["bench", "--finetune", "lora", "--preset", "tiny", "--dtype", "fp16"]) == 2

@@ -211,3 +211,34 @@ def test_a_broken_download_leaves_no_partial_file_and_a_retry_completes(hub, tmp
     hub.fail_paths.clear()
     done = run_cli(["download", REPO, "--text-encoder", "none"], hf_home, hub.url)
     assert done.returncode == 0, done.stderr
+
+
+def test_adapters_come_from_the_hub_and_then_work_offline(tmp_path):
+    from openhart.loading import load_model
+
+    from .test_lora import random_adapter
+
+    repo = random_adapter(load_model(FIXTURE), tmp_path / "upload")
+    (repo / "checkpoints").mkdir()
+    (repo / "checkpoints" / "ckpt-00000010.pt").write_bytes(os.urandom(4096))  # never fetched
+    hf_home = tmp_path / "hf"
+    common = ["--model", str(FIXTURE), "--text-encoder", "random", "--seed", "1", "--dtype", "fp32", "--quiet"]
+    with FakeHub() as hub:
+        hub.add_repo("me/hart-lora", repo)
+        done = run_cli(["generate", "a red apple", *common, "--lora", "me/hart-lora:0.5", "--out",
+                        str(tmp_path / "online.png")], hf_home, hub.url)
+        assert done.returncode == 0, done.stderr
+        assert sorted(hub.downloads("me/hart-lora")) == ["adapter_config.json", "adapter_model.safetensors",
+                                                          "openhart_adapter.json"]
+        requests = len(hub.requests)
+        done = run_cli(["generate", "a red apple", *common, "--lora", "me/hart-lora:0.5", "--out",
+                        str(tmp_path / "offline.png")], hf_home, hub.url, HF_HUB_OFFLINE="1")
+        assert done.returncode == 0, done.stderr
+        assert len(hub.requests) == requests
+        done = run_cli(["generate", "a red apple", *common, "--lora", "me/no-such-lora", "--out",
+                        str(tmp_path / "x.png")], hf_home, hub.url)
+        assert done.returncode == 2 and len(messages(done.stderr)) == 1 and "not found" in done.stderr
+    online, offline = Image.open(tmp_path / "online.png"), Image.open(tmp_path / "offline.png")
+    assert online.tobytes() == offline.tobytes()
+    adapters = json.loads(offline.text["openhart"])["adapters"]
+    assert adapters[0]["source"] == "me/hart-lora" and adapters[0]["scale"] == 0.5

@@ -15,6 +15,8 @@ examples:
   openhart bench --size 1024 --dtype bf16 --low-memory          # text encoder freed after encoding
   openhart bench --preset tiny --warmup 0 --repeats 1           # seconds, for a smoke test
   openhart bench --size 512 --profile                            # plus the top ops by self time
+  openhart bench --finetune lora --size 512 --json lora-512.json # one LoRA fine-tuning step: time, memory
+  openhart bench --finetune full --size 256                      # full fine-tuning (weights, grads, AdamW)
 """
 
 
@@ -51,6 +53,11 @@ def add_command(commands) -> None:
     p.add_argument("--profile", action="store_true",
                    help="profile one more run: top ops by self time and the time outside "
                         "matmul/convolution/attention kernels")
+    p.add_argument("--finetune", choices=("lora", "full"), default=None,
+                   help="time fine-tuning steps instead of a generation: batch --batch of cached "
+                        "inputs, activation checkpointing, bf16 autocast where native (--dtype "
+                        "fp32 forces fp32); seconds per step, peak memory, trainable parameters")
+    p.add_argument("--steps", type=int, default=2, help="--finetune: timed steps after one counted step (default 2)")
     p.add_argument("--json", type=Path, default=None, help="write the full result as JSON here")
     p.set_defaults(handler=run)
 
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batch and --repeats must be >= 1 and --warmup >= 0")
     if args.json is not None and not args.json.parent.is_dir():
         raise UsageError(f"output folder does not exist: {args.json.parent}")
+    if args.finetune is not None:
+        return run_finetune(args, device)
     settings = BenchSettings(preset=args.preset, size=args.size, dtype=dtype, device=device,
                              batch=args.batch, low_memory=args.low_memory, warmup=args.warmup,
                              repeats=args.repeats, guidance_scale=args.guidance_scale, text_encoder=args.text_encoder,
@@ -73,5 +82,26 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(result))
     if args.json is not None:
         write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_finetune(args: argparse.Namespace, device) -> int:
+    import json
+
+    from ..serialization import atomic_path
+    from ..train.finetune_bench import format_finetune_report, run_finetune_bench
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.dtype not in ("auto", "fp32", "bf16"):
+        raise UsageError("--finetune trains fp32 weights: --dtype auto (bf16 autocast where native), bf16 or fp32")
+    precision = "auto" if args.dtype == "auto" else args.dtype
+    result = run_finetune_bench(args.finetune, preset=args.preset, size=args.size, batch=args.batch,
+                                steps=args.steps, precision=precision, device=device, matmul_size=args.matmul_size)
+    print(format_finetune_report(result))
+    if args.json is not None:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
