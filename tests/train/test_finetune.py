@@ -242,3 +242,14 @@ def test_a_folder_that_is_not_a_run_is_not_touched(shapes_dir, tmp_path):
     result = finetune(shapes_dir, run, tmp_path / "cache", "--steps", "2")
     assert "not an openhart finetune run" in one_line_error(result)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_resumes_only_with_its_base_and_kind(shapes_dir, tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    result = finetune(shapes_dir, run, cache, "--steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = openhart("finetune", str(shapes_dir), "--out", str(run), "--cache-dir", str(cache), "--steps", "2",
+                      "--quiet")  # the shipped model instead of hart-tiny
+    assert "fine-tunes base" in one_line_error(result)
+    result = finetune(shapes_dir, run, cache, "--steps", "2", "--full")
+    assert "is a LoRA fine-tune" in one_line_error(result)

@@ -38,7 +38,7 @@ from ..lora.fingerprint import fingerprint, weights_probe
 from ..model import HARTModel
 from ..sampling import generate
 from ..serialization import CheckpointError
-from .checkpoint import list_checkpoints, load_checkpoint
+from .checkpoint import list_checkpoints
 from .config import OptimConfig, RunConfig, SampleConfig, TransformerLossConfig, TransformerTrainConfig
 from .distributed import Distributed
 from .finetune_cache import cache_key, data_fingerprint, default_cache_dir, encoder_identity, find_or_build
@@ -234,11 +234,12 @@ class FinetuneTask(TransformerTask):
             return save_adapter(folder, self.options.lora.peft_config(base_model=self.base.spec,
                                                                       revision=_revision(self.base.hub_id)),
                                 lora.adapter_state(self._module, ADAPTER_NAME, state), self.adapter_record())
-        from ..loading import load_model, save_model
+        from ..loading import save_model
 
-        model = load_model(self.base.path, weights=self.options.weights)
-        model.load_state_dict({k: v for k, v in state.items() if k.startswith(("transformer.", "head."))}, strict=False)
-        saved = save_model(model, folder, text_encoder=self.cache.text_encoder, sampling=self.sampling)
+        module = self._module
+        with trained_weights(module, state, self.saved_keys(module)):
+            model = HARTModel.from_parts(self.model_config, self.tokenizer(), module.transformer, module.head)
+            saved = save_model(model, folder, text_encoder=self.cache.text_encoder, sampling=self.sampling)
         prompt = self.base.path / "hart_system_prompt.txt"
         if prompt.is_file():  # the base's Qwen2 system prompt made the cache's features
             shutil.copyfile(prompt, saved / prompt.name)
@@ -336,15 +337,17 @@ def check_run_folder(out: Path) -> None:
 
 def check_run_base(out: Path, base: Base, options: FinetuneOptions) -> None:
     """A run resumes only with the base and the kind of training it started with."""
-    found = list_checkpoints(out / CHECKPOINT_DIR)
-    if not found:
+    record_path = out / RUN_RECORD
+    if not record_path.is_file() or not list_checkpoints(out / CHECKPOINT_DIR):
         return
-    checkpoint = load_checkpoint(found[-1])
-    architecture = checkpoint.get("config", {})
-    if architecture.get("base") != base.fingerprint:
-        raise CheckpointError(f"{out} fine-tunes base {architecture.get('base')}, but --model gives base "
-                              f"{base.fingerprint} ({base.display}); use the same --model, or another --out")
-    was_lora = architecture.get("lora") is not None
+    from ..serialization import read_json
+
+    record = read_json(record_path)
+    if record.get("base_fingerprint") != base.fingerprint:
+        raise CheckpointError(f"{out} fine-tunes base {record.get('base_fingerprint')} ({record.get('base')}), but "
+                              f"--model gives base {base.fingerprint} ({base.display}); use the same --model, "
+                              "or another --out")
+    was_lora = (record.get("options") or {}).get("lora") is not None
     if was_lora != (options.lora is not None):
         raise CheckpointError(f"{out} is a {'LoRA' if was_lora else 'full'} fine-tune; run it again with "
                               f"{'--lora-rank' if was_lora else '--full'} as before, or use another --out")
