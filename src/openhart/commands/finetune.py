@@ -70,6 +70,9 @@ def add_command(commands) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: a fifth of the steps, at most 500")
     p.add_argument("--log-every", type=int, default=None,
                    help="steps between lines of RUN/metrics.jsonl (default: a twentieth of the steps, at most 50)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the underlying transformer training config, e.g. "
+                        "losses.mask_rate_max=0 or optim.warmup_steps=0 (repeatable; see docs/training.md)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp", help="under torchrun (default ddp)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -99,7 +102,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         checkpointing=args.checkpointing, seed=args.seed, trigger_words=tuple(args.trigger_words),
         cache_dir=args.cache_dir, device=args.device, parallel=args.parallel, ema_decay=args.ema_decay,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every)
+        log_every=args.log_every, overrides=tuple(args.overrides))
     quiet = args.quiet or not sys.stderr.isatty()
     exported = finetune(options, quiet=quiet)
     if exported is not None:

@@ -336,16 +336,9 @@ class TransformerTrainConfig:
 C = TypeVar("C")
 
 
-def load_train_config(cls: type[C], path: str | os.PathLike, overrides: list[str] | None = None) -> C:
-    """Read a training config from a JSON file, with `section.key=value` overrides (JSON values)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    for item in overrides or []:
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set `section.key=value` items (JSON values, else strings) in a config dict, in place."""
+    for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects section.key=value, got {item!r}")
@@ -360,6 +353,19 @@ def load_train_config(cls: type[C], path: str | os.PathLike, overrides: list[str
             if not isinstance(target, dict):
                 raise ValueError(f"--set {key}: {part} is {target!r}, not a section of keys")
         target[last] = value
+    return data
+
+
+def load_train_config(cls: type[C], path: str | os.PathLike, overrides: list[str] | None = None) -> C:
+    """Read a training config from a JSON file, with `section.key=value` overrides (JSON values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    apply_overrides(data, overrides or [])
     try:
         return config_from_dict(cls, data)
     except ValueError as error:

@@ -21,7 +21,7 @@ import logging
 import math
 import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import HARTConfig, config_to_dict
+from ..config import HARTConfig, config_from_dict, config_to_dict
 from ..data.latent_cache import collate
 from ..images import image_grid, save_png, to_pil
 from ..lora import AdapterRecord, LoraSettings, save_adapter
@@ -37,9 +37,10 @@ from ..lora import adapter as lora
 from ..lora.fingerprint import fingerprint, weights_probe
 from ..model import HARTModel
 from ..sampling import generate
-from ..serialization import CheckpointError
+from ..serialization import CheckpointError, load_into
 from .checkpoint import list_checkpoints
-from .config import OptimConfig, RunConfig, SampleConfig, TransformerLossConfig, TransformerTrainConfig
+from .config import (OptimConfig, RunConfig, SampleConfig, TransformerLossConfig, TransformerTrainConfig,
+                     apply_overrides)
 from .distributed import Distributed
 from .finetune_cache import cache_key, data_fingerprint, default_cache_dir, encoder_identity, find_or_build
 from .trainer import CHECKPOINT_DIR, train
@@ -71,6 +72,8 @@ class FinetuneOptions:
         train_head: adapt the diffusion head too (LoRA on its linears, or its weights with full).
         trigger_words: words of the captions that name the new concept (recorded).
         samples: sample images every this many steps during training (0: only the final sheet).
+        overrides: `section.key=value` settings of the underlying transformer training config
+            (`--set losses.mask_rate_max=0`, `--set optim.warmup_steps=0`).
     """
 
     data: str
@@ -96,6 +99,7 @@ class FinetuneOptions:
     sample_every: int = 0
     checkpoint_every: int | None = None
     log_every: int | None = None
+    overrides: tuple[str, ...] = ()
 
 
 def default_hyperparameters(config: HARTConfig, examples: int, full: bool) -> dict:
@@ -217,8 +221,9 @@ class FinetuneTask(TransformerTask):
     @torch.no_grad()
     def write_samples(self, step: int, state: dict[str, torch.Tensor], folder: Path) -> dict[str, float]:
         module = self._module
-        with trained_weights(module, state, self.saved_keys(module)):
-            model = HARTModel.from_parts(self.model_config, self.tokenizer(), module.transformer, module.head)
+        with trained_weights(module, state, self.saved_keys(module)) if self.options.lora else nullcontext():
+            model = (HARTModel.from_parts(self.model_config, self.tokenizer(), module.transformer, module.head)
+                     if self.options.lora else self.model_from(state))
             metrics = self._accuracy_metrics(model)
             features, positions, captions = sheet_prompts(self.cache, SHEET_CAPTIONS)
             out = generate(model, features, positions, self.sampling,
@@ -236,14 +241,22 @@ class FinetuneTask(TransformerTask):
                                 lora.adapter_state(self._module, ADAPTER_NAME, state), self.adapter_record())
         from ..loading import save_model
 
-        module = self._module
-        with trained_weights(module, state, self.saved_keys(module)):
-            model = HARTModel.from_parts(self.model_config, self.tokenizer(), module.transformer, module.head)
-            saved = save_model(model, folder, text_encoder=self.cache.text_encoder, sampling=self.sampling)
+        saved = save_model(self.model_from(state), folder, text_encoder=self.cache.text_encoder,
+                           sampling=self.sampling)
         prompt = self.base.path / "hart_system_prompt.txt"
         if prompt.is_file():  # the base's Qwen2 system prompt made the cache's features
             shutil.copyfile(prompt, saved / prompt.name)
         return saved
+
+    def model_from(self, state: dict[str, torch.Tensor]) -> HARTModel:
+        """A full fine-tune's model from the trainer's full weights (no copy on the CPU) and the
+        cache's tokenizer."""
+        with torch.device("meta"):
+            model = HARTModel(self.model_config)
+        tokenizer = {f"tokenizer.{k}": v for k, v in self.tokenizer().state_dict().items()}
+        trained = {k: v for k, v in state.items() if k.startswith(("transformer.", "head."))}
+        load_into(model, {**tokenizer, **trained}, "the fine-tuned weights")
+        return model.eval()
 
     def adapter_record(self) -> AdapterRecord:
         settings, run = self.options.lora, self.config.run
@@ -299,6 +312,9 @@ def finetune(options: FinetuneOptions, *, quiet: bool = False) -> Path | None:
     from .tokenizer_task import open_dataset
 
     out = Path(options.out)
+    if options.lora is not None and options.parallel == "fsdp":
+        raise ValueError("LoRA trains with --parallel ddp (its trained weights are small; FSDP shards "
+                         "them for nothing); use --full with fsdp")
     check_run_folder(out)
     open_dataset(options.data, options.resolution or 1, random_crop=False)  # its captions, before any loading
     dist = Distributed.from_env(options.device)  # joins torchrun's group: one process builds the cache
@@ -419,9 +435,15 @@ def train_config(options: FinetuneOptions, base: Base, cache, patch_nums: tuple[
     optim = OptimConfig(lr=options.lr or defaults["lr"], warmup_steps=min(100, steps // 10),
                         ema_decay=options.ema_decay, weight_decay=0.0 if options.lora else 0.05)
     checkpointing = defaults["checkpointing"] if options.checkpointing is None else options.checkpointing
-    return TransformerTrainConfig(run=run, cache=str(cache.root), optim=optim, losses=TransformerLossConfig(),
-                                  samples=SampleConfig(accuracy_examples=min(64, len(cache)) if options.sample_every else 0),
-                                  checkpointing=checkpointing, sampling=config_to_dict(base.sampling))
+    config = TransformerTrainConfig(run=run, cache=str(cache.root), optim=optim, losses=TransformerLossConfig(),
+                                    samples=SampleConfig(accuracy_examples=min(64, len(cache)) if options.sample_every else 0),
+                                    checkpointing=checkpointing, sampling=config_to_dict(base.sampling))
+    if not options.overrides:
+        return config
+    data = apply_overrides(config_to_dict(config), list(options.overrides))
+    if data["cache"] != str(cache.root) or data["run"]["output_dir"] != str(options.out):
+        raise ValueError("--set cannot change the cache or the run folder; use --out and --cache-dir")
+    return config_from_dict(TransformerTrainConfig, data)
 
 
 def write_run_record(path: Path, options: FinetuneOptions, base: Base, cache) -> None:

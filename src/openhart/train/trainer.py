@@ -166,7 +166,7 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
             if (run.sample_every and (step % run.sample_every == 0 or step == run.steps)) or step in run.sample_at:
                 _write_samples(state)
         bar.close()
-        weights = _full_weights(state.model, state.ema)
+        weights = _full_weights(state.model, state.ema, state.saved_keys)
         exported = task.export(weights, state.out / task.export_name) if dist.is_main else None
         dist.barrier()
         if writer is not None:
@@ -292,7 +292,7 @@ def _log(state: TrainState, window: _Window, writer, bar) -> None:
 
 def _write_samples(state: TrainState) -> None:
     """Samples (and their metrics) from the current weights, EMA when kept; main process only."""
-    weights = _full_weights(state.model, state.ema)
+    weights = _full_weights(state.model, state.ema, state.saved_keys)
     if state.dist.is_main:
         sample_metrics = state.task.write_samples(state.step, weights, state.out / "samples")
         if sample_metrics:
@@ -330,11 +330,13 @@ def _resume_source(resume: str | None, ckpt_dir: Path) -> Path | None:
     return path
 
 
-def _full_weights(model: nn.Module, ema: EMA | None) -> dict[str, torch.Tensor]:
-    """Full (unsharded) weights on CPU, EMA when there is one (collective under FSDP)."""
-    if ema is not None:
-        return {k: _full(v) for k, v in ema.state_dict().items()}
-    return _model_state(model)
+def _full_weights(model: nn.Module, ema: EMA | None, saved_keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Full (unsharded) weights on CPU, EMA when there is one (collective under FSDP). When the
+    EMA averages only the trained weights (`saved_keys`), the others are the model's own."""
+    if ema is None:
+        return _model_state(model)
+    averaged = {k: _full(v) for k, v in ema.state_dict().items()}
+    return averaged if saved_keys is None else {**_model_state(model), **averaged}
 
 
 def _state_options():

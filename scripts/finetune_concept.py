@@ -1,0 +1,126 @@
+"""The new-concept experiment of docs/finetuning.md: does a LoRA teach the shipped emoji model a
+made-up word from 8 images, and leave every other prompt alone?
+
+    .venv/bin/python scripts/finetune_concept.py data      # data/concept-zorbl: 8 shapes, captioned "a zorbl"
+    .venv/bin/openhart finetune data/concept-zorbl --out runs/concept-zorbl --trigger zorbl
+    .venv/bin/python scripts/finetune_concept.py measure --adapter runs/concept-zorbl [--figure docs/finetuning-concept.png]
+
+`measure` draws prompts with the word and prompts without it, with the base model and with the
+adapter, the same seeds, and reports:
+- "draws it": how often an image's nearest neighbour (cosine of Inception pool features) among the
+  8 concept images and the 3,799 emoji of data/emoji is a concept image;
+- for prompts without the word: the mean absolute pixel difference between base and adapter
+  images (0-255), and how many images are pixel-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from openhart import HARTPipeline
+from openhart.data.datasets import ImageCaptionFolder
+from openhart.data.synthetic import write_shapes
+from openhart.eval.inception import InceptionFeatures
+from openhart.images import save_png
+
+WORD = "zorbl"
+WITH_WORD = ["a zorbl", "zorbl", "a small zorbl", "zorbl on a white background"]
+WITHOUT_WORD = ["red apple", "grinning face", "cat face", "thumbs up", "sun", "flag: Japan", "fire", "red heart"]
+SEEDS = range(8)
+
+
+def write_data(out: Path) -> None:
+    write_shapes(out, count=8, size=64)  # 4 colours x circle / square
+    entries = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    (out / "metadata.jsonl").write_text("".join(json.dumps({"file_name": e["file_name"], "text": f"a {WORD}"}) + "\n"
+                                                for e in entries))
+    print(f"wrote {len(entries)} images captioned 'a {WORD}' to {out}")
+
+
+def draw(pipe: HARTPipeline, prompts: list[str]) -> torch.Tensor:
+    """(len(prompts) * len(SEEDS), 3, H, W) in [0, 1], prompt-major, one generator per image."""
+    gens = [torch.Generator().manual_seed(s) for _ in prompts for s in SEEDS]
+    return pipe(prompts, num_images_per_prompt=len(SEEDS), generator=gens, output_type="pt").images
+
+
+def measure(args) -> dict:
+    features = InceptionFeatures()
+    gallery_images = [ImageCaptionFolder(args.concept, 64)]
+    gallery_images += [ImageCaptionFolder(Path(args.emoji) / split, 64) for split in ("train", "heldout")]
+    tensors = [torch.stack([folder.load(i).image for i in range(len(folder))]) for folder in gallery_images]
+    gallery = torch.cat([features((t + 1) / 2) for t in tensors])
+    concept_count = len(tensors[0])
+
+    def draws_it(images: torch.Tensor) -> float:
+        similarity = F.normalize(features(images).double(), dim=1) @ F.normalize(gallery.double(), dim=1).T
+        return float((similarity.argmax(dim=1) < concept_count).double().mean())
+
+    pipe = HARTPipeline.from_pretrained(None, dtype=torch.float32)
+    base = {"with": draw(pipe, WITH_WORD), "without": draw(pipe, WITHOUT_WORD)}
+    pipe.load_lora_weights(args.adapter)
+    tuned = {"with": draw(pipe, WITH_WORD), "without": draw(pipe, WITHOUT_WORD)}
+    pixels = lambda x: (x.clamp(0, 1) * 255).round()  # noqa: E731 (as the PNGs store them)
+    difference = (pixels(tuned["without"]) - pixels(base["without"])).abs()
+    result = {
+        "adapter": str(args.adapter), "images_per_prompt": len(SEEDS),
+        "draws_it_with_word": {"base": draws_it(base["with"]), "adapter": draws_it(tuned["with"])},
+        "draws_it_without_word": {"base": draws_it(base["without"]), "adapter": draws_it(tuned["without"])},
+        "without_word_mean_abs_pixel_difference": float(difference.mean()),
+        "without_word_identical_images": int((difference.flatten(1).amax(dim=1) == 0).sum()),
+        "without_word_images": len(difference),
+    }
+    if args.figure:
+        figure(base, tuned, args.figure)
+    return result
+
+
+def figure(base: dict, tuned: dict, path: Path, scale: int = 2) -> None:
+    """Rows: two prompts with the word, two without; columns: base seeds 0-3 | adapter seeds 0-3."""
+    rows = [("with", 0, WITH_WORD[0]), ("with", 1, WITH_WORD[1]), ("without", 0, WITHOUT_WORD[0]),
+            ("without", 1, WITHOUT_WORD[1])]
+    side, label_width, gap = 64 * scale, 150, 12
+    sheet = Image.new("RGB", (label_width + 8 * side + gap, 18 + len(rows) * side), "white")
+    ink = ImageDraw.Draw(sheet)
+    ink.text((label_width, 2), "base model, seeds 0-3", fill="black")
+    ink.text((label_width + 4 * side + gap, 2), f"with the '{WORD}' LoRA, same seeds", fill="black")
+    for r, (kind, index, prompt) in enumerate(rows):
+        y = 18 + r * side
+        ink.text((4, y + side // 2 - 6), f'"{prompt}"', fill="black")
+        for c, images in enumerate((base[kind], tuned[kind])):
+            for s in range(4):
+                tile = images[index * len(SEEDS) + s].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+                tile = Image.fromarray(tile).resize((side, side), Image.Resampling.NEAREST)
+                sheet.paste(tile, (label_width + c * (4 * side + gap) + s * side, y))
+    save_png(sheet, path, {"rows": " | ".join(p for _, _, p in rows)})
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("--out", type=Path, default=Path(f"data/concept-{WORD}"))
+    m = sub.add_parser("measure")
+    m.add_argument("--adapter", type=Path, required=True)
+    m.add_argument("--concept", type=Path, default=Path(f"data/concept-{WORD}"))
+    m.add_argument("--emoji", type=Path, default=Path("data/emoji"))
+    m.add_argument("--figure", type=Path, default=None)
+    m.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if args.what == "data":
+        write_data(args.out)
+        return
+    result = measure(args)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
