@@ -177,7 +177,9 @@ class FinetuneTask(TransformerTask):
         self.patch_nums = self.cache.patch_nums
         self.model_config = base.config
         self.sampling = base.sampling
-        self.heldout = None
+        # another cache of the same base's tokenizer and text encoder (e.g. of the images the
+        # base was trained on), whose teacher-forced accuracy is logged at each sample step
+        self.heldout = self._open_heldout_cache(config.heldout_cache) if config.heldout_cache else None
         self.export_name = "lora" if options.lora else "model"
         self._accuracy_sets = None
         self._prompts = None

@@ -6,7 +6,9 @@ tokenizer's quantizer (codebook and Phi, which build the teacher-forcing inputs)
 cached codes, residuals and text features (random here). The text encoder and the tokenizer's
 encoder and decoder are never built: `openhart finetune` frees them once the latent cache exists.
 The step is `openhart finetune`'s: bf16 autocast where the device has native bf16, activation
-checkpointing, gradient clipping, AdamW. Its FLOPs are counted in a first, untimed step and
+checkpointing, gradient clipping, AdamW. A warm-up step allocates AdamW's states, then the timed
+steps run and the peak memory is read; the FLOPs are counted in one last step (under the FLOP
+counter, checkpointing keeps more activations alive, which is not the step's memory) and
 compared with the matmul peak measured in the same process.
 """
 
@@ -70,7 +72,7 @@ def random_batch(config: HARTConfig, batch: int, device: torch.device) -> Cached
 def run_finetune_bench(kind: str, *, preset: str = "hart-0.7b", size: int = 256, batch: int = 1,
                        steps: int = 2, precision: str = "auto", device: torch.device | str = "cpu",
                        matmul_size: int | None = None) -> dict:
-    """Seconds per optimizer step (median of `steps` after one counted step), peak memory and
+    """Seconds per optimizer step (median of `steps` after a warm-up step), peak memory and
     the trainable parameter count of a LoRA (rank 16) or full fine-tune of the preset."""
     if kind not in KINDS:
         raise ValueError(f"--finetune must be one of {KINDS}, got {kind!r}")
@@ -90,9 +92,7 @@ def run_finetune_bench(kind: str, *, preset: str = "hart-0.7b", size: int = 256,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(0)  # also the warm-up: AdamW's states are allocated here
+    step(0)  # the warm-up: AdamW's states are allocated here
     times = []
     for index in range(1, steps + 1):
         synchronize(device)
@@ -103,6 +103,11 @@ def run_finetune_bench(kind: str, *, preset: str = "hart-0.7b", size: int = 256,
     seconds = statistics.median(times)
     peak_memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # FLOPs last: under FlopCounterMode activation checkpointing keeps more alive, which must
+    # not count as the step's memory
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(steps + 1)
     resolved = resolved_precision(precision, device)
     side = matmul_size or (2048 if device.type == "cpu" else 8192)
     peak = matmul_peak_tflops(torch.bfloat16 if resolved == "bf16" else torch.float32, device, side)
