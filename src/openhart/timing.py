@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -28,3 +29,15 @@ class PhaseTimer:
         if self._last is not None:
             self.seconds[name] += now - self._last
         self._last = now
+
+
+def call_times(fn: Callable[[int], object], indices: Iterable[int], device: torch.device) -> list[float]:
+    """Seconds of each call `fn(i)`, the device synchronised before and after it."""
+    times = []
+    for i in indices:
+        synchronize(device)
+        start = time.perf_counter()
+        fn(i)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import resource
 import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -24,10 +23,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..bench import matmul_peak_tflops, random_fill_
 from ..config import HARTConfig, hart_0p7b, hart_tiny
 from ..data.latent_cache import CachedBatch
-from ..device import synchronize
 from ..diffusion.head import DiffusionHead
 from ..lora import LoraSettings
 from ..lora import adapter as lora
+from ..timing import call_times
 from ..tokenizer.quantizer import MultiScaleQuantizer
 from ..transformer.model import HARTTransformer
 from .config import TransformerLossConfig
@@ -93,13 +92,7 @@ def run_finetune_bench(kind: str, *, preset: str = "hart-0.7b", size: int = 256,
         optimizer.step()
 
     step(0)  # the warm-up: AdamW's states are allocated here
-    times = []
-    for index in range(1, steps + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        step(index)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
+    times = call_times(step, range(1, steps + 1), device)
     seconds = statistics.median(times)
     peak_memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

@@ -8,14 +8,13 @@ come from `torch.utils.flop_counter`; the step time is the median over `steps` s
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..bench import matmul_peak_tflops
 from ..data.stream import BatchStream
-from ..device import synchronize
+from ..timing import call_times
 from .config import OptimConfig, RunConfig
 from .distributed import Distributed
 from .optim import build_optimizer
@@ -40,7 +39,7 @@ def training_throughput(task: TrainingTask, run: RunConfig, optim: OptimConfig, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, optim.grad_clip or float("inf"))
         optimizer.step()
-        task.auxiliary_step(batch, step, Distributed())
+        task.auxiliary_step(batch, step, Distributed(), None)
         return batch
 
     counter = FlopCounterMode(display=False)
@@ -49,14 +48,7 @@ def training_throughput(task: TrainingTask, run: RunConfig, optim: OptimConfig, 
     counts = task.batch_counts(batch)
     for step in range(1, warmup):
         one_step(step)
-    times = []
-    for step in range(warmup, warmup + steps):
-        synchronize(device)
-        start = time.perf_counter()
-        one_step(step)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = statistics.median(call_times(one_step, range(warmup, warmup + steps), device))
     flops = counter.get_total_flops()
     peaks = {"bf16": matmul_peak_tflops(torch.bfloat16, device),
              "fp32": matmul_peak_tflops(torch.float32, device)}
