@@ -171,6 +171,14 @@ def recorded_text_encoder(folder: str | os.PathLike) -> str | None:
     return RANDOM_TEXT_ENCODER if spec["kind"] == "random" else spec["path"]
 
 
+def model_text_encoder_spec(source: ResolvedModel) -> dict | None:
+    """The `text_encoder` entry a model folder made from `source` records: the official
+    encoder for the official layout, else the one its config.json records (None if none)."""
+    if source.official:
+        return {"kind": "huggingface", "path": OFFICIAL_TEXT_ENCODER}
+    return recorded_text_encoder_spec(source.path)
+
+
 def recorded_text_encoder_spec(folder: str | os.PathLike) -> dict | None:
     """The `text_encoder` entry of a model folder's config.json, checked; None when the folder
     has no config.json or its config names no text encoder."""

@@ -29,7 +29,7 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     Returns:
         `dst`, after reloading it and checking every tensor.
     """
-    from ..hub import OFFICIAL_TEXT_ENCODER, recorded_text_encoder_spec, resolve_model
+    from ..hub import model_text_encoder_spec, resolve_model
     from ..loading import (MODEL_TYPE, load_model, model_config_json, recommended_sampling,
                            write_folder_files)
     from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
@@ -43,9 +43,7 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     src = source.path
     model = load_model(src, dtype=dtype, weights=weights)
     # the converted folder names its text encoder: the recorded one, or the official models' one
-    text_encoder = ({"kind": "huggingface", "path": OFFICIAL_TEXT_ENCODER} if source.official
-                    else recorded_text_encoder_spec(src))
-    config = model_config_json(model, text_encoder=text_encoder, sampling=recommended_sampling(src))
+    config = model_config_json(model, text_encoder=model_text_encoder_spec(source), sampling=recommended_sampling(src))
     # everything is written and verified in a staging folder, which replaces dst only then
     with staged_folder(dst) as staging:
         write_folder_files(staging, config, model.state_dict(), MODEL_TYPE)

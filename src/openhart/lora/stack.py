@@ -92,7 +92,6 @@ class AdapterStack:
             raise
         weight = next(p for n, p in self.model.named_parameters() if "lora_" not in n)
         for n, p in self.model.named_parameters():
-            p.requires_grad_(False)
             if f".{name}." in n and "lora_" in n:
                 p.data = p.data.to(weight.dtype)  # peft keeps adapters in fp32; compute in the model's dtype
         self.loaded[name] = LoadedAdapter(name=name, source=source, fingerprint=adapter.fingerprint, scale=scale)

@@ -74,10 +74,11 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, model: 
     """
     import shutil
 
-    from ..hub import OFFICIAL_TEXT_ENCODER, recorded_text_encoder_spec, resolve_adapter, resolve_model
+    from ..hub import model_text_encoder_spec, resolve_adapter, resolve_model
     from ..loading import load_model, recommended_sampling
     from ..lora.files import read_adapter
     from ..lora.stack import AdapterStack
+    from ..text.encoder import SYSTEM_PROMPT_FILE
 
     folder, _ = resolve_adapter(adapter)
     loaded = read_adapter(folder)
@@ -89,19 +90,13 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, model: 
     stack.load(loaded)
     stack.fuse()
     stack.unload()
-    config = hart.config.transformer
-    if source.official:
-        text_encoder = {"kind": "huggingface", "path": OFFICIAL_TEXT_ENCODER,
-                        "context_tokens": config.context_tokens, "context_dim": config.context_dim}
-    else:
-        text_encoder = recorded_text_encoder_spec(source.path)
     sampling = recommended_sampling(source.path)
     if loaded.record is not None and loaded.record.sampling is not None:
         sampling = config_from_dict(SamplingConfig, loaded.record.sampling)
-    saved = save_model(storage_cast(hart, dtype), out, text_encoder=text_encoder, sampling=sampling)
-    prompt = Path(source.path) / "hart_system_prompt.txt"
+    saved = save_model(storage_cast(hart, dtype), out, text_encoder=model_text_encoder_spec(source), sampling=sampling)
+    prompt = Path(source.path) / SYSTEM_PROMPT_FILE
     if prompt.is_file():
-        shutil.copyfile(prompt, saved / prompt.name)
+        shutil.copyfile(prompt, saved / SYSTEM_PROMPT_FILE)
     return saved
 
 

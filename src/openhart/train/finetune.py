@@ -38,6 +38,7 @@ from ..lora.fingerprint import fingerprint, weights_probe
 from ..model import HARTModel
 from ..sampling import generate
 from ..serialization import CheckpointError, load_into
+from ..text.encoder import SYSTEM_PROMPT_FILE
 from .checkpoint import list_checkpoints
 from .config import (OptimConfig, RunConfig, SampleConfig, TransformerLossConfig, TransformerTrainConfig,
                      apply_overrides)
@@ -59,7 +60,7 @@ RUN_RECORD = "finetune.json"
 @dataclass(frozen=True, kw_only=True)
 class FinetuneOptions:
     """What `openhart finetune` is asked; None means the default for the model's size
-    (`resolved_options`).
+    (`default_hyperparameters`).
 
     Args:
         data: an image folder (metadata.jsonl or .txt captions) or .tar shards.
@@ -71,7 +72,7 @@ class FinetuneOptions:
         lora: LoRA settings, or None for full fine-tuning.
         train_head: adapt the diffusion head too (LoRA on its linears, or its weights with full).
         trigger_words: words of the captions that name the new concept (recorded).
-        samples: sample images every this many steps during training (0: only the final sheet).
+        sample_every: sample images every this many steps during training (0: only the final sheet).
         overrides: `section.key=value` settings of the underlying transformer training config
             (`--set losses.mask_rate_max=0`, `--set optim.warmup_steps=0`).
     """
@@ -245,9 +246,9 @@ class FinetuneTask(TransformerTask):
 
         saved = save_model(self.model_from(state), folder, text_encoder=self.cache.text_encoder,
                            sampling=self.sampling)
-        prompt = self.base.path / "hart_system_prompt.txt"
+        prompt = self.base.path / SYSTEM_PROMPT_FILE
         if prompt.is_file():  # the base's Qwen2 system prompt made the cache's features
-            shutil.copyfile(prompt, saved / prompt.name)
+            shutil.copyfile(prompt, saved / SYSTEM_PROMPT_FILE)
         return saved
 
     def model_from(self, state: dict[str, torch.Tensor]) -> HARTModel:
@@ -304,7 +305,9 @@ def sheet_prompts(cache, count: int) -> tuple[torch.Tensor, torch.Tensor, list[s
 
 
 def _revision(hub_id: str | None) -> str | None:
-    return hub_id.partition("@")[2] or None if hub_id else None
+    from ..hub import parse_hub_id
+
+    return parse_hub_id(hub_id)[1] if hub_id else None
 
 
 # ----- the command's work, top to bottom ------------------------------------------------------------
