@@ -96,3 +96,25 @@ def openhart(*args: str, env: dict | None = None, torchrun: int = 0, timeout: in
                else [sys.executable, "-m", "openhart"])
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def kill_after_checkpoint(args: list[str], run_dir: Path, step: int, timeout: float = 120) -> None:
+    """Run `openhart ARGS` and SIGKILL it as soon as its run folder holds a checkpoint of `step`
+    or later (the process must still be training then)."""
+    import signal
+    import time
+
+    from openhart.train.checkpoint import list_checkpoints
+
+    process = subprocess.Popen([sys.executable, "-m", "openhart", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list_checkpoints(run_dir / "checkpoints")
+        if found and int(found[-1].stem.split("-")[1]) >= step:
+            break
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()

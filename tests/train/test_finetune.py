@@ -4,12 +4,7 @@ of the shipped model; the latent cache reused and renewed; SIGKILL + resume exac
 LoRA; gradient accumulation; bad input as one line with exit code 2."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,24 +17,28 @@ from openhart.loading import load_model, save_model
 from openhart.lora import read_adapter, weights_probe
 from openhart.lora.fingerprint import fingerprint
 from openhart.model import HARTModel
-from openhart.train.checkpoint import list_checkpoints, load_checkpoint
+from openhart.train.checkpoint import load_checkpoint
 
-from .conftest import metrics, openhart
+from .conftest import kill_after_checkpoint, metrics, openhart
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "conformance" / "hart-tiny"
 EXACT_KEYS = ("loss", "ce", "diffusion", "accuracy", "grad_norm", "lr")
 
 
-def finetune(data, out, cache, *extra, model=FIXTURE, torchrun=0, timeout=300):
+def finetune_args(data, out, cache, *extra, model=FIXTURE) -> list[str]:
+    """`openhart finetune` of hart-tiny (random text encoder) at 64 px, batch 4, LoRA rank 4."""
     args = ["finetune", str(data), "--out", str(out), "--cache-dir", str(cache), "--quiet", "--resolution", "64",
             "--batch-size", "4", "--lora-rank", "4"]
     if model is not None:
         args += ["--model", str(model), "--text-encoder", "random"]
-    extra = list(extra)
     if "--full" in extra:
         args.remove("--lora-rank")
         args.remove("4")
-    return openhart(*args, *extra, torchrun=torchrun, timeout=timeout)
+    return [*args, *extra]
+
+
+def finetune(data, out, cache, *extra, model=FIXTURE, torchrun=0, timeout=300):
+    return openhart(*finetune_args(data, out, cache, *extra, model=model), torchrun=torchrun, timeout=timeout)
 
 
 def one_line_error(result) -> str:
@@ -125,21 +124,7 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(shapes_dir, tm
     result = finetune(shapes_dir, tmp_path / "reference", cache, *steps)
     assert result.returncode == 0, result.stderr[-3000:]
     killed = tmp_path / "killed"
-    args = [sys.executable, "-m", "openhart", "finetune", str(shapes_dir), "--out", str(killed), "--cache-dir",
-            str(cache), "--quiet", "--resolution", "64", "--batch-size", "4", "--lora-rank", "4", "--model",
-            str(FIXTURE), "--text-encoder", "random", *steps]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list_checkpoints(killed / "checkpoints")
-        if found and int(found[-1].stem.split("-")[1]) >= 9:
-            break
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stderr.close()
+    kill_after_checkpoint(finetune_args(shapes_dir, killed, cache, *steps), killed, 9)
     assert 9 <= load_checkpoint(killed / "checkpoints")["step"] < 40, "the run was not killed during training"
     assert not (killed / "lora").exists()
     result = finetune(shapes_dir, killed, cache, *steps)

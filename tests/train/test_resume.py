@@ -1,17 +1,11 @@
 """Kill a training run with SIGKILL and resume it: the losses equal an uninterrupted run's, exactly
 (fp32 on CPU), and the newest checkpoint on disk is always readable."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 
-from openhart.train.checkpoint import list_checkpoints, load_checkpoint
+from openhart.train.checkpoint import load_checkpoint
 
-from .conftest import metrics, openhart, tokenizer_config, transformer_config, write_config
+from .conftest import kill_after_checkpoint, metrics, openhart, tokenizer_config, transformer_config, write_config
 
 EXACT_KEYS = {"transformer": ("loss", "ce", "diffusion", "accuracy", "grad_norm", "lr"),
               "tokenizer": ("loss", "l2", "vq", "grad_norm", "lr", "discrete_step")}
@@ -33,19 +27,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(what, shapes_dir, laten
 
     killed_dir = tmp_path / "killed"
     config = write_config(tmp_path / "killed.json", _config(what, killed_dir, shapes_dir, latent_cache))
-    args = [sys.executable, "-m", "openhart", "train", what, "--config", str(config), "--quiet"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list_checkpoints(killed_dir / "checkpoints")
-        if found and int(found[-1].stem.split("-")[1]) >= 9:
-            break
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stderr.close()
+    kill_after_checkpoint(["train", what, "--config", str(config), "--quiet"], killed_dir, 9)
     newest = load_checkpoint(killed_dir / "checkpoints")  # never corrupt, even mid-save
     assert 9 <= newest["step"] < reference["run"]["steps"], "the run was not killed during training"
 
