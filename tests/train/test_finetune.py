@@ -238,3 +238,72 @@ def test_a_run_resumes_only_with_its_base_and_kind(shapes_dir, tmp_path):
     assert "fine-tunes base" in one_line_error(result)
     result = finetune(shapes_dir, run, cache, "--steps", "2", "--full")
     assert "is a LoRA fine-tune" in one_line_error(result)
+
+
+def _prior_images(folder: Path, count: int) -> Path:
+    """Shapes that are not the training shapes: mirrored, with their own captions."""
+    from PIL import Image
+
+    from openhart.data.synthetic import write_shapes
+
+    write_shapes(folder, count=count, size=64)
+    lines = []
+    for i in range(count):
+        path = folder / f"{i:04d}.png"
+        Image.open(path).transpose(Image.Transpose.TRANSPOSE).save(path)
+        lines.append(json.dumps({"file_name": path.name, "text": f"a prior shape {i}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_prior_mixture_replays_every_prior_example_in_its_share(latent_cache, tiny_tokenizer_dir, tmp_path):
+    from openhart.data.latent_cache import LatentCache
+    from openhart.data.mixture import CacheMixture
+
+    from .conftest import make_cache
+
+    main = LatentCache(latent_cache)
+    prior_images = _prior_images(tmp_path / "prior", 5)
+    prior = LatentCache(make_cache(prior_images, tiny_tokenizer_dir, tmp_path / "prior-cache", 64))
+    mixture = CacheMixture(main, prior, 0.5)
+    assert len(main) == 8 and mixture.prior_per_epoch == 8 and len(mixture) == 16
+    epochs = [mixture.epoch_indices(e, seed=3) for e in range(3)]
+    for order in epochs:  # each epoch: every main example once, and its share of prior examples
+        assert sorted(i for i in order if i < 8) == list(range(8)) and len(order) == 16
+    # the prior is walked in seeded permutations: every example once before any twice
+    walked = torch.tensor([i - 8 for order in epochs[:2] for i in order if i >= 8])
+    assert sorted(torch.bincount(walked, minlength=5).tolist()) == [3, 3, 3, 3, 4]
+    # a prior example is the prior cache's, under its own index (which keys its random draws)
+    example, source = mixture.get(10), prior.get(2)
+    assert example.index == 10 and torch.equal(example.codes, source.codes)
+    assert torch.equal(example.context, source.context) and not torch.equal(example.codes, main.get(2).codes)
+    # orders depend only on (seed, epoch); ranks split an epoch; a stream resumes at an offset
+    assert mixture.epoch_indices(1, 3) == epochs[1] and mixture.epoch_indices(1, 4) != epochs[1]
+    ranks = [[e.index for _, e in mixture.stream(1, 3, rank, 2)] for rank in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(epochs[1]) and len(ranks[0]) == 8
+    assert [e.index for _, e in mixture.stream(1, 3, 1, 2, start=5)] == ranks[1][5:]
+    assert CacheMixture(main, prior, 0.25).prior_per_epoch == 3
+    with pytest.raises(ValueError, match="prior fraction"):
+        CacheMixture(main, prior, 1.0)
+    other = LatentCache(make_cache(prior_images, tiny_tokenizer_dir, tmp_path / "c32", 32))
+    with pytest.raises(ValueError, match="other scales or another text encoder"):
+        CacheMixture(main, other, 0.5)
+
+
+def test_prior_data_trains_with_the_run_is_recorded_and_must_stay_on_resume(shapes_dir, tmp_path):
+    prior = _prior_images(tmp_path / "prior", 6)
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    result = finetune(shapes_dir, run, cache, "--steps", "3", "--prior-data", str(prior), "--prior-fraction", "0.25",
+                      "--log-every", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cached 6 examples" in result.stderr and len(list(cache.iterdir())) == 2
+    record = read_adapter(run).record.train["prior"]
+    assert record == {"data": str(prior), "fraction": 0.25, "examples": 6}
+    assert json.loads((run / "finetune.json").read_text())["prior_cache"] is not None
+    # the same run with another prior (or none) would read another data order: refused
+    for extra in (["--prior-data", str(prior), "--prior-fraction", "0.5"], []):
+        result = finetune(shapes_dir, run, cache, "--steps", "4", *extra)
+        assert "resume it with the same prior" in one_line_error(result)
+    result = finetune(shapes_dir, tmp_path / "run2", cache, "--steps", "2", "--prior-fraction", "0.3")
+    assert "--prior-fraction needs --prior-data" in one_line_error(result)
+    assert not (tmp_path / "run2").exists()

@@ -16,6 +16,8 @@ examples:
   openhart generate "a red apple" --lora runs/my-style --out apple.png
   openhart finetune my-images/ --model mit-han-lab/hart-0.7b-1024px --resolution 512 --out runs/fox
   openhart finetune my-images/ --model runs/emoji/model --full --steps 1000 --out runs/emoji-full
+  openhart finetune my-images/ --prior-data data/emoji/train --out runs/keep
+      half of each epoch replays the base's own training images: its other prompts keep their images
   torchrun --nproc_per_node 8 -m openhart finetune shards/ --model mit-han-lab/hart-0.7b-1024px --out runs/big
   a run resumes from its newest checkpoint when the same command runs again
 """
@@ -62,6 +64,12 @@ def add_command(commands) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the adapter, the data order and every draw (default 0)")
     p.add_argument("--trigger", dest="trigger_words", action="append", default=[], metavar="WORD",
                    help="a word of the captions that names the new concept, recorded with the adapter (repeatable)")
+    p.add_argument("--prior-data", default=None, metavar="DATA",
+                   help="images of what the model should keep drawing (e.g. the images it was trained "
+                        "on, or images it generated for related captions), mixed into training so that "
+                        "prompts without your concept keep their images (prior preservation)")
+    p.add_argument("--prior-fraction", type=float, default=None,
+                   help="share of the training examples drawn from --prior-data (default 0.5)")
     p.add_argument("--cache-dir", default=None,
                    help="where latent caches are kept (default: $OPENHART_CACHE/latents or ~/.cache/openhart/latents)")
     p.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the trained weights (default 0: none)")
@@ -92,6 +100,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise UsageError("--grad-accum must be >= 1 and --sample-every >= 0")
     if args.lr is not None and not 0 < args.lr < 1:
         raise UsageError(f"--lr must be in (0, 1), got {args.lr}")
+    if args.prior_fraction is not None and args.prior_data is None:
+        raise UsageError("--prior-fraction needs --prior-data")
+    prior_fraction = 0.5 if args.prior_fraction is None else args.prior_fraction
+    if not 0 < prior_fraction < 1:
+        raise UsageError(f"--prior-fraction must be in (0, 1), got {prior_fraction}")
     if args.full and args.lora_alpha is not None:
         raise UsageError("--lora-alpha is for LoRA; leave it out with --full")
     settings = None if args.full else LoraSettings(rank=args.lora_rank or 16, alpha=args.lora_alpha)
@@ -102,7 +115,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         checkpointing=args.checkpointing, seed=args.seed, trigger_words=tuple(args.trigger_words),
         cache_dir=args.cache_dir, device=args.device, parallel=args.parallel, ema_decay=args.ema_decay,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, overrides=tuple(args.overrides))
+        log_every=args.log_every, prior_data=args.prior_data, prior_fraction=prior_fraction,
+        overrides=tuple(args.overrides))
     quiet = args.quiet or not sys.stderr.isatty()
     exported = finetune(options, quiet=quiet)
     if exported is not None:

@@ -30,7 +30,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import HARTConfig, config_from_dict, config_to_dict
-from ..data.latent_cache import collate
+from ..data.latent_cache import LatentCache, collate
+from ..data.mixture import CacheMixture
 from ..images import image_grid, save_png, to_pil
 from ..lora import AdapterRecord, LoraSettings, save_adapter
 from ..lora import adapter as lora
@@ -73,6 +74,10 @@ class FinetuneOptions:
         train_head: adapt the diffusion head too (LoRA on its linears, or its weights with full).
         trigger_words: words of the captions that name the new concept (recorded).
         sample_every: sample images every this many steps during training (0: only the final sheet).
+        prior_data: images of what the model should keep drawing (its own training images, or images
+            it generated), mixed into training so that prompts without the new concept keep their
+            images (prior preservation, `data/mixture.py`); None: DATA alone.
+        prior_fraction: the share of each epoch's examples drawn from `prior_data`.
         overrides: `section.key=value` settings of the underlying transformer training config
             (`--set losses.mask_rate_max=0`, `--set optim.warmup_steps=0`).
     """
@@ -100,6 +105,8 @@ class FinetuneOptions:
     sample_every: int = 0
     checkpoint_every: int | None = None
     log_every: int | None = None
+    prior_data: str | None = None
+    prior_fraction: float = 0.5
     overrides: tuple[str, ...] = ()
 
 
@@ -170,11 +177,11 @@ class FinetuneTask(TransformerTask):
 
     kind = "finetune"
 
-    def __init__(self, config: TransformerTrainConfig, base: Base, options: FinetuneOptions):
-        from ..data.latent_cache import LatentCache
-
+    def __init__(self, config: TransformerTrainConfig, base: Base, options: FinetuneOptions,
+                 prior: LatentCache | None = None):
         self.config, self.base, self.options = config, base, options
         self.cache = LatentCache(config.cache)
+        self.prior = prior
         self.patch_nums = self.cache.patch_nums
         self.model_config = base.config
         self.sampling = base.sampling
@@ -199,6 +206,9 @@ class FinetuneTask(TransformerTask):
             module.head.requires_grad_(bool(self.options.train_head))
         self._module = module
         return module.to(device)
+
+    def dataset(self):
+        return self.cache if self.prior is None else CacheMixture(self.cache, self.prior, self.options.prior_fraction)
 
     def saved_keys(self, model: nn.Module) -> set[str]:
         return {name for name, p in model.named_parameters() if p.requires_grad}
@@ -271,7 +281,10 @@ class FinetuneTask(TransformerTask):
                    "target_modules": settings.target_modules, "train_head": settings.train_head,
                    "steps": run.steps, "batch_size": run.batch_size, "grad_accum": run.grad_accum,
                    "lr": self.config.optim.lr, "seed": run.seed, "examples": len(self.cache),
-                   "text_encoder": self.cache.text_encoder})
+                   "text_encoder": self.cache.text_encoder,
+                   "prior": None if self.prior is None else {
+                       "data": self.options.prior_data, "fraction": self.options.prior_fraction,
+                       "examples": len(self.prior)}})
 
 
 @contextmanager
@@ -321,7 +334,9 @@ def finetune(options: FinetuneOptions, *, quiet: bool = False) -> Path | None:
         raise ValueError("LoRA trains with --parallel ddp (its trained weights are small; FSDP shards "
                          "them for nothing); use --full with fsdp")
     check_run_folder(out)
-    open_dataset(options.data, options.resolution or 1, random_crop=False)  # its captions, before any loading
+    for data in (options.data, options.prior_data):  # their captions, before any loading
+        if data is not None:
+            open_dataset(data, options.resolution or 1, random_crop=False)
     dist = Distributed.from_env(options.device)  # joins torchrun's group: one process builds the cache
     base = load_base(options)
     resolution = options.resolution or base.config.tokenizer.image_size
@@ -330,15 +345,17 @@ def finetune(options: FinetuneOptions, *, quiet: bool = False) -> Path | None:
         options = replace(options, lora=replace(options.lora, train_head=bool(options.train_head)))
         lora.check_rank(base.model, options.lora)
     check_run_base(out, base, options)
-    cache = latent_cache(options, base, resolution, dist, quiet)
+    cache = latent_cache(options.data, options, base, resolution, dist, quiet)
+    prior = None if options.prior_data is None else latent_cache(options.prior_data, options, base, resolution,
+                                                                 dist, quiet)
     base.quantizer = base.model.tokenizer.quantizer
     base.model.tokenizer = None  # the encoder and decoder are not needed while training
     gc.collect()
-    config = train_config(options, base, cache, patch_nums)
-    task = FinetuneTask(config, base, options)
+    task = FinetuneTask(train_config(options, base, cache, patch_nums, prior), base, options, prior)
+    config = task.config
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_record(out / RUN_RECORD, options, base, cache)
+        write_run_record(out / RUN_RECORD, options, base, cache, prior)
     exported = train(task, config.run, config.optim, {"finetune": _options_json(options), **config_to_dict(config)},
                      resume="auto", quiet=quiet)
     if exported is not None:
@@ -368,16 +385,22 @@ def check_run_base(out: Path, base: Base, options: FinetuneOptions) -> None:
         raise CheckpointError(f"{out} fine-tunes base {record.get('base_fingerprint')} ({record.get('base')}), but "
                               f"--model gives base {base.fingerprint} ({base.display}); use the same --model, "
                               "or another --out")
-    was_lora = (record.get("options") or {}).get("lora") is not None
+    recorded = record.get("options") or {}
+    was_lora = recorded.get("lora") is not None
     if was_lora != (options.lora is not None):
         raise CheckpointError(f"{out} is a {'LoRA' if was_lora else 'full'} fine-tune; run it again with "
                               f"{'--lora-rank' if was_lora else '--full'} as before, or use another --out")
+    prior = (recorded.get("prior_data"), recorded.get("prior_fraction", 0.5) if recorded.get("prior_data") else None)
+    if prior != (options.prior_data, options.prior_fraction if options.prior_data else None):
+        raise CheckpointError(f"{out} trained with --prior-data {prior[0]} --prior-fraction {prior[1]}; resume it "
+                              "with the same prior (its data order depends on it), or use another --out")
 
 
-def latent_cache(options: FinetuneOptions, base: Base, resolution: int, dist: Distributed, quiet: bool):
-    """The cache of (DATA, base, resolution, text encoder): found by its key, or built by the main
+def latent_cache(data: str, options: FinetuneOptions, base: Base, resolution: int, dist: Distributed,
+                 quiet: bool) -> LatentCache:
+    """The cache of (data, base, resolution, text encoder): found by its key, or built by the main
     process with the base's tokenizer and text encoder (freed afterwards)."""
-    from ..data.latent_cache import LatentCache, build_latent_cache
+    from ..data.latent_cache import build_latent_cache
     from ..hub import RANDOM_TEXT_ENCODER, resolve_text_encoder
     from ..pipeline import prompt_encoder_loader
     from ..text.encoder import load_system_prompt
@@ -386,12 +409,12 @@ def latent_cache(options: FinetuneOptions, base: Base, resolution: int, dist: Di
     spec = options.text_encoder or base.text_encoder
     if spec is None:
         raise ValueError(f"{base.path / 'config.json'} names no text encoder: pass --text-encoder")
-    dataset = open_dataset(options.data, resolution, random_crop=False)
+    dataset = open_dataset(data, resolution, random_crop=False)
     encoder_folder = None if str(spec) == RANDOM_TEXT_ENCODER else resolve_text_encoder(spec)
     system_prompt = None if encoder_folder is None else load_system_prompt(base.path, encoder_folder)
     transformer = base.config.transformer
     key = cache_key(base=fingerprint(weights_probe(base.model, ("tokenizer.", "transformer.", "head."))),
-                    data=data_fingerprint(options.data), resolution=resolution,
+                    data=data_fingerprint(data), resolution=resolution,
                     encoder=encoder_identity(spec, encoder_folder, system_prompt),
                     context_tokens=transformer.context_tokens, context_dim=transformer.context_dim)
     folder = Path(options.cache_dir or default_cache_dir()) / key
@@ -414,13 +437,13 @@ def latent_cache(options: FinetuneOptions, base: Base, resolution: int, dist: Di
             except ValueError as error:
                 if "no readable example" not in str(error):
                     raise
-                raise ValueError(f"no readable image in {options.data} ({getattr(dataset, 'skipped', 0)} "
+                raise ValueError(f"no readable image in {data} ({getattr(dataset, 'skipped', 0)} "
                                  "unreadable skipped); check that the files are images") from error
         skipped = getattr(dataset, "skipped", 0)
-        logger.info("cached %d examples of %s%s", counts["examples"], options.data,
+        logger.info("cached %d examples of %s%s", counts["examples"], data,
                     f" ({skipped} unreadable images skipped)" if skipped else "")
         if skipped:
-            print(f"openhart finetune: {skipped} unreadable image(s) of {options.data} skipped", file=sys.stderr)
+            print(f"openhart finetune: {skipped} unreadable image(s) of {data} skipped", file=sys.stderr)
 
     cache, _ = find_or_build(folder, build)
     gc.collect()
@@ -428,8 +451,10 @@ def latent_cache(options: FinetuneOptions, base: Base, resolution: int, dist: Di
     return cache
 
 
-def train_config(options: FinetuneOptions, base: Base, cache, patch_nums: tuple[int, ...]) -> TransformerTrainConfig:
-    defaults = default_hyperparameters(base.config, len(cache), full=options.lora is None)
+def train_config(options: FinetuneOptions, base: Base, cache: LatentCache, patch_nums: tuple[int, ...],
+                 prior: LatentCache | None = None) -> TransformerTrainConfig:
+    examples = len(cache) if prior is None else len(CacheMixture(cache, prior, options.prior_fraction))
+    defaults = default_hyperparameters(base.config, examples, full=options.lora is None)
     steps = options.steps or defaults["steps"]
     run = RunConfig(output_dir=str(options.out), steps=steps, batch_size=options.batch_size or defaults["batch_size"],
                     grad_accum=options.grad_accum, seed=options.seed, precision=options.precision,
@@ -451,11 +476,13 @@ def train_config(options: FinetuneOptions, base: Base, cache, patch_nums: tuple[
     return config_from_dict(TransformerTrainConfig, data)
 
 
-def write_run_record(path: Path, options: FinetuneOptions, base: Base, cache) -> None:
+def write_run_record(path: Path, options: FinetuneOptions, base: Base, cache: LatentCache,
+                     prior: LatentCache | None = None) -> None:
     from ..serialization import write_json
 
     write_json(path, {"format": "openhart.finetune", "base": base.display, "base_fingerprint": base.fingerprint,
-                      "cache": str(cache.root), "options": _options_json(options)})
+                      "cache": str(cache.root), "prior_cache": None if prior is None else str(prior.root),
+                      "options": _options_json(options)})
 
 
 def _options_json(options: FinetuneOptions) -> dict:
