@@ -1,4 +1,4 @@
-"""Keep large CPU tensors in the process heap instead of fresh memory mappings (glibc).
+"""How glibc's malloc serves large CPU tensors: kept in the heap for inference, mapped afresh for training.
 
 glibc's malloc serves every allocation above its mmap threshold (which adapts, but never past
 32 MiB) with a fresh mapping and unmaps it on free. Every large activation (a block's
@@ -7,14 +7,24 @@ page by page and zeroed by the kernel again, on every call. On a 2-core EPYC, `s
 36 MiB took 36.8 ms with the default and 8.7 ms with a 1 GiB threshold; over 144 MiB, 137 ms and
 29 ms; a whole 512 px bf16 generation 53.9 s and 48.5 s (docs/performance.md).
 
-`keep_large_blocks` raises the mmap and trim thresholds to 2 GiB (the largest value mallopt
-takes), so that freed blocks stay in the heap and are reused. The peak resident memory measured
-the same (6.07 and 6.05 GiB at 512 px); memory freed after the peak is kept by the process rather
-than returned to the system. With 1 GiB, a 512 px fp32 generation's 1.8 GB KV cache was trimmed
-from the heap after each call and faulted in again on the next: its writes took 1.75 s against
-0.72 s with 2 GiB (AVX2 EPYC, docs/performance.md).
-The CLI and `HARTPipeline.from_pretrained` on the CPU call it; set OPENHART_MALLOC=system to keep
-the C library's defaults.
+`keep_large_blocks` (inference: the CLI's generating commands and `HARTPipeline.from_pretrained`
+on the CPU) raises the mmap and trim thresholds to 2 GiB (the largest value mallopt takes), so
+that freed blocks stay in the heap and are reused. The peak resident memory of a generation
+measured the same (6.07 and 6.05 GiB at 512 px); memory freed after the peak is kept by the
+process rather than returned to the system. With 1 GiB, a 512 px fp32 generation's 1.8 GB KV
+cache was trimmed from the heap after each call and faulted in again on the next: its writes took
+1.75 s against 0.72 s with 2 GiB (AVX2 EPYC, docs/performance.md).
+
+`map_large_blocks` (training: `openhart train`, `openhart finetune`, `openhart bench --finetune`)
+fixes the mmap threshold at 4 MiB instead. A training step with activation checkpointing keeps
+each block's input alive while the recomputed block's large transients come and go; in the heap
+those transients cannot reuse the holes between the kept inputs, and the heap grew by about
+0.25 GiB per checkpointed block of the 0.7B at 512 px (resident 4.33 GiB at 8 blocks against
+2.13 GiB mapped afresh, with 1.44 GiB of weights; docs/finetuning.md). Mapped blocks return to the
+system when freed, so the resident peak follows the live tensors.
+
+The first call in a process decides. OPENHART_MALLOC=system keeps the C library's defaults;
+OPENHART_MALLOC=keep or map forces one policy for every command.
 """
 
 from __future__ import annotations
@@ -24,31 +34,49 @@ import os
 import sys
 
 THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int
+TRAINING_MMAP_BYTES = 4 << 20
 # mallopt parameters of glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+POLICIES = ("keep", "map")
 
-_applied: bool | None = None
+_policy: str | None = None  # the policy in force, "" when none could be (or should be) set
 
 
 def keep_large_blocks() -> bool:
-    """Raise glibc's mmap and trim thresholds once per process; True when they are in force.
+    """Inference: raise glibc's mmap and trim thresholds; True when this policy is in force.
 
-    A no-op (False) outside Linux with glibc, or when OPENHART_MALLOC=system.
+    Only the first call of `keep_large_blocks` or `map_large_blocks` in a process sets anything. A no-op
+    (False) outside Linux with glibc, or when OPENHART_MALLOC is system or map.
     """
-    global _applied
-    if _applied is not None:
-        return _applied
-    _applied = False
-    if os.environ.get("OPENHART_MALLOC", "").strip().lower() == "system" or not sys.platform.startswith("linux"):
-        return False
+    return _apply("keep") == "keep"
+
+
+def map_large_blocks() -> bool:
+    """Training: fix glibc's mmap threshold at 4 MiB; True when this policy is in force (see keep_large_blocks)."""
+    return _apply("map") == "map"
+
+
+def _apply(wanted: str) -> str:
+    global _policy
+    if _policy is not None:
+        return _policy
+    _policy = ""
+    choice = os.environ.get("OPENHART_MALLOC", "").strip().lower()
+    if choice == "system" or not sys.platform.startswith("linux"):
+        return _policy
+    policy = choice if choice in POLICIES else wanted
     try:
         libc = ctypes.CDLL(None)
     except OSError:
-        return False
+        return _policy
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # glibc only
-        return False
+        return _policy
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES))
-    return _applied
+    if policy == "keep":
+        applied = mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES)
+    else:  # a fixed threshold also stops glibc from raising it (and the trim threshold) as blocks are freed
+        applied = mallopt(M_MMAP_THRESHOLD, TRAINING_MMAP_BYTES)
+    _policy = policy if applied else ""
+    return _policy

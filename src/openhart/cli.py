@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .allocator import keep_large_blocks
+from .allocator import keep_large_blocks, map_large_blocks
 from .commands import bench, convert, download, edit, finetune, generate, reconstruct
 from .commands.common import UsageError
 from .eval import commands as eval_commands
@@ -33,12 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
-    keep_large_blocks()  # large activations reuse the heap instead of fresh mappings
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
+    # openhart.allocator: large activations reuse the heap when generating, and are mapped afresh
+    # when training, where the heap would grow with every checkpointed block
+    (map_large_blocks if _trains(args) else keep_large_blocks)()
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
@@ -60,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"openhart {args.command}: internal error (a bug in openhart, not in your input); "
               "please report it with the traceback above", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+
+
+def _trains(args: argparse.Namespace) -> bool:
+    return args.command in ("train", "finetune") or (args.command == "bench" and args.finetune is not None)
 
 
 def _one_line(error: BaseException) -> str:
