@@ -6,13 +6,15 @@ Usage:
         --json benchmarks/results/train-transformer-shapes.json
 
 Prints seconds per step, images/s, tokens/s and the achieved TFLOP/s as a fraction of the bf16 and
-fp32 matmul peaks measured in the same run.
+fp32 matmul peaks measured in the same run. The C library's heap is set up as `openhart train`
+sets it (openhart.allocator); OPENHART_MALLOC=keep or map forces one policy.
 """
 
 import argparse
 import json
 import sys
 
+from openhart.allocator import keep_large_blocks
 from openhart.train.config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
 from openhart.train.throughput import training_throughput
 
@@ -25,6 +27,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args()
+    keep_large_blocks()  # as the CLI starts
     if args.what == "tokenizer":
         from openhart.train.tokenizer_task import TokenizerTask as Task
         config = load_train_config(TokenizerTrainConfig, args.config, args.overrides)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .allocator import keep_large_blocks, map_large_blocks
+from .allocator import keep_large_blocks
 from .commands import bench, convert, download, edit, finetune, generate, reconstruct
 from .commands.common import UsageError
 from .eval import commands as eval_commands
@@ -38,9 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    # openhart.allocator: large activations reuse the heap when generating, and are mapped afresh
-    # when training, where the heap would grow with every checkpointed block
-    (map_large_blocks if _trains(args) else keep_large_blocks)()
+    keep_large_blocks()  # openhart.allocator: large activations reuse the heap instead of fresh mappings
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
@@ -62,10 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"openhart {args.command}: internal error (a bug in openhart, not in your input); "
               "please report it with the traceback above", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
-
-
-def _trains(args: argparse.Namespace) -> bool:
-    return args.command in ("train", "finetune") or (args.command == "bench" and args.finetune is not None)
 
 
 def _one_line(error: BaseException) -> str:

@@ -63,38 +63,42 @@ def test_large_blocks_come_from_the_heap_instead_of_fresh_mappings():
 MAPPED = """
 import ctypes, sys, torch
 from openhart.allocator import keep_large_blocks, map_large_blocks
-first = map_large_blocks() if sys.argv[1] == "map" else keep_large_blocks()
-second = keep_large_blocks() if sys.argv[1] == "map" else map_large_blocks()
 libc = ctypes.CDLL(None)
 libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
-block = torch.empty(2 << 20)  # 8 MiB: above the training threshold, below glibc's default one
-print(first, second, block.data_ptr() < libc.sbrk(0))
+in_heap = lambda: torch.empty(2 << 20).data_ptr() < libc.sbrk(0)  # 8 MiB: above the training threshold
+print(keep_large_blocks(), in_heap(), map_large_blocks(), in_heap(), keep_large_blocks(), in_heap())
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_training_maps_large_blocks_afresh_and_the_first_policy_stands():
+def test_checkpointed_training_maps_large_blocks_afresh_and_generation_does_not_switch_back():
     import os
 
-    def run(policy: str, forced: str = "") -> list[str]:
-        return subprocess.run([sys.executable, "-c", MAPPED, policy], capture_output=True, text=True, check=True,
+    def run(forced: str = "") -> list[str]:
+        return subprocess.run([sys.executable, "-c", MAPPED], capture_output=True, text=True, check=True,
                               timeout=120, env=dict(os.environ, OPENHART_MALLOC=forced)).stdout.split()
 
-    trained = run("map")
-    if trained[0] != "True":
+    policies = run()
+    if policies[0] != "True":
         pytest.skip("not glibc")
-    assert trained == ["True", "False", "False"], "an 8 MiB block is a mapping of its own, returned when freed"
-    assert run("keep") == ["True", "False", "True"], "the inference policy keeps it in the heap"
-    assert run("keep", forced="map") == ["False", "True", "False"], "OPENHART_MALLOC=map overrides the command"
-    assert run("map", forced="system") == ["False", "False", "False"]
+    assert policies == ["True", "True", "True", "False", "False", "False"], \
+        "kept in the heap, then a mapping of its own once training asks; a later pipeline leaves it so"
+    assert run("keep") == ["True", "True", "False", "True", "True", "True"], "OPENHART_MALLOC=keep forces the heap"
+    assert run("system")[::2] == ["False"] * 3, "the C library's own (adaptive) thresholds"
 
 
-def test_training_commands_choose_the_training_policy():
-    from openhart.cli import _trains, build_parser
+def test_only_a_checkpointed_training_module_asks_for_the_training_policy(monkeypatch):
+    from torch import nn
 
-    parse = build_parser().parse_args
-    assert _trains(parse(["finetune", "data", "--out", "run"]))
-    assert _trains(parse(["train", "transformer", "--config", "c.json"]))
-    assert _trains(parse(["bench", "--finetune", "lora"]))
-    assert not _trains(parse(["bench"]))
-    assert not _trains(parse(["generate", "a cat", "--out", "cat.png"]))
+    from openhart.config import hart_tiny
+    from openhart.train import transformer_task
+    from openhart.train.config import TransformerLossConfig
+
+    asked = []
+    monkeypatch.setattr(transformer_task, "map_large_blocks", lambda: asked.append(True))
+    config = hart_tiny()
+    for checkpointing in (False, True):
+        transformer_task.HARTTrainingModule.fresh(config, nn.Identity(), losses=TransformerLossConfig(),
+                                                  patch_nums=config.tokenizer.patch_nums, seed=0,
+                                                  checkpointing=checkpointing)
+    assert asked == [True]

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..allocator import map_large_blocks
 from ..config import HARTConfig, config_from_dict, config_to_dict
 from ..data.latent_cache import LatentCache, collate
 from ..data.mixture import CacheMixture
@@ -330,7 +329,6 @@ def finetune(options: FinetuneOptions, *, quiet: bool = False) -> Path | None:
     """Fine-tune; returns RUN/lora or RUN/model on the main process (None on the others)."""
     from .tokenizer_task import open_dataset
 
-    map_large_blocks()  # openhart.allocator: the training policy, unless the process chose one already
     out = Path(options.out)
     if options.lora is not None and options.parallel == "fsdp":
         raise ValueError("LoRA trains with --parallel ddp (its trained weights are small; FSDP shards "

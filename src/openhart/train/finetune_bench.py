@@ -20,7 +20,6 @@ import statistics
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..allocator import map_large_blocks
 from ..bench import matmul_peak_tflops, random_fill_
 from ..config import HARTConfig, hart_0p7b, hart_tiny
 from ..data.latent_cache import CachedBatch
@@ -76,7 +75,6 @@ def run_finetune_bench(kind: str, *, preset: str = "hart-0.7b", size: int = 256,
     the trainable parameter count of a LoRA (rank 16) or full fine-tune of the preset."""
     if kind not in KINDS:
         raise ValueError(f"--finetune must be one of {KINDS}, got {kind!r}")
-    map_large_blocks()  # as `openhart finetune` trains (openhart.allocator)
     device = torch.device(device)
     config = hart_tiny() if preset == "tiny" else hart_0p7b(size)
     module = build_module(config, kind, device)

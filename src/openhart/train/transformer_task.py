@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..allocator import map_large_blocks
 from ..config import MODEL_PRESETS, HARTConfig, config_to_dict
 from ..data.latent_cache import CachedBatch, LatentCache, collate
 from ..diffusion.head import DiffusionHead
@@ -83,6 +84,8 @@ class HARTTrainingModule(nn.Module):
         self.__dict__["quantizer"] = quantizer.eval().requires_grad_(False)
         self.losses, self.patch_nums, self.seed = losses, patch_nums, seed
         self.checkpointing = checkpointing
+        if checkpointing:  # openhart.allocator: the heap would grow with every checkpointed block
+            map_large_blocks()
         self.schedule = DiffusionSchedule.cosine(head.config.num_train_timesteps)
 
     @classmethod
