@@ -8,7 +8,10 @@ made-up word from 8 images, and leave every other prompt alone?
 `measure` draws prompts with the word and prompts without it, with the base model and with the
 adapter, the same seeds, and reports:
 - "draws it": how often an image's nearest neighbour (cosine of Inception pool features) among the
-  8 concept images and the 3,799 emoji of data/emoji is a concept image;
+  8 concept images and the 3,799 emoji of data/emoji is a concept image, with its ceiling (the
+  same test on the tokenizer's discrete-only reconstructions of the concept images), and the mean
+  cosine to the nearest concept image; and the same test with the reconstructions standing for the
+  concept images (what the model can draw at best), for prompts with and without the word;
 - for prompts without the word: the mean absolute pixel difference between base and adapter
   images (0-255), how many images are pixel-identical, and how often the adapter's image has the
   same nearest gallery image as the base's (the same emoji drawn).
@@ -68,16 +71,39 @@ def measure(args) -> dict:
     def draws_it(images: torch.Tensor) -> float:
         return float((nearest(images) < concept_count).double().mean())
 
+    def concept_similarity(images: torch.Tensor) -> float:
+        """Mean cosine of each image's Inception features to its nearest concept image."""
+        return float((F.normalize(features(images).double(), dim=1) @ gallery[:concept_count].T).amax(dim=1).mean())
+
     pipe = HARTPipeline.from_pretrained(None, dtype=torch.float32)
+    # the ceiling: the tokenizer's own discrete-only reconstructions of the concept images, the best
+    # any transformer on it can draw
+    tokenizer = pipe.model.tokenizer
+    with torch.no_grad():
+        originals = torch.stack([concept.load(i).image for i in range(len(concept))])
+        reconstructions = (tokenizer.decode_tokens(tokenizer.encode(originals).indices) + 1) / 2
     base = {"with": draw(pipe, WITH_WORD), "without": draw(pipe, WITHOUT_WORD)}
     pipe.load_lora_weights(args.adapter)
     tuned = {"with": draw(pipe, WITH_WORD), "without": draw(pipe, WITHOUT_WORD)}
     pixels = lambda x: (x.clamp(0, 1) * 255).round()  # noqa: E731 (as the PNGs store them)
     difference = (pixels(tuned["without"]) - pixels(base["without"])).abs()
+    # the same test against what the tokenizer can draw: its reconstructions stand for the concept
+    drawable = F.normalize(torch.cat([features(reconstructions.clamp(0, 1)), emoji_features]).double(), dim=1)
+
+    def draws_drawable(images: torch.Tensor) -> float:
+        nearest_drawable = (F.normalize(features(images).double(), dim=1) @ drawable.T).argmax(dim=1)
+        return float((nearest_drawable < concept_count).double().mean())
+
     result = {
         "adapter": str(args.adapter), "images_per_prompt": len(SEEDS),
         "draws_it_with_word": {"base": draws_it(base["with"]), "adapter": draws_it(tuned["with"])},
         "draws_it_without_word": {"base": draws_it(base["without"]), "adapter": draws_it(tuned["without"])},
+        "draws_it_ceiling": draws_it(reconstructions.clamp(0, 1)),
+        "draws_reconstructed_concept": {kind: {"base": draws_drawable(base[kind]), "adapter": draws_drawable(tuned[kind])}
+                                        for kind in ("with", "without")},
+        "concept_similarity_with_word": {"base": concept_similarity(base["with"]),
+                                         "adapter": concept_similarity(tuned["with"]),
+                                         "ceiling": concept_similarity(reconstructions.clamp(0, 1))},
         "without_word_mean_abs_pixel_difference": float(difference.mean()),
         "without_word_identical_images": int((difference.flatten(1).amax(dim=1) == 0).sum()),
         "without_word_images": len(difference),
