@@ -2,8 +2,10 @@
 made-up word from 8 images, and leave every other prompt alone?
 
     .venv/bin/python scripts/finetune_concept.py data      # data/concept-zorbl: 8 shapes, captioned "a zorbl"
-    .venv/bin/openhart finetune data/concept-zorbl --out runs/concept-zorbl --trigger zorbl
-    .venv/bin/python scripts/finetune_concept.py measure --adapter runs/concept-zorbl [--figure docs/finetuning-concept.png]
+    .venv/bin/openhart finetune data/concept-zorbl --out runs/concept-zorbl --trigger zorbl \
+        --prior-data data/emoji/train --lr 2e-3
+    .venv/bin/python scripts/finetune_concept.py measure --adapter runs/concept-zorbl \
+        [--figure docs/finetuning-concept.png]
 
 `measure` draws prompts with the word and prompts without it, with the base model and with the
 adapter, the same seeds, and reports:
@@ -53,65 +55,67 @@ def draw(pipe: HARTPipeline, prompts: list[str]) -> torch.Tensor:
     return pipe(prompts, num_images_per_prompt=len(SEEDS), generator=gens, output_type="pt").images
 
 
+class Gallery:
+    """Nearest neighbours by cosine of Inception pool features, among concept images (first) and emoji."""
+
+    def __init__(self, concept_features: torch.Tensor, emoji_features: torch.Tensor):
+        self.concept_count = len(concept_features)
+        self.features = F.normalize(torch.cat([concept_features, emoji_features]).double(), dim=1)
+
+    def nearest(self, features: torch.Tensor) -> torch.Tensor:
+        return (F.normalize(features.double(), dim=1) @ self.features.T).argmax(dim=1)
+
+    def draws_it(self, features: torch.Tensor) -> float:
+        """How often the nearest neighbour is a concept image."""
+        return float((self.nearest(features) < self.concept_count).double().mean())
+
+    def concept_similarity(self, features: torch.Tensor) -> float:
+        """Mean cosine to the nearest concept image."""
+        cosines = F.normalize(features.double(), dim=1) @ self.features[:self.concept_count].T
+        return float(cosines.amax(dim=1).mean())
+
+
 def measure(args) -> dict:
     from openhart.eval.report import _gallery, _gallery_features
 
-    features = InceptionFeatures()
+    inception = InceptionFeatures()
     concept = ImageCaptionFolder(args.concept, 64)
-    concept_features = features(torch.stack([(concept.load(i).image + 1) / 2 for i in range(len(concept))]))
+    originals = torch.stack([concept.load(i).image for i in range(len(concept))])  # [-1, 1]
     # the emoji's features as `openhart eval` caches them (held-out first, then training)
     emoji = {split: ImageCaptionFolder(Path(args.emoji) / split, 64) for split in ("heldout", "train")}
-    emoji_features = _gallery_features(features, _gallery(emoji)[0], emoji, 64)
-    gallery = F.normalize(torch.cat([concept_features, emoji_features]).double(), dim=1)
-    concept_count = len(concept)
-
-    def nearest(images: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(features(images).double(), dim=1) @ gallery.T).argmax(dim=1)
-
-    def draws_it(images: torch.Tensor) -> float:
-        return float((nearest(images) < concept_count).double().mean())
-
-    def concept_similarity(images: torch.Tensor) -> float:
-        """Mean cosine of each image's Inception features to its nearest concept image."""
-        return float((F.normalize(features(images).double(), dim=1) @ gallery[:concept_count].T).amax(dim=1).mean())
-
+    emoji_features = _gallery_features(inception, _gallery(emoji)[0], emoji, 64)
     pipe = HARTPipeline.from_pretrained(None, dtype=torch.float32)
-    # the ceiling: the tokenizer's own discrete-only reconstructions of the concept images, the best
-    # any transformer on it can draw
-    tokenizer = pipe.model.tokenizer
+    # the ceiling: the tokenizer's discrete-only reconstructions, the best any transformer on it can draw
     with torch.no_grad():
-        originals = torch.stack([concept.load(i).image for i in range(len(concept))])
-        reconstructions = (tokenizer.decode_tokens(tokenizer.encode(originals).indices) + 1) / 2
+        tokenizer = pipe.model.tokenizer
+        reconstructions = ((tokenizer.decode_tokens(tokenizer.encode(originals).indices) + 1) / 2).clamp(0, 1)
+    ceiling = inception(reconstructions)
+    gallery = Gallery(inception((originals + 1) / 2), emoji_features)
+    drawable = Gallery(ceiling, emoji_features)  # the reconstructions stand for the concept images
     base = {"with": draw(pipe, WITH_WORD), "without": draw(pipe, WITHOUT_WORD)}
     pipe.load_lora_weights(args.adapter)
     tuned = {"with": draw(pipe, WITH_WORD), "without": draw(pipe, WITHOUT_WORD)}
     pixels = lambda x: (x.clamp(0, 1) * 255).round()  # noqa: E731 (as the PNGs store them)
     difference = (pixels(tuned["without"]) - pixels(base["without"])).abs()
-    # the same test against what the tokenizer can draw: its reconstructions stand for the concept
-    drawable = F.normalize(torch.cat([features(reconstructions.clamp(0, 1)), emoji_features]).double(), dim=1)
-
-    def draws_drawable(images: torch.Tensor) -> float:
-        nearest_drawable = (F.normalize(features(images).double(), dim=1) @ drawable.T).argmax(dim=1)
-        return float((nearest_drawable < concept_count).double().mean())
-
-    result = {
+    seen = {(model, kind): inception(images[kind]) for model, images in (("base", base), ("adapter", tuned))
+            for kind in ("with", "without")}
+    per_model = lambda measure, kind: {model: measure(seen[model, kind]) for model in ("base", "adapter")}  # noqa: E731
+    if args.figure:
+        figure(base, tuned, args.figure)
+    return {
         "adapter": str(args.adapter), "images_per_prompt": len(SEEDS),
-        "draws_it_with_word": {"base": draws_it(base["with"]), "adapter": draws_it(tuned["with"])},
-        "draws_it_without_word": {"base": draws_it(base["without"]), "adapter": draws_it(tuned["without"])},
-        "draws_it_ceiling": draws_it(reconstructions.clamp(0, 1)),
-        "draws_reconstructed_concept": {kind: {"base": draws_drawable(base[kind]), "adapter": draws_drawable(tuned[kind])}
-                                        for kind in ("with", "without")},
-        "concept_similarity_with_word": {"base": concept_similarity(base["with"]),
-                                         "adapter": concept_similarity(tuned["with"]),
-                                         "ceiling": concept_similarity(reconstructions.clamp(0, 1))},
+        "draws_it_with_word": per_model(gallery.draws_it, "with"),
+        "draws_it_without_word": per_model(gallery.draws_it, "without"),
+        "draws_it_ceiling": gallery.draws_it(ceiling),
+        "draws_reconstructed_concept": {kind: per_model(drawable.draws_it, kind) for kind in ("with", "without")},
+        "concept_similarity_with_word": {**per_model(gallery.concept_similarity, "with"),
+                                         "ceiling": gallery.concept_similarity(ceiling)},
         "without_word_mean_abs_pixel_difference": float(difference.mean()),
         "without_word_identical_images": int((difference.flatten(1).amax(dim=1) == 0).sum()),
         "without_word_images": len(difference),
-        "without_word_same_nearest_image": float((nearest(tuned["without"]) == nearest(base["without"])).double().mean()),
+        "without_word_same_nearest_image": float(
+            (gallery.nearest(seen["adapter", "without"]) == gallery.nearest(seen["base", "without"])).double().mean()),
     }
-    if args.figure:
-        figure(base, tuned, args.figure)
-    return result
 
 
 def figure(base: dict, tuned: dict, path: Path, scale: int = 2) -> None:
