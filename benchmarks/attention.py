@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from openhart.bench import exp_rate, matmul_peak_tflops
 from openhart.config import hart_0p7b
+from openhart.timing import call_times
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -54,16 +54,6 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return scores.softmax(dim=-1) @ v
 
 
-def time_call(fn, *args, repeats: int) -> float:
-    fn(*args)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(shape: dict, dtype: torch.dtype, peak_tflops: float, exp_per_s: float, repeats: int,
             generator: torch.Generator) -> dict:
     b, h, lq, lkv, d = shape["batch"], shape["heads"], shape["lq"], shape["lkv"], shape["head_dim"]
@@ -72,7 +62,8 @@ def measure(shape: dict, dtype: torch.dtype, peak_tflops: float, exp_per_s: floa
     v = torch.randn(b, h, lkv, d, generator=generator).to(dtype)
     scores = b * h * lq * lkv
     limit_s = max(4 * d * scores / (peak_tflops * 1e12), scores / exp_per_s)
-    seconds = time_call(sdpa, q, k, v, repeats=repeats)
+    sdpa(q, k, v)  # warm-up
+    seconds = statistics.median(call_times(lambda _: sdpa(q, k, v), range(repeats), q.device))
     error = (sdpa(q, k, v).double() - reference(q, k, v)).abs().max().item()
     return {**shape, "path": "sdpa", "seconds": seconds, "scores_per_s": scores / seconds,
             "limit_s": limit_s, "fraction_of_limit": limit_s / seconds, "max_abs_error": error}

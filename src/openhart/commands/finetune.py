@@ -102,7 +102,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise UsageError(f"--lr must be in (0, 1), got {args.lr}")
     if args.prior_fraction is not None and args.prior_data is None:
         raise UsageError("--prior-fraction needs --prior-data")
-    prior_fraction = 0.5 if args.prior_fraction is None else args.prior_fraction
+    prior_fraction = FinetuneOptions.prior_fraction if args.prior_fraction is None else args.prior_fraction
     if not 0 < prior_fraction < 1:
         raise UsageError(f"--prior-fraction must be in (0, 1), got {prior_fraction}")
     if args.full and args.lora_alpha is not None:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import torch
 
 from ..seeding import derive_seed
+from .datasets import epoch_order
 from .latent_cache import CachedExample, LatentCache
 
 
@@ -48,23 +49,24 @@ class CacheMixture:
             return self.main.get(index)
         return dataclasses.replace(self.prior.get(index - len(self.main)), index=index)
 
-    def epoch_indices(self, epoch: int, seed: int) -> list[int]:
-        """Every example's index for `epoch`, in training order (all processes together)."""
-        size, walks = len(self.prior), {}
-        prior = []
+    def epoch_indices(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:
+        """This rank's example indices for `epoch`, in training order (a cache's own epoch order)."""
+        members = list(range(len(self.main))) + self._prior_share(epoch, seed)
+        return [members[i] for i in epoch_order(len(members), seed, epoch, rank, world_size)]
+
+    def _prior_share(self, epoch: int, seed: int) -> list[int]:
+        """The prior examples of `epoch`: the next stretch of seeded walks through the prior."""
+        size, walks, share = len(self.prior), {}, []
         for position in range(epoch * self.prior_per_epoch, (epoch + 1) * self.prior_per_epoch):
             walk, offset = divmod(position, size)
             if walk not in walks:
                 walks[walk] = torch.randperm(size, generator=torch.Generator().manual_seed(
                     derive_seed("prior-walk", seed, walk))).tolist()
-            prior.append(len(self.main) + walks[walk][offset])
-        indices = list(range(len(self.main))) + prior
-        order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(
-            derive_seed("epoch-order", seed, epoch))).tolist()
-        return [indices[i] for i in order]
+            share.append(len(self.main) + walks[walk][offset])
+        return share
 
     def stream(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
                start: int = 0) -> Iterator[tuple[int, CachedExample]]:
-        order = self.epoch_indices(epoch, seed)[rank::world_size]
+        order = self.epoch_indices(epoch, seed, rank, world_size)
         for position in range(start, len(order)):
             yield position + 1, self.get(order[position])

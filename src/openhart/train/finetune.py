@@ -178,10 +178,11 @@ class FinetuneTask(TransformerTask):
     kind = "finetune"
 
     def __init__(self, config: TransformerTrainConfig, base: Base, options: FinetuneOptions,
-                 prior: LatentCache | None = None):
+                 data: CacheMixture | None = None):
+        """`data`: DATA mixed with the prior (--prior-data); None: the config's cache alone."""
         self.config, self.base, self.options = config, base, options
         self.cache = LatentCache(config.cache)
-        self.prior = prior
+        self.data = data
         self.patch_nums = self.cache.patch_nums
         self.model_config = base.config
         self.sampling = base.sampling
@@ -208,7 +209,7 @@ class FinetuneTask(TransformerTask):
         return module.to(device)
 
     def dataset(self):
-        return self.cache if self.prior is None else CacheMixture(self.cache, self.prior, self.options.prior_fraction)
+        return self.cache if self.data is None else self.data
 
     def saved_keys(self, model: nn.Module) -> set[str]:
         return {name for name, p in model.named_parameters() if p.requires_grad}
@@ -282,9 +283,9 @@ class FinetuneTask(TransformerTask):
                    "steps": run.steps, "batch_size": run.batch_size, "grad_accum": run.grad_accum,
                    "lr": self.config.optim.lr, "seed": run.seed, "examples": len(self.cache),
                    "text_encoder": self.cache.text_encoder,
-                   "prior": None if self.prior is None else {
-                       "data": self.options.prior_data, "fraction": self.options.prior_fraction,
-                       "examples": len(self.prior)}})
+                   "prior": None if self.data is None else {
+                       "data": self.options.prior_data, "fraction": self.data.fraction,
+                       "examples": len(self.data.prior)}})
 
 
 @contextmanager
@@ -348,10 +349,12 @@ def finetune(options: FinetuneOptions, *, quiet: bool = False) -> Path | None:
     cache = latent_cache(options.data, options, base, resolution, dist, quiet)
     prior = None if options.prior_data is None else latent_cache(options.prior_data, options, base, resolution,
                                                                  dist, quiet)
+    mixture = None if prior is None else CacheMixture(cache, prior, options.prior_fraction)
     base.quantizer = base.model.tokenizer.quantizer
     base.model.tokenizer = None  # the encoder and decoder are not needed while training
     gc.collect()
-    task = FinetuneTask(train_config(options, base, cache, patch_nums, prior), base, options, prior)
+    examples = len(cache if mixture is None else mixture)
+    task = FinetuneTask(train_config(options, base, cache, patch_nums, examples), base, options, mixture)
     config = task.config
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -390,10 +393,15 @@ def check_run_base(out: Path, base: Base, options: FinetuneOptions) -> None:
     if was_lora != (options.lora is not None):
         raise CheckpointError(f"{out} is a {'LoRA' if was_lora else 'full'} fine-tune; run it again with "
                               f"{'--lora-rank' if was_lora else '--full'} as before, or use another --out")
-    prior = (recorded.get("prior_data"), recorded.get("prior_fraction", 0.5) if recorded.get("prior_data") else None)
-    if prior != (options.prior_data, options.prior_fraction if options.prior_data else None):
+    prior = _prior(recorded.get("prior_data"), recorded.get("prior_fraction", FinetuneOptions.prior_fraction))
+    if prior != _prior(options.prior_data, options.prior_fraction):
         raise CheckpointError(f"{out} trained with --prior-data {prior[0]} --prior-fraction {prior[1]}; resume it "
                               "with the same prior (its data order depends on it), or use another --out")
+
+
+def _prior(data: str | None, fraction: float) -> tuple[str | None, float | None]:
+    """A run's prior as (data, fraction); the fraction means nothing without data."""
+    return (data, fraction if data else None)
 
 
 def latent_cache(data: str, options: FinetuneOptions, base: Base, resolution: int, dist: Distributed,
@@ -452,8 +460,8 @@ def latent_cache(data: str, options: FinetuneOptions, base: Base, resolution: in
 
 
 def train_config(options: FinetuneOptions, base: Base, cache: LatentCache, patch_nums: tuple[int, ...],
-                 prior: LatentCache | None = None) -> TransformerTrainConfig:
-    examples = len(cache) if prior is None else len(CacheMixture(cache, prior, options.prior_fraction))
+                 examples: int) -> TransformerTrainConfig:
+    """The training config; `examples` per epoch (DATA's, with the prior's share) set the defaults."""
     defaults = default_hyperparameters(base.config, examples, full=options.lora is None)
     steps = options.steps or defaults["steps"]
     run = RunConfig(output_dir=str(options.out), steps=steps, batch_size=options.batch_size or defaults["batch_size"],
