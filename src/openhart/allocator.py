@@ -19,11 +19,12 @@ after each call and faulted in again on the next: its writes took 1.75 s against
 train`, `openhart finetune` of the 0.7B and `openhart bench --finetune`) fixes the mmap threshold
 at 4 MiB instead, restores glibc's trim threshold and returns the free heap. A checkpointed step
 keeps each block's input alive while the recomputed block's large transients come and go; in the
-heap those transients cannot reuse the holes between the kept inputs, and the heap grew by about
-0.25 GiB per checkpointed block of the 0.7B at 512 px (resident 4.33 GiB at 8 blocks against
-2.13 GiB mapped afresh, with 1.44 GiB of weights; docs/finetuning.md). Mapped blocks return to the
-system when freed, so the resident peak follows the live tensors. Training without checkpointing
-keeps the heap: it has no such holes, and mapping costs page faults on every step.
+heap those transients cannot reuse the holes between the kept inputs, and the step's resident
+peak above the built model grew by about 0.4 GiB per checkpointed block of the 0.7B at 512 px
+(1.33 GiB with 4 blocks, 2.89 GiB with 8; mapped afresh, 0.60 and 0.69 GiB; docs/finetuning.md).
+Mapped blocks return to the system when freed, so the resident peak follows the live tensors.
+Training without checkpointing keeps the heap: it has no such holes, and mapping would cost page
+faults on every step (not timed for training: the figures above are generation's).
 
 OPENHART_MALLOC=system keeps the C library's defaults; OPENHART_MALLOC=keep or map forces one
 policy wherever either is asked for.
