@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .attention import path_for as attention_path
 from .config import HARTConfig, SamplingConfig, hart_0p7b, hart_tiny
 from .device import has_native_bf16, synchronize
 from .model import HARTModel
@@ -53,7 +54,8 @@ EXP_TOTAL = 2e8
 # Attention ops counted by formula; getattr: not every build has every backend.
 SDPA_OPS = tuple(getattr(torch.ops.aten, name, None) for name in (
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"))
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")) + (
+    torch.ops.openhart.attention,)  # openhart's CPU kernel (attention.py)
 # On GPUs a 2048^3 matmul and 262,144 exps are launch-bound: measure the rates at GPU sizes there.
 GPU_MATMUL_SIZE = 8192
 GPU_EXP_ELEMENTS = 1 << 26
@@ -61,7 +63,7 @@ GPU_EXP_ELEMENTS = 1 << 26
 # else (elementwise ops, copies, norms, indexing, Python between ops) is "outside the kernels".
 KERNEL_OP_PATTERN = re.compile(
     r"^(aten::(mm|addmm|bmm|baddbmm|addmv|mv|dot|_?mkldnn_.*|.*convolution.*|_slow_conv2d_.*"
-    r"|_scaled_dot_product_.*|scaled_dot_product_attention)|mkldnn::.*)$")
+    r"|_scaled_dot_product_.*|scaled_dot_product_attention)|mkldnn::.*|openhart::attention)$")
 PROMPT = "a photo of a red fox sitting in fresh snow at dawn, soft light, high detail"
 
 
@@ -315,7 +317,7 @@ def kernel_kind(name: str) -> str:
     """The kind of a profiler op: matmul, convolution, attention (kernel work) or other."""
     if not KERNEL_OP_PATTERN.match(name):
         return "other"
-    if "scaled_dot_product" in name:
+    if "scaled_dot_product" in name or name == "openhart::attention":
         return "attention"
     if "conv" in name:
         return "convolution"
@@ -399,6 +401,7 @@ def summarize(settings: BenchSettings, runs: list[dict], counts: dict, rates: di
         "batch": settings.batch, "low_memory": settings.low_memory, "repeats": settings.repeats,
         "compile": settings.compile,
         "native_bf16": has_native_bf16(settings.device),
+        "attention_path": attention_path(settings.device, settings.dtype),
         "total_s": total_s, "total_s_runs": totals,
         "phases": {k: v["seconds"] for k, v in phase_rows.items()}, "phase_details": phase_rows,
         "per_scale_s": per_scale,
@@ -424,7 +427,8 @@ def format_report(result: dict) -> str:
         f"(median of {result['repeats']})",
         f"machine: matmul peak bf16 {result['peak_tflops']['bf16']:.3g} TFLOP/s, fp32 "
         f"{result['peak_tflops']['fp32']:.3g} TFLOP/s; exp {result['exp_rate']:.3g}/s; native bf16: "
-        f"{result['native_bf16']}; floor at the {result['floor_dtype']} peak",
+        f"{result['native_bf16']}; floor at the {result['floor_dtype']} peak; attention: "
+        f"{result.get('attention_path', 'sdpa')}",
         f"{'phase':<12}{'seconds':>10}{'TFLOP':>10}{'attn TFLOP':>12}{'floor s':>10}{'of limit':>10}",
     ]
     for name, row in result["phase_details"].items():

@@ -1,13 +1,15 @@
 import json
 
+import pytest
 import torch
 
+from openhart import kernels
 from openhart.bench import BenchSettings, run_bench
 from openhart.cli import main
 from openhart.device import default_dtype, has_native_bf16
 
 REQUIRED_KEYS = {"size", "dtype", "total_s", "phases", "flops", "attention_scores", "peak_tflops",
-                 "exp_rate", "floor_s", "ratio_to_floor", "peak_rss_gib"}
+                 "exp_rate", "floor_s", "ratio_to_floor", "peak_rss_gib", "attention_path"}
 
 
 def test_bench_smoke_on_the_tiny_preset(tmp_path, capsys):
@@ -23,7 +25,10 @@ def test_bench_smoke_on_the_tiny_preset(tmp_path, capsys):
     assert "ratio to floor" in capsys.readouterr().out
 
 
-def test_low_memory_and_attention_counts():
+@pytest.mark.parametrize("path", ["sdpa", pytest.param("kernel", marks=pytest.mark.skipif(
+    kernels.compiler() is None, reason="no C++ compiler to build the kernel"))])
+def test_low_memory_and_attention_counts(monkeypatch, path):
+    monkeypatch.setenv("OPENHART_ATTENTION", path)
     settings = BenchSettings(preset="tiny", warmup=0, repeats=1, low_memory=True, matmul_size=128)
     result = run_bench(settings)
     # transformer attention: every scale attends to the text and all earlier scales
@@ -33,7 +38,8 @@ def test_low_memory_and_attention_counts():
     scores = sum(l * (sum(lengths[:i + 1])) for i, l in enumerate(lengths)) * heads * batch * depth
     text_scores = result["phase_details"]["text"]["scores"]
     transformer_scores = result["phase_details"]["transformer"]["scores"]
-    assert transformer_scores == scores and text_scores > 0
+    assert transformer_scores == scores and text_scores > 0  # the kernel's calls are counted too
+    assert result["attention_path"] == path
 
 
 def test_default_dtype_follows_the_hardware():

@@ -3,7 +3,7 @@
 Each block writes the keys and values of the current scale into its slice and attends over
 everything the cache holds (`attend`); `advance` then moves the shared length on. No attention
 mask is needed at inference: a scale attends to the text, every earlier scale and itself (the
-block-causal pattern).
+block-causal pattern), through `attention.attend` (SDPA or openhart's CPU kernel).
 
 `rows` gives a view of some of the batch rows (the halves of a guided batch), sharing storage.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from ..attention import attend
 
 
 @dataclass
@@ -56,7 +57,7 @@ class KVCache:
                scale: float) -> torch.Tensor:
         """Append this scale's keys/values of one block, then attend over the cache (B, H, l, d)."""
         k, v = self.append(layer, k_BHld, v_BHld)
-        return F.scaled_dot_product_attention(q_BHld, k, v, scale=scale)
+        return attend(q_BHld, k, v, scale)
 
     def advance(self, num_tokens: int) -> None:
         """Commit the tokens every block has just appended."""
