@@ -58,7 +58,8 @@ def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 @kernel_attention.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    return q.new_empty(q.shape)
+    b, h, lq, d = q.shape
+    return q.new_empty(b, lq, h, d).transpose(1, 2)  # the kernel's layout
 
 
 def path_for(device: torch.device, dtype: torch.dtype) -> str:
@@ -66,7 +67,7 @@ def path_for(device: torch.device, dtype: torch.dtype) -> str:
     forced = os.environ.get("OPENHART_ATTENTION", "").strip().lower()
     if forced and forced not in PATHS:
         raise ValueError(f"OPENHART_ATTENTION={forced!r}: use one of {', '.join(PATHS)} (or leave it unset)")
-    if not _kernel_can_run(device, dtype):
+    if forced == "sdpa" or not _kernel_can_run(device, dtype):
         return "sdpa"
     if forced:
         return forced

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from openhart import attention
 from openhart.config import SamplingConfig
 from openhart.diffusion import DiffusionNoise, DiffusionSchedule
 from openhart.diffusion.sampler import guided_prediction, posterior_step, reverse_steps
@@ -172,7 +173,10 @@ def _replay_unconditional_half(head, schedule, z, guidance, initial, draws, step
 
 
 @torch.no_grad()
-def test_inference(case: GoldenCase, model):
+@pytest.mark.parametrize("attention_path", attention.PATHS)
+def test_inference(case: GoldenCase, model, attention_path, monkeypatch):
+    # Both attention paths (PyTorch's SDPA and openhart's CPU kernel) must give the official numbers.
+    monkeypatch.setenv("OPENHART_ATTENTION", attention_path)
     tf = model.transformer
     context = case.input("ctx.context")
     positions = case.input("ctx.position_ids")

@@ -29,3 +29,22 @@ def test_a_measured_row_is_exact_and_within_its_limit():
     assert row["max_abs_error"] < 1e-5
     assert row["seconds"] > 0 and row["scores_per_s"] == 2 * 2 * 4 * 9 / row["seconds"]
     assert row["fraction_of_limit"] == row["limit_s"] / row["seconds"]
+
+
+def test_every_cheap_candidate_is_exact_on_a_real_tail_shape():
+    bench = _module()
+    # Lq and Lkv of the 256-px scale 6 (81 queries, 2 heads of 64), which no block divides.
+    shape = {"scale": 6, "batch": 2, "heads": 2, "lq": 81, "lkv": 465, "head_dim": 64}
+    paths = ["sdpa", "chunked"] + (["kernel"] if bench.kernels.compiler() is not None else [])
+    for path in paths:
+        row = bench.measure(shape, torch.float32, peak_tflops=0.1, exp_per_s=1e9, repeats=1,
+                            generator=torch.Generator().manual_seed(0), path=path)
+        assert row["path"] == path and row["max_abs_error"] < 2e-6, row
+
+
+def test_the_chunk_keeps_one_head_s_score_tile_within_a_quarter_of_l2():
+    bench = _module()
+    for lkv in (301, 3079, 9751):
+        rows = bench.chunk_rows(lkv)
+        assert rows * lkv * 4 <= bench.CHUNK_TILE_BYTES < 2 * rows * lkv * 4
+        assert rows & (rows - 1) == 0  # a power of two
