@@ -7,12 +7,13 @@ HART's cached attention has no mask: the current scale's queries against everyth
 - `kernel`: `kernels/attention.cpp` on the CPU, fp32 through BLAS and bf16 through the oneDNN
   AVX512-BF16/AMX micro-kernels on CPUs with native bf16 (docs/performance.md).
 
-Which is faster depends on the CPU, so on the CPU the choice is measured once per dtype, machine
-(CPU model, threads), torch version and kernel build, on a 512-px last-scale shape, and kept in
-the kernels' cache folder: the kernel must beat SDPA by `MARGIN` to be chosen. The same machine
-therefore always runs the same path, and so makes the same images. `OPENHART_ATTENTION=sdpa` or
-`=kernel` forces a path (`kernel` still falls back to SDPA where it cannot run: no compiler, a
-GPU, or bf16 on a CPU without native bf16).
+Which is faster depends on the CPU, so for bf16 on a CPU with native bf16 the choice is measured
+once per machine (CPU model, threads), torch version and kernel build, on a 512-px last-scale
+shape, and kept in the kernels' cache folder: the kernel must beat SDPA by `MARGIN` to be
+chosen. The same machine therefore always runs the same path, and so makes the same images. fp32
+takes SDPA (the kernel ties it there). `OPENHART_ATTENTION=sdpa` or `=kernel` forces a path
+(`kernel` still falls back to SDPA where it cannot run: no compiler, a GPU, or bf16 on a CPU
+without native bf16).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 PATHS = ("sdpa", "kernel")
 MARGIN = 1.1  # the kernel must be this much faster than SDPA to be chosen
+# The dtypes whose path is measured by default. In fp32 the kernel is SDPA's own algorithm over the
+# same BLAS and ties it (docs/performance.md), so fp32 takes SDPA without building the kernel
+# unless OPENHART_ATTENTION=kernel asks for it.
+MEASURED = (torch.bfloat16,)
 # Query and key/value blocks of the kernel: a 256 x 512 fp32 score tile (512 KiB) stays in L2.
 Q_BLOCK, KV_BLOCK = 256, 512
 # The shape the choice is measured on: a quarter of the 512-px last scale (one CFG half, 6 heads).
@@ -67,7 +72,7 @@ def path_for(device: torch.device, dtype: torch.dtype) -> str:
     forced = os.environ.get("OPENHART_ATTENTION", "").strip().lower()
     if forced and forced not in PATHS:
         raise ValueError(f"OPENHART_ATTENTION={forced!r}: use one of {', '.join(PATHS)} (or leave it unset)")
-    if forced == "sdpa" or not _kernel_can_run(device, dtype):
+    if forced == "sdpa" or not _kernel_can_run(device, dtype, build=forced == "kernel" or dtype in MEASURED):
         return "sdpa"
     if forced:
         return forced
@@ -76,8 +81,9 @@ def path_for(device: torch.device, dtype: torch.dtype) -> str:
     return _chosen[dtype]
 
 
-def _kernel_can_run(device: torch.device, dtype: torch.dtype) -> bool:
-    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+def _kernel_can_run(device: torch.device, dtype: torch.dtype, build: bool) -> bool:
+    """Whether the kernel runs for this device and dtype; without `build`, never compiles it."""
+    if not build or device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
         return False
     if dtype == torch.bfloat16 and not has_native_bf16(device):
         return False  # bf16 is emulated there; fp32 is openhart's default on such CPUs
@@ -150,4 +156,4 @@ def _write_choices(path: Path, choices: dict) -> None:
         partial.write_text(json.dumps(choices, indent=1, sort_keys=True))
         os.replace(partial, path)
     except OSError as error:  # a read-only cache: the choice is measured again next time
-        logger.warning("openhart: could not keep the attention choice in %s: %s", path, error)
+        logger.warning("could not keep the attention choice in %s: %s", path, error)

@@ -110,6 +110,14 @@ def test_without_a_compiler_sdpa_runs(monkeypatch):
     assert torch.equal(attention.attend(q, k, v, 0.3), F.scaled_dot_product_attention(q, k, v, scale=0.3))
 
 
+def test_fp32_takes_sdpa_without_building_the_kernel(monkeypatch):
+    monkeypatch.delenv("OPENHART_ATTENTION", raising=False)
+    monkeypatch.setattr(kernels, "load", lambda name: pytest.fail("the kernel was built"))
+    assert attention.path_for(CPU, torch.float32) == "sdpa"
+    monkeypatch.setenv("OPENHART_ATTENTION", "sdpa")
+    assert attention.path_for(CPU, torch.bfloat16) == "sdpa"
+
+
 def test_bf16_without_native_bf16_and_other_devices_take_sdpa(monkeypatch):
     monkeypatch.setenv("OPENHART_ATTENTION", "kernel")
     monkeypatch.setattr(attention, "has_native_bf16", lambda device: False)
@@ -124,6 +132,7 @@ def test_the_choice_is_measured_once_and_kept(monkeypatch, tmp_path):
     monkeypatch.delenv("OPENHART_ATTENTION", raising=False)
     monkeypatch.setattr(attention, "_chosen", {})
     monkeypatch.setattr(attention, "TUNE_SHAPE", (1, 1, 64, 200, 16))
+    monkeypatch.setattr(attention, "MEASURED", (torch.float32,))
     timed = []
     monkeypatch.setattr(attention, "_best_time", lambda fn: timed.append(fn) or (1.0 if len(timed) == 1 else 0.5))
     assert attention.path_for(CPU, torch.float32) == "kernel"  # 0.5 s against SDPA's 1.0 s
@@ -142,6 +151,7 @@ def test_a_damaged_choice_file_is_measured_again(monkeypatch, tmp_path):
     monkeypatch.delenv("OPENHART_ATTENTION", raising=False)
     monkeypatch.setattr(attention, "_chosen", {})
     monkeypatch.setattr(attention, "_best_time", lambda fn: 1.0)  # a tie keeps SDPA
+    monkeypatch.setattr(attention, "MEASURED", (torch.float32,))
     (tmp_path / "kernels").mkdir()
     (tmp_path / "kernels" / "attention-choice.json").write_text("{not json")
     assert attention.path_for(CPU, torch.float32) == "sdpa"

@@ -85,7 +85,7 @@ def _put_ninja_on_path() -> None:
 
 def _build(name: str) -> ModuleType | None:
     if compiler() is None:
-        logger.warning("openhart: no C++ compiler (%s), so the %s kernel falls back to PyTorch; "
+        logger.warning("no C++ compiler (%s), so the %s kernel falls back to PyTorch; "
                        "install g++ (scripts/system-deps.sh) for the faster path",
                        os.environ.get("CXX", "c++"), name)
         return None
@@ -97,12 +97,12 @@ def _build(name: str) -> ModuleType | None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / f"{module_name}.so").exists():
-            logger.warning("openhart: compiling the %s kernel for %s (once, about a minute) into %s",
+            logger.warning("compiling the %s kernel for %s (once, about a minute) into %s",
                            name, isa(), directory)
         return cpp_extension.load(name=module_name, sources=[str(SOURCE_DIR / f"{name}.cpp")],
                                   extra_cflags=compile_flags(), extra_ldflags=["-fopenmp"],
                                   build_directory=str(directory), verbose=False)
     except (RuntimeError, OSError, ImportError) as error:  # no cache folder, no ninja, a failed compile or link
-        logger.warning("openhart: building the %s kernel failed, so it falls back to PyTorch: %s",
+        logger.warning("building the %s kernel failed, so it falls back to PyTorch: %s",
                        name, str(error).strip().splitlines()[-1] if str(error).strip() else error)
         return None
