@@ -57,12 +57,18 @@ def test_eval_writes_results_and_a_contact_sheet(tiny_model_dir, features_net, t
         assert set(split["accuracy"]) == {"last_scale_top1", "all_scales_top1"}
         assert set(split["reconstruction_retrieval"]) == {"continuous", "discrete_only"}
         assert all(0 <= a <= 1 for a in split["accuracy"].values())
+        for m in [*split["generation"].values(), *split["reconstruction_retrieval"].values()]:
+            assert 0 <= m["retrieval_top1"] <= m["retrieval_top5"] <= 1
+            # a group holds the image itself, so grouped retrieval never ranks lower than strict
+            assert m["retrieval_top1"] <= m["retrieval_grouped_top1"] <= m["retrieval_grouped_top5"]
+            assert m["retrieval_top5"] <= m["retrieval_grouped_top5"]
         for m in split["generation"].values():
-            assert m["fid"] >= 0 and 0 <= m["retrieval_top1"] <= m["retrieval_top5"] <= 1
+            assert m["fid"] >= 0
     # the recorded settings of each variant are the effective ones
     assert results["variants"]["hybrid_consistent_temp0"]["head_temperature"] == 0.0
     assert results["variants"]["hybrid_official"]["last_scale"] == "official"
     assert results["variants"]["discrete_only"]["use_residual"] is False
+    assert results["variants"]["hybrid_official"]["use_residual"] is True
     from PIL import Image
     sheet = Image.open(tmp_path / "ev" / "contact_sheet.png")
     assert sheet.size == (6 * 64 + 5 * 2, 8 * 64 + 7 * 2)
@@ -75,6 +81,32 @@ def test_eval_writes_results_and_a_contact_sheet(tiny_model_dir, features_net, t
     assert main(args) == 0
     assert gallery_file.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "ev" / "results.json").read_text()) == results
+
+
+def test_eval_tokenizer_measures_the_ceiling_of_a_model_or_tokenizer_folder(tiny_model_dir, tiny_tokenizer_dir,
+                                                                           features_net, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    heldout = write_shapes(tmp_path / "heldout", count=100, size=64)
+    train_folder = write_shapes(tmp_path / "train", count=110, size=64)
+    for name, folder in (("model", tiny_model_dir), ("tokenizer", tiny_tokenizer_dir)):
+        out = tmp_path / f"tok-{name}"
+        args = ["eval-tokenizer", str(folder), "--data", str(heldout), "--train-data", str(train_folder),
+                "--train-samples", "100", "--out", str(out), "--inception", str(features_net), "--quiet"]
+        assert main(args) == 0, capsys.readouterr().err
+        results = json.loads((out / "results.json").read_text())
+        assert results["resolution"] == 64 and results["gallery_images"] == 210
+        assert {k: v["images"] for k, v in results["splits"].items()} == {"heldout": 100, "train": 100}
+        for split in results["splits"].values():
+            assert split["continuous"]["psnr"] > split["discrete_only"]["psnr"]
+            for path in ("continuous", "discrete_only"):
+                m = split[path]
+                assert m["rfid"] >= 0 and 0 < m["ssim"] <= 1
+                assert 0 <= m["retrieval_top1"] <= m["retrieval_top5"] <= m["retrieval_grouped_top5"] <= 1
+        assert "| train (100) | continuous |" in capsys.readouterr().out
+    # the model folder's tokenizer is the one the model was trained with
+    model_results = json.loads((tmp_path / "tok-model" / "results.json").read_text())
+    assert model_results["splits"] == json.loads((tmp_path / "tok-tokenizer" / "results.json").read_text())["splits"]
 
 
 def test_unknown_variant_is_a_clear_error(tiny_model_dir, features_net, tmp_path, capsys):

