@@ -6,7 +6,10 @@ Usage:
         --json benchmarks/results/train-transformer-shapes.json
 
 Prints seconds per step, images/s, tokens/s and the achieved TFLOP/s as a fraction of the bf16 and
-fp32 matmul peaks measured in the same run. The C library's heap is set up as `openhart train`
+fp32 matmul peaks measured in the same run. The step is the trainer's own (EMA and all). With
+--profile, as many more steps run under torch.profiler, and the result adds the seconds per step
+of each phase (data, forward, backward, optimizer, ema, auxiliary), of the matmul kernels
+against everything else, and the top ops by self time. The C library's heap is set up as `openhart train`
 sets it (openhart.allocator); OPENHART_MALLOC=keep or map forces one policy.
 """
 
@@ -25,6 +28,8 @@ def main() -> int:
     parser.add_argument("config")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="also profile --steps steps")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak-measuring matmul")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args()
     keep_large_blocks()  # as the CLI starts
@@ -34,7 +39,8 @@ def main() -> int:
     else:
         from openhart.train.transformer_task import TransformerTask as Task
         config = load_train_config(TransformerTrainConfig, args.config, args.overrides)
-    result = training_throughput(Task(config), config.run, config.optim, steps=args.steps)
+    result = training_throughput(Task(config), config.run, config.optim, steps=args.steps, profile=args.profile,
+                                 matmul_size=args.matmul_size)
     result["config"] = args.config
     result["overrides"] = args.overrides
     print(json.dumps(result, indent=2))

@@ -171,6 +171,23 @@ def test_activation_checkpointing_and_bf16_autocast_run(latent_cache, tmp_path):
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics(tmp_path / "run"))
 
 
+def test_a_compiled_run_learns_the_same_steps_and_saves_plain_names(latent_cache, tmp_path):
+    from openhart.train.checkpoint import list_checkpoints, load_checkpoint
+
+    runs = {}
+    for compiled in (False, True):
+        out = tmp_path / f"run-{compiled}"
+        # every last-scale token kept: one shape, so one compilation
+        _train(transformer_config(out, latent_cache, run={"steps": 3, "compile": compiled, "checkpoint_every": 3},
+                                  losses={"mask_rate_min": 0.0, "mask_rate_max": 0.0}))
+        runs[compiled] = (metrics(out), load_checkpoint(list_checkpoints(out / "checkpoints")[-1], None))
+    (eager, eager_ckpt), (compiled, compiled_ckpt) = runs[False], runs[True]
+    # the same losses up to the compiled kernels' rounding, and checkpoints without _orig_mod names
+    assert [m["loss"] for m in compiled] == pytest.approx([m["loss"] for m in eager], rel=1e-3)
+    assert set(compiled_ckpt["model"]) == set(eager_ckpt["model"])
+    assert not any("_orig_mod" in k for k in compiled_ckpt["model"])
+
+
 def test_precision_auto_is_bf16_exactly_where_bf16_is_native(monkeypatch):
     from openhart import device as device_module
     from openhart.train.trainer import autocast_context, resolved_precision

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import sysconfig
 from pathlib import Path
 from types import ModuleType
 
@@ -49,6 +50,17 @@ def isa() -> str:
 def compiler() -> str | None:
     """The C++ compiler cpp_extension will call ($CXX, else c++), or None when there is none."""
     return shutil.which(os.environ.get("CXX", "c++"))
+
+
+def require_torch_compile_toolchain() -> None:
+    """torch.compile on the CPU (inductor) builds C++ with the system compiler and the Python
+    headers: say what to install, before it fails deep inside inductor."""
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+        raise ValueError("torch.compile on the CPU needs a C++ compiler: install one (Debian: "
+                         "apt install g++) or run without compiling")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        raise ValueError("torch.compile on the CPU needs the Python headers: install them "
+                         "(Debian: apt install python3-dev) or run without compiling")
 
 
 def compile_flags() -> list[str]:

@@ -44,6 +44,8 @@ class RunConfig:
         sample_at: further steps at which to write sample images.
         tensorboard: also write TensorBoard events (needs the `tensorboard` package).
         prefetch_batches: batches prepared ahead by a background thread (0: none).
+        compile: torch.compile the training module (the first steps compile, for minutes on a
+            small CPU; then 10-20% faster steps on the AVX2 EPYC, docs/training.md).
     """
 
     output_dir: str
@@ -61,6 +63,7 @@ class RunConfig:
     sample_at: tuple[int, ...] = ()
     tensorboard: bool = False
     prefetch_batches: int = 2
+    compile: bool = False
 
     def __post_init__(self) -> None:
         name = "run config"

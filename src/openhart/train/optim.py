@@ -20,7 +20,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05,
                     betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas)
+    """AdamW, fused (one kernel over all parameters) where PyTorch has a fused kernel for them."""
+    groups = parameter_groups(model, weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=_can_fuse([p for g in groups for p in g["params"]]))
+
+
+def _can_fuse(params: list[nn.Parameter]) -> bool:
+    """Fused AdamW takes plain floating-point tensors on the CPU or a CUDA device (not FSDP's DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                and not isinstance(p, DTensor) for p in params)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
@@ -53,9 +63,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for key, value in model.state_dict().items():
-            if key in self.shadow:
-                self.shadow[key].lerp_(value.float(), 1.0 - self.decay)
+        state = model.state_dict()
+        keys = [k for k in self.shadow if k in state]
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [state[k].float() for k in keys], 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

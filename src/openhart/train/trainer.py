@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from tqdm import tqdm
 
+from ..kernels import require_torch_compile_toolchain
 from ..serialization import CheckpointError, atomic_path
 from .checkpoint import list_checkpoints, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from .config import OptimConfig, RunConfig
@@ -39,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+# The profiler ranges of one training step (`_train_step`), in order.
+STEP_PHASES = ("openhart.data", "openhart.forward", "openhart.backward", "openhart.optimizer", "openhart.ema",
+               "openhart.auxiliary")
 
 
 class TrainingTask:
@@ -188,6 +193,10 @@ def _setup(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config:
     module = task.build(dist.device)
     wrapped = dist.wrap(module, run.parallel, task.shard_units(module))
     model = unwrap(wrapped)
+    if run.compile:  # the unwrapped model keeps its own names for checkpoints and EMA
+        if dist.device.type == "cpu":
+            require_torch_compile_toolchain()
+        wrapped = torch.compile(wrapped)
     optimizer = build_optimizer(model, optim.lr, optim.weight_decay, tuple(optim.betas))
     saved_keys = task.saved_keys(model)
     return TrainState(
@@ -201,35 +210,41 @@ def _setup(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config:
 
 def _train_step(state: TrainState, autocast) -> tuple[dict[str, int], dict]:
     """One optimisation step over `grad_accum` batches, then the task's auxiliary step; returns
-    the step's example counts and its metrics (means over the batches)."""
+    the step's example counts and its metrics (means over the batches). Each part runs under a
+    profiler range named in `STEP_PHASES` (free unless a profiler is recording)."""
     state.wrapped.train()
     accum = state.run.grad_accum
     state.optimizer.zero_grad(set_to_none=True)
     counts, sums = {"images": 0, "tokens": 0}, {}
     for micro in range(accum):
-        batch = state.task.collate(state.stream.next_batch(), state.dist.device)
+        with record_function("openhart.data"):
+            batch = state.task.collate(state.stream.next_batch(), state.dist.device)
         with _gradient_sync(state, micro == accum - 1):
-            with autocast:
+            with autocast, record_function("openhart.forward"):
                 # each batch of a step keys its random draws by its own index: with grad_accum 1
                 # the key is the step itself
                 loss, metrics = state.wrapped(batch, state.step * accum + micro)
             if not torch.isfinite(loss):
                 raise ValueError(f"the loss is {loss.item()} at step {state.step}; lower the learning rate "
                                  "or check the data")
-            (loss / accum if accum > 1 else loss).backward()
+            with record_function("openhart.backward"):
+                (loss / accum if accum > 1 else loss).backward()
         for key, value in {"loss": loss.detach(), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value
         for key, value in state.task.batch_counts(batch).items():
             counts[key] += value
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.optim.grad_clip or float("inf"))
-    state.optimizer.step()
-    state.scheduler.step()
+    with record_function("openhart.optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.optim.grad_clip or float("inf"))
+        state.optimizer.step()
+        state.scheduler.step()
     if state.ema is not None:
-        state.ema.update(state.model)
+        with record_function("openhart.ema"):
+            state.ema.update(state.model)
     metrics = {key: value / accum if accum > 1 else value for key, value in sums.items()}
     metrics["grad_norm"] = grad_norm
     # the auxiliary step (e.g. the PatchGAN discriminator) sees the step's last batch
-    metrics.update(state.task.auxiliary_step(batch, state.step, state.dist, state.ema))
+    with record_function("openhart.auxiliary"):
+        metrics.update(state.task.auxiliary_step(batch, state.step, state.dist, state.ema))
     state.step += 1
     return counts, metrics
 

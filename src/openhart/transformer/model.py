@@ -11,12 +11,8 @@ D text feature width.
 
 from __future__ import annotations
 
-import os
-import shutil
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.utils.checkpoint
@@ -24,6 +20,7 @@ from torch import nn
 
 from ..common import RMSNorm, TimestepEmbedding
 from ..config import TokenizerConfig, TransformerConfig
+from ..kernels import require_torch_compile_toolchain
 from .kv_cache import KVCache
 from .layers import AdaLNHeadNorm, Block
 from .rope import block_tables, image_positions, image_rope, text_rope
@@ -245,12 +242,7 @@ class HARTTransformer(nn.Module):
         and the cache write stay eager. Compiled code is cached on disk by torch between runs.
         """
         if self.head.weight.device.type == "cpu":
-            if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
-                raise ValueError("torch.compile on the CPU needs a C++ compiler: install one (Debian: "
-                                 "apt install g++) or run without --compile")
-            if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
-                raise ValueError("torch.compile on the CPU needs the Python headers: install them "
-                                 "(Debian: apt install python3-dev) or run without --compile")
+            require_torch_compile_toolchain()
         for block in self.blocks:
             block.attention_input = torch.compile(block.attention_input, dynamic=True, **options)
             block.attention_output_and_mlp = torch.compile(block.attention_output_and_mlp,
