@@ -60,10 +60,15 @@ def load_tokenizer(path: str | os.PathLike, *, device: torch.device | str | None
     """Load a tokenizer from an official or an openhart folder, strictly, in eval mode.
 
     Args:
-        path: tokenizer folder (or a model folder with a `tokenizer/` subfolder).
+        path: tokenizer folder, a model folder with a `tokenizer/` subfolder, or an openhart model
+            folder that keeps every part in one file (the shipped model): its tokenizer.
         device: where to put the weights (default CPU).
         dtype: floating dtype of the weights (default: float32).
     """
+    single_file = Path(path) / CONFIG_NAME
+    if single_file.is_file() and not (Path(path) / "tokenizer").is_dir() \
+            and read_json(single_file).get("model_type") == MODEL_TYPE:
+        return load_model(path, device=device, dtype=dtype or torch.float32).tokenizer
     folder = resolve_tokenizer_dir(path)
     config_path = folder / CONFIG_NAME
     data = read_json(config_path)

@@ -216,3 +216,14 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_load_tokenizer_takes_the_tokenizer_of_a_single_file_model_folder():
+    from openhart import default_model
+    from openhart.loading import load_model, load_tokenizer
+
+    folder = default_model.default_model_dir()
+    tokenizer = load_tokenizer(folder)
+    expected = load_model(folder).tokenizer.state_dict()
+    assert tokenizer.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in tokenizer.state_dict().items())

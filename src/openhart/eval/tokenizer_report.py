@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data.datasets import ImageCaptionFolder
-from ..loading import MODEL_TYPE, load_model, load_tokenizer, read_json, resolve_tokenizer_dir
+from ..loading import load_tokenizer
 from ..serialization import atomic_path
 from .fid import check_count, frechet_distance
 from .inception import InceptionFeatures
@@ -31,15 +31,6 @@ from .report import (_gallery, _gallery_features, _gallery_groups, _rates, _reco
                      training_subset)
 
 PATHS = ("continuous", "discrete_only")
-
-
-def load_any_tokenizer(path: str | os.PathLike):
-    """The tokenizer of a tokenizer folder, of a model folder's tokenizer/, or of a single-file model."""
-    folder = Path(path)
-    config = folder / "config.json"
-    if config.is_file() and read_json(config).get("model_type") == MODEL_TYPE:
-        return load_model(folder, dtype=torch.float32).tokenizer
-    return load_tokenizer(resolve_tokenizer_dir(folder))
 
 
 @torch.no_grad()
@@ -51,7 +42,7 @@ def evaluate_tokenizer(tokenizer_path: str | os.PathLike, data_dir: str | os.Pat
     if train_samples < 1 or batch_size < 1:
         raise ValueError("train_samples and batch_size must be >= 1")
     say = progress or (lambda _: None)
-    tokenizer = load_any_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     size = tokenizer.config.image_size  # the side its whole scale list describes
     features = InceptionFeatures(inception)
     folders = {"heldout": ImageCaptionFolder(data_dir, size)}

@@ -137,7 +137,8 @@ def _add_cache(commands) -> None:
                     "write a latent cache folder for `openhart train transformer`.",
         epilog=CACHE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="image-caption folder, folder of .tar shards, or a .tar")
-    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
+    p.add_argument("--tokenizer", type=Path, required=True,
+                   help="tokenizer folder, or a model folder (its tokenizer)")
     p.add_argument("--text-encoder", required=True,
                    help="local Hugging Face text encoder folder, or 'random' (tests only)")
     p.add_argument("--resolution", type=int, required=True, help="square image size")
