@@ -21,15 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import kernels
-from .device import has_native_bf16
+from .device import cpu_name, has_native_bf16
+from .serialization import atomic_path
+from .timing import call_times
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> 
 
 def _measured_choice(dtype: torch.dtype) -> str:
     """Time both paths once on this machine (or read the time kept from before)."""
-    key = "|".join([_cpu_name(), f"threads={torch.get_num_threads()}", torch.__version__,
+    key = "|".join([cpu_name(), f"threads={torch.get_num_threads()}", torch.__version__,
                     kernels.build_name("attention"), str(dtype)])
     store = kernels.cache_dir() / "attention-choice.json"
     choices = _read_choices(store)
@@ -123,22 +123,7 @@ def _measured_choice(dtype: torch.dtype) -> str:
 
 def _best_time(fn, repeats: int = 3) -> float:
     fn()  # warm-up: the kernel's micro-kernels are generated on first use
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return min(call_times(lambda _: fn(), range(repeats), torch.device("cpu")))
 
 
 def _read_choices(path: Path) -> dict:
@@ -152,8 +137,7 @@ def _read_choices(path: Path) -> dict:
 def _write_choices(path: Path, choices: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(choices, indent=1, sort_keys=True))
-        os.replace(partial, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(choices, indent=1, sort_keys=True))
     except OSError as error:  # a read-only cache: the choice is measured again next time
         logger.warning("could not keep the attention choice in %s: %s", path, error)

@@ -38,6 +38,20 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform reports."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def has_native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively: AMX or AVX512-BF16 on CPUs, Ampere+ on CUDA."""
     if device.type == "cpu":

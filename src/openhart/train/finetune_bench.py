@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..bench import matmul_peak_tflops, random_fill_
 from ..config import HARTConfig, hart_0p7b, hart_tiny
 from ..data.latent_cache import CachedBatch
+from ..device import cpu_name
 from ..diffusion.head import DiffusionHead
 from ..lora import LoraSettings
 from ..lora import adapter as lora
@@ -116,7 +117,7 @@ def run_finetune_bench(kind: str, *, preset: str = "hart-0.7b", size: int = 256,
         "memory_kind": "device memory (max allocated)" if device.type == "cuda" else "peak RSS",
         "tflop_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
         "peak_tflops": peak, "fraction_of_peak": flops / seconds / 1e12 / peak,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
     }
 
 
@@ -132,14 +133,3 @@ def format_finetune_report(result: dict) -> str:
         f"({result['peak_tflops']:.3f} TFLOP/s)",
     ])
 
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
