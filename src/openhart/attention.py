@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import kernels
 from .device import cpu_name, has_native_bf16
-from .serialization import atomic_path
+from .outputs import atomic_path
 from .timing import call_times
 
 logger = logging.getLogger(__name__)

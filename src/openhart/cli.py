@@ -1,13 +1,15 @@
 """The `openhart` command line: gathers the commands (`openhart.commands`, and `train`, `eval`,
 `serve` beside their subsystems) and turns their errors into exit codes.
 
-Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr), 1 internal error.
+Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr), 1 internal error,
+128 + N when stopped by signal N (SIGINT, SIGTERM, SIGHUP), after removing what was half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -15,13 +17,14 @@ from . import __version__
 from .allocator import keep_large_blocks
 from .commands import bench, convert, download, edit, finetune, generate, reconstruct
 from .commands.common import UsageError
+from .outputs import terminate_as_interrupt
 from .eval import commands as eval_commands
 from .train import commands as train_commands
 from .web import commands as web_commands
 
 __all__ = ["main", "build_parser", "UsageError"]
 
-EXIT_OK, EXIT_INTERNAL_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL_ERROR, EXIT_BAD_INPUT = 0, 1, 2  # and 128 + N on signal N (130 on Ctrl+C)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     keep_large_blocks()  # openhart.allocator: large activations reuse the heap instead of fresh mappings
     try:
-        return args.handler(args)
+        with terminate_as_interrupt():  # SIGTERM and SIGHUP clean up like Ctrl+C
+            return args.handler(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         # CheckpointError and UsageError are ValueErrors too.
         print(f"openhart {args.command}: error: {_one_line(error)}", file=sys.stderr)
@@ -50,9 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"openhart {args.command}: error: {where}{error.strerror or error}; check the path, "
               "its permissions and the free disk space", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"openhart {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"openhart {args.command}: {'interrupted' if signum == signal.SIGINT else 'terminated'}; "
+              "nothing was left half-written", file=sys.stderr)
+        return 128 + signum
     except Exception:  # a bug, not the user's input: show where it happened
         import traceback
 

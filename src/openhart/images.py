@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .serialization import atomic_path
+from .outputs import atomic_path
 
 # Image files openhart reads: the size is checked from the header, before any pixel is decoded.
 MAX_IMAGE_SIDE = 16384

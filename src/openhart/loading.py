@@ -8,6 +8,7 @@ openhart's own folder is `config.json` ({"model_type": "openhart.<kind>", "confi
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from .config import HARTConfig, SamplingConfig, TokenizerConfig, config_from_dict, config_to_dict
 from .convert import official
 from .model import HARTModel
+from .outputs import staged_folder
 from .serialization import (
     CONFIG_NAME,
     CheckpointError,
@@ -22,10 +24,10 @@ from .serialization import (
     load_into,
     read_json,
     read_state_dict,
-    staged_folder,
     write_json,
     write_safetensors,
 )
+from .text.encoder import SYSTEM_PROMPT_FILE
 from .tokenizer import HybridTokenizer, use_channels_last
 
 # 2: the transformer and head sections no longer repeat the tokenizer's scales, latent width and
@@ -96,21 +98,39 @@ def load_tokenizer(path: str | os.PathLike, *, device: torch.device | str | None
     return use_channels_last(tokenizer)
 
 
-def save_tokenizer(tokenizer: HybridTokenizer, path: str | os.PathLike) -> Path:
+def save_tokenizer(tokenizer: HybridTokenizer, path: str | os.PathLike, *, overwrite: bool = True,
+                   sources: tuple = ()) -> Path:
     """Write `tokenizer` as an openhart folder (config.json + model.safetensors), atomically."""
     config = {"model_type": TOKENIZER_MODEL_TYPE, "format_version": FORMAT_VERSION,
               "config": config_to_dict(tokenizer.config)}
-    return _save_folder(path, config, tokenizer.state_dict(), TOKENIZER_MODEL_TYPE)
+    return _save_folder(path, config, tokenizer.state_dict(), TOKENIZER_MODEL_TYPE, overwrite=overwrite,
+                        sources=sources)
 
 
-def _save_folder(path: str | os.PathLike, config: dict, state: dict, model_type: str) -> Path:
-    """Write config.json and model.safetensors into a new folder that then replaces `path`."""
-    with staged_folder(path) as staging:
+# The files of an openhart model or tokenizer folder: writing a folder replaces these (and only
+# these) in an existing one, so that no file of an earlier model stays mixed with the new one.
+FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, SYSTEM_PROMPT_FILE)
+
+
+def _save_folder(path: str | os.PathLike, config: dict, state: dict, model_type: str, *,
+                 copy_files: dict[str, Path] | None = None, overwrite: bool = True, sources: tuple = ()) -> Path:
+    """Write config.json and model.safetensors (and `copy_files`) in a staging folder whose files
+    then reach `path` (`outputs.staged_folder`)."""
+    with staged_folder(path, overwrite=overwrite, owned=FOLDER_FILES, sources=sources) as staging:
         write_folder_files(staging, config, state, model_type)
+        for name, source in (copy_files or {}).items():
+            shutil.copyfile(source, staging / name)
     return Path(path)
 
 
 def write_folder_files(folder: Path, config: dict, state: dict, model_type: str) -> None:
+    """config.json and model.safetensors of a folder; weights that are not finite are refused
+    first (every loader would refuse the folder later)."""
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"refusing to write a {model_type} with NaN or infinite weights ("
+                              + ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+                              + "): the run diverged; export an earlier checkpoint or the other weights")
     write_safetensors(folder / WEIGHTS_NAME, state, {"format": "pt", "openhart_model_type": model_type})
     write_json(folder / CONFIG_NAME, config)
 
@@ -154,7 +174,8 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str | None = N
 
 
 def save_model(model: HARTModel, path: str | os.PathLike, *, text_encoder: dict | None = None,
-               sampling: SamplingConfig | None = None) -> Path:
+               sampling: SamplingConfig | None = None, copy_files: dict[str, Path] | None = None,
+               overwrite: bool = True, sources: tuple = ()) -> Path:
     """Write `model` as an openhart folder (config.json + model.safetensors), atomically.
 
     Args:
@@ -163,9 +184,12 @@ def save_model(model: HARTModel, path: str | os.PathLike, *, text_encoder: dict 
             config.json so that the pipeline can find its text encoder.
         sampling: the sampling settings recommended for this model, recorded in config.json
             (`recommended_sampling` reads them back; the official defaults when absent).
+        copy_files: more files of the folder, {name: file to copy} (e.g. the system prompt).
+        overwrite, sources: as `outputs.staged_folder`: into an existing folder only the
+            folder's own files are replaced; a path that is or holds a source is refused.
     """
     return _save_folder(path, model_config_json(model, text_encoder=text_encoder, sampling=sampling),
-                        model.state_dict(), MODEL_TYPE)
+                        model.state_dict(), MODEL_TYPE, copy_files=copy_files, overwrite=overwrite, sources=sources)
 
 
 def model_config_json(model: HARTModel, *, text_encoder: dict | None = None,

@@ -1,26 +1,25 @@
 """Reading and writing weight files: safe loading, strict key checks, and atomic writes.
 
 `.bin`/`.pt` files are read with `torch.load(weights_only=True)`, so pickled code is never run.
-Every write goes to a temporary file in the target folder, is fsynced, then renamed into place,
-so an interrupted write never leaves a half-written file under the final name.
+Every write goes through `outputs.atomic_path` (a temporary file, fsynced, then renamed into
+place), so an interrupted write never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
-import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from .outputs import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -153,68 +152,7 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source:
     module.load_state_dict(cast, strict=True, assign=on_meta)
 
 
-# ----- atomic writing ------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success fsync it and rename it over `path`."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a new empty folder next to `path`; when the block succeeds, it replaces `path` (an
-    existing folder is swapped out only then, whole, so nothing stale remains); when the block
-    fails, `path` is left as it was and the staging folder is removed."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"parent folder does not exist: {path.parent}")
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual mode
-    try:
-        yield staging
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-        _fsync_dir(path.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
+# ----- writing -------------------------------------------------------------------------------------
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
     with atomic_path(path) as tmp:

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from openhart.loading import load_model, load_tokenizer, save_model, save_tokenizer
-from openhart.serialization import CheckpointError, atomic_path, read_state_dict
+from openhart.outputs import atomic_path
+from openhart.serialization import CheckpointError, read_state_dict
 
 from ..conftest import HART_TINY
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..device import default_dtype, resolve_device, resolve_dtype
+from ..outputs import check_output_file
 from .common import UsageError
 
 
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         raise UsageError("--batch and --repeats must be >= 1 and --warmup >= 0")
-    if args.json is not None and not args.json.parent.is_dir():
-        raise UsageError(f"output folder does not exist: {args.json.parent}")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     if args.finetune is not None:
         return run_finetune(args, device)
     settings = BenchSettings(preset=args.preset, size=args.size, dtype=dtype, device=device,
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace, device) -> int:
     import json
 
-    from ..serialization import atomic_path
+    from ..outputs import atomic_path
     from ..train.finetune_bench import format_finetune_report, run_finetune_bench
 
     if args.steps < 1:

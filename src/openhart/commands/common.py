@@ -4,42 +4,40 @@ built from them."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from ..config import LAST_SCALE_MODES
 from ..device import default_dtype, resolve_device, resolve_dtype
+from ..outputs import check_output_file
 
 
 class UsageError(ValueError):
     """Bad command-line input, reported as one line with exit code 2."""
 
 
-def check_output_file(path) -> None:
-    """Fail before any work when `path` cannot be written: a missing or read-only folder, or a
-    folder of that name."""
-    import os
-
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; name a file to write")
-    if not path.parent.is_dir():
-        raise UsageError(f"output folder does not exist: {path.parent}")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write into {path.parent}: permission denied; choose another folder")
-
-
-def check_image_outputs(args: argparse.Namespace, max_images: int) -> None:
-    """--out (a writable .png), --num-images and --seed of the commands that write images,
-    checked before any work."""
+def check_image_outputs(args: argparse.Namespace, max_images: int, prompts: int = 1) -> None:
+    """--out (a writable .png: every file that `prompts` x --num-images images will be written
+    to), --num-images and --seed of the commands that write images, checked before any work."""
     from ..seeding import check_seed
 
     if args.out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {args.out}")
-    check_output_file(args.out)
     if not 1 <= args.num_images <= max_images:
         raise UsageError(f"--num-images must be between 1 and {max_images}, got {args.num_images}")
+    count = 1 if getattr(args, "grid", False) else prompts * args.num_images
+    for path in output_paths(args.out, count):
+        check_output_file(path)
     if args.seed is not None:
         check_seed(args.seed)
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """The files of `count` images written to --out: OUT itself, or OUT-000.png, OUT-001.png, ..."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(count)]
 
 
 def add_model_arguments(p: argparse.ArgumentParser, *, weights: bool = True) -> None:

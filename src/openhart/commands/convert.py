@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..device import resolve_dtype
 from ..text.encoder import SYSTEM_PROMPT_FILE
+from ..outputs import check_output_folder
 from .common import UsageError
 
 
@@ -32,7 +33,8 @@ def add_command(commands) -> None:
                    help="official llm weights: EMA or raw (default: EMA when present)")
     p.add_argument("--system-prompt", type=Path, default=None,
                    help=f"copy this file into DST as {SYSTEM_PROMPT_FILE} (the official system prompt)")
-    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing DST")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing DST: its config.json, model.safetensors and system "
+                        "prompt are replaced, other files stay")
     p.set_defaults(handler=run)
 
 
@@ -40,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from ..convert import convert_official_checkpoint
 
     dtype = resolve_dtype(args.dtype)
-    if args.dst.exists() and not args.overwrite:
-        raise UsageError(f"{args.dst} already exists; choose a new folder or pass --overwrite")
+    local = [args.src] if Path(args.src).exists() else []  # a Hub id is checked once it is resolved
+    check_output_folder(args.dst, "DST", overwrite=args.overwrite, sources=local)
     if args.system_prompt is not None and not args.system_prompt.is_file():
         raise UsageError(f"system prompt file not found: {args.system_prompt}")
     dst = convert_official_checkpoint(args.src, args.dst, dtype=dtype, weights=args.weights,

@@ -14,10 +14,11 @@ from .common import (
     add_model_arguments,
     add_sampling_arguments,
     check_image_outputs,
+    output_paths,
     load_pipeline,
     sampling_settings,
 )
-from .generate import CHUNK, output_paths, scale_progress
+from .generate import CHUNK, scale_progress
 
 MAX_IMAGES = 64
 

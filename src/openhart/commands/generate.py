@@ -17,6 +17,7 @@ from .common import (
     add_model_arguments,
     add_sampling_arguments,
     check_image_outputs,
+    output_paths,
     load_pipeline,
     sampling_settings,
 )
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                     if line.strip()]
     if not prompts:
         raise UsageError("no prompt given: pass PROMPT arguments or --prompts-file")
-    check_image_outputs(args, MAX_IMAGES)
+    check_image_outputs(args, MAX_IMAGES, prompts=len(prompts))
     pipe = load_pipeline(args, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(None, **sampling_settings(args))
     seed = secrets.randbits(62) if args.seed is None else args.seed
@@ -97,12 +98,6 @@ def run(args: argparse.Namespace) -> int:
         save_png(image, path, text)
         print(f"{path}  seed {text['seed']}  {text['prompt']!r}")
     return 0
-
-
-def output_paths(out: Path, count: int) -> list[Path]:
-    if count == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(count)]
 
 
 @contextlib.contextmanager

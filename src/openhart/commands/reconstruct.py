@@ -12,6 +12,7 @@ from ..device import resolve_device
 from ..eval.metrics import psnr
 from ..images import load_image, save_png, to_pil
 from ..loading import load_tokenizer
+from ..outputs import check_output_file
 from ..tokenizer import HybridTokenizer
 from .common import UsageError
 
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"output folder does not exist: {out_dir}")
     if not args.image.is_file():
         raise UsageError(f"image not found: {args.image}")
+    outputs = {name: out_dir / f"{args.image.stem}.recon-{name}.png" for name in ("continuous", "discrete")}
+    for path in outputs.values():
+        check_output_file(path, "--out-dir")
     if args.tokenizer is None:
         tokenizer = random_tokenizer(args.seed)
         print(f"No --tokenizer given: using the 'small' preset with RANDOM weights (seed "
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
           f"{list(tokens.patch_nums)}, {sum(i.numel() for i in tokens.indices)} codes")
     for name, decoded in (("continuous", continuous), ("discrete", discrete)):
         decoded = (decoded + 1) / 2
-        path = out_dir / f"{args.image.stem}.recon-{name}.png"
+        path = outputs[name]
         save_png(to_pil(decoded)[0], path, {"openhart": f"reconstruct --{name} path"})
         value = psnr(decoded, reference).item()
         print(f"  {name:>10} path: PSNR {value:6.2f} dB -> {path}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..serialization import staged_folder
+from ..outputs import check_destination, staged_folder
 
 # An openhart folder's model card, carried by conversion.
 MODEL_CARD = "README.md"
@@ -22,7 +22,8 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
 
     Args:
         src: e.g. `hart-0.7b-1024px/` (with llm/ and tokenizer/), or a Hub repo id.
-        dst: new folder (or an existing one with `overwrite=True`).
+        dst: new folder (or an existing one with `overwrite=True`: its own files are replaced,
+            the user's other files stay). It must not be, contain or lie inside `src`.
         dtype: floating dtype of the written weights.
         weights: "auto" (EMA when present), "ema" or "raw".
         system_prompt_file: copied into `dst` as `hart_system_prompt.txt` (default: src's, if any).
@@ -30,7 +31,7 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
         `dst`, after reloading it and checking every tensor.
     """
     from ..hub import model_text_encoder_spec, resolve_model
-    from ..loading import (MODEL_TYPE, load_model, model_config_json, recommended_sampling,
+    from ..loading import (FOLDER_FILES, MODEL_TYPE, load_model, model_config_json, recommended_sampling,
                            write_folder_files)
     from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
 
@@ -41,11 +42,12 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
         raise FileNotFoundError(f"system prompt file not found: {system_prompt_file}")
     source = resolve_model(src, weights=weights)
     src = source.path
+    check_destination(dst, [src])  # before the (long) load: converting a folder onto itself would replace it
     model = load_model(src, dtype=dtype, weights=weights)
     # the converted folder names its text encoder: the recorded one, or the official models' one
     config = model_config_json(model, text_encoder=model_text_encoder_spec(source), sampling=recommended_sampling(src))
     # everything is written and verified in a staging folder, which replaces dst only then
-    with staged_folder(dst) as staging:
+    with staged_folder(dst, overwrite=overwrite, owned=FOLDER_FILES, sources=[src]) as staging:
         write_folder_files(staging, config, model.state_dict(), MODEL_TYPE)
         prompt_source = Path(system_prompt_file) if system_prompt_file else src / SYSTEM_PROMPT_FILE
         if prompt_source.is_file():

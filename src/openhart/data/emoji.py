@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from ..outputs import staged_folder
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -126,8 +126,7 @@ def write_emoji_dataset(out: str | os.PathLike, *, font: str | os.PathLike | Non
     pil_font = ImageFont.truetype(str(font_path), FONT_SIZE)
     entries = emoji_entries()[:limit] if limit else emoji_entries()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:  # an existing folder is empty (checked above)
         rendered = [(i, char, text, image) for i, (char, text, image) in
                     enumerate((c, t, render(c, pil_font)) for c, t in entries) if image is not None]
         order = torch.randperm(len(rendered), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -145,10 +144,5 @@ def write_emoji_dataset(out: str | os.PathLike, *, font: str | os.PathLike | Non
         for split, rows in lines.items():
             (staging / split).mkdir(exist_ok=True)
             (staging / split / "metadata.jsonl").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return counts
 

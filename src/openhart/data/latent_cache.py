@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from safetensors import safe_open
 
 from ..loading import load_tokenizer, save_tokenizer
+from ..outputs import staged_folder
 from ..serialization import write_json, write_safetensors
 from .datasets import Sample, epoch_order
 
@@ -174,53 +173,51 @@ def build_latent_cache(samples: Iterable[Sample], out: str | os.PathLike, *, tok
     out.parent.mkdir(parents=True, exist_ok=True)
     patch_nums = tokenizer.scales_for_size(resolution)
     device = next(tokenizer.parameters()).device
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    encoder.warn_truncation = False
     try:
-        shards, pending, captions, done, truncated = [], [], [], 0, 0
-        encoder.warn_truncation = False
+        with staged_folder(out, overwrite=False) as staging:
+            shards, pending, captions, done, truncated = [], [], [], 0, 0
 
-        def flush() -> None:
-            name = f"shard-{len(shards):05d}.safetensors"
-            tensors = {key: torch.cat([p[key] for p in pending]) for key in pending[0]}
-            write_safetensors(staging / name, tensors, {"format": "pt"})
-            shards.append({"name": name, "count": int(tensors["codes"].shape[0])})
-            pending.clear()
+            def flush() -> None:
+                name = f"shard-{len(shards):05d}.safetensors"
+                tensors = {key: torch.cat([p[key] for p in pending]) for key in pending[0]}
+                write_safetensors(staging / name, tensors, {"format": "pt"})
+                shards.append({"name": name, "count": int(tensors["codes"].shape[0])})
+                pending.clear()
 
-        for batch in _batched(samples, batch_size):
-            images = torch.stack([s.image for s in batch]).to(device)
-            tokens = tokenizer.encode(images)
-            prompt = encoder.encode([s.caption for s in batch])
-            truncated += sum(prompt.truncated)
-            pending.append({
-                "codes": torch.cat(tokens.indices, dim=1).to(torch.int32).cpu(),
-                "last_scale_input": tokens.last_scale_input.float().cpu(),
-                "context": prompt.features.to(FEATURE_DTYPES[feature_dtype]).cpu(),
-                "position_ids": prompt.position_ids.to(torch.int32).cpu(),
-            })
-            captions += [{"index": done + i, "key": s.key, "text": s.caption} for i, s in enumerate(batch)]
-            done += len(batch)
-            if sum(p["codes"].shape[0] for p in pending) >= shard_size:
+            for batch in _batched(samples, batch_size):
+                images = torch.stack([s.image for s in batch]).to(device)
+                tokens = tokenizer.encode(images)
+                prompt = encoder.encode([s.caption for s in batch])
+                truncated += sum(prompt.truncated)
+                pending.append({
+                    "codes": torch.cat(tokens.indices, dim=1).to(torch.int32).cpu(),
+                    "last_scale_input": tokens.last_scale_input.float().cpu(),
+                    "context": prompt.features.to(FEATURE_DTYPES[feature_dtype]).cpu(),
+                    "position_ids": prompt.position_ids.to(torch.int32).cpu(),
+                })
+                captions += [{"index": done + i, "key": s.key, "text": s.caption} for i, s in enumerate(batch)]
+                done += len(batch)
+                if sum(p["codes"].shape[0] for p in pending) >= shard_size:
+                    flush()
+                if progress is not None:
+                    progress(done)
+            if pending:
                 flush()
-            if progress is not None:
-                progress(done)
-        if pending:
-            flush()
-        if not done:
-            raise ValueError("the dataset yielded no readable example; nothing to cache")
-        save_tokenizer(tokenizer, staging / "tokenizer")
-        with open(staging / "captions.jsonl", "w", encoding="utf-8") as f:
-            for entry in captions:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        write_json(staging / MANIFEST, {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "resolution": resolution,
-            "patch_nums": list(patch_nums), "num_examples": done, "feature_dtype": feature_dtype,
-            "text_encoder": {**text_encoder_spec, "context_tokens": encoder.max_length,
-                             "context_dim": encoder.hidden_size},
-            "shards": shards, "truncated_captions": truncated,
-        })
-        os.replace(staging, out)
+            if not done:
+                raise ValueError("the dataset yielded no readable example; nothing to cache")
+            save_tokenizer(tokenizer, staging / "tokenizer")
+            with open(staging / "captions.jsonl", "w", encoding="utf-8") as f:
+                for entry in captions:
+                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            write_json(staging / MANIFEST, {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "resolution": resolution,
+                "patch_nums": list(patch_nums), "num_examples": done, "feature_dtype": feature_dtype,
+                "text_encoder": {**text_encoder_spec, "context_tokens": encoder.max_length,
+                                 "context_dim": encoder.hidden_size},
+                "shards": shards, "truncated_captions": truncated,
+            })
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         encoder.warn_truncation = True
     return out, {"examples": done, "truncated_captions": truncated}
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..commands.common import lora_spec
+from ..outputs import check_output_file, check_output_folder
 from .report import DEFAULT_VARIANTS, VARIANTS
 
 EVAL_EXAMPLES = """\
@@ -125,6 +126,7 @@ def _progress(args: argparse.Namespace):
 def run_tokenizer_eval(args: argparse.Namespace) -> int:
     from .tokenizer_report import evaluate_tokenizer, format_tokenizer_results
 
+    check_output_folder(args.out, "--out")
     results = evaluate_tokenizer(args.tokenizer, args.data, args.out, train_data=args.train_data,
                                  train_samples=args.train_samples, inception=args.inception, seed=args.seed,
                                  batch_size=args.batch_size,
@@ -139,6 +141,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..hub import resolve_model
 
+    check_output_folder(args.out, "--out")
     model = resolve_model(args.model).path
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results = evaluate(model, args.data, args.out, train_data=args.train_data,
@@ -157,6 +160,7 @@ def run_curve(args: argparse.Namespace) -> int:
 
     if args.train_samples < 1 or args.batch_size < 1:
         raise ValueError("--train-samples and --batch-size must be >= 1")
+    check_output_file(args.out, "--out")
     result = retrieval_curve(args.run, args.data, args.train_data, args.out, samples=args.train_samples,
                              variant=args.variant, weights=args.weights, text_encoder=args.text_encoder,
                              inception=args.inception, seed=args.seed, batch_size=args.batch_size,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..data.datasets import ImageCaptionFolder
-from ..serialization import atomic_path
+from ..outputs import atomic_path
 from ..train.checkpoint import list_checkpoints
 from ..train.export import export_checkpoint
 from .inception import InceptionFeatures

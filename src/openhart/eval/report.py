@@ -31,7 +31,7 @@ import torch
 from ..config import config_to_dict
 from ..data.datasets import ImageCaptionFolder
 from ..images import image_grid, save_png, to_pil
-from ..serialization import atomic_path
+from ..outputs import atomic_path
 from .accuracy import teacher_forced_accuracy
 from .fid import check_count, frechet_distance, kernel_inception_distance
 from .inception import InceptionFeatures

@@ -23,7 +23,7 @@ import torch
 
 from ..data.datasets import ImageCaptionFolder
 from ..loading import load_tokenizer
-from ..serialization import atomic_path
+from ..outputs import atomic_path
 from .fid import check_count
 from .inception import InceptionFeatures
 from .report import (_gallery_features, _rates, _reconstruction_metrics, _reconstructions, _retrieval, _splits,

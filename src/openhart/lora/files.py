@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..serialization import CheckpointError, read_state_dict, staged_folder, write_json, write_safetensors
+from ..outputs import staged_folder
+from ..serialization import CheckpointError, read_state_dict, write_json, write_safetensors
 from .fingerprint import check_probe, fingerprint
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -117,7 +118,7 @@ def save_adapter(folder: str | os.PathLike, config, state: dict[str, torch.Tenso
     Args:
         config: peft's LoraConfig. state: LoRA weights under peft's names (`adapter.adapter_state`).
     """
-    with staged_folder(folder) as staging:
+    with staged_folder(folder, owned=(ADAPTER_CONFIG, ADAPTER_WEIGHTS, RECORD)) as staging:
         config.save_pretrained(str(staging))
         write_safetensors(staging / ADAPTER_WEIGHTS, {PEFT_PREFIX + k: v.contiguous() for k, v in state.items()},
                           {"format": "pt"})

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ..serialization import CheckpointError, atomic_path
+from ..outputs import atomic_path
+from ..serialization import CheckpointError
 
 FORMAT = "openhart.checkpoint"
 FORMAT_VERSION = 1

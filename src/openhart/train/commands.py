@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..device import resolve_dtype
+from ..outputs import check_output_folder
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -208,7 +209,9 @@ def _add_export(commands) -> None:
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="storage dtype of the weights (default fp32; fp16 halves the folder, and "
                         "loading casts back to the compute dtype)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder's files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an existing OUT: its config.json, model.safetensors and system prompt "
+                        "are replaced, other files stay")
     p.add_argument("--merge-lora", action="store_true",
                    help="add the LoRA adapter's update into its base model's weights and write a "
                         "self-contained model folder")
@@ -218,19 +221,21 @@ def _add_export(commands) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint, merge_adapter
+    from .export import checkpoint_source, export_checkpoint, merge_adapter
 
-    if args.out.exists() and not args.overwrite:
-        raise ValueError(f"{args.out} already exists; choose a new folder or pass --overwrite")
     if args.model is not None and not args.merge_lora:
         raise ValueError("--model names the base of --merge-lora; leave it out otherwise")
+    source = Path(args.checkpoint) if args.merge_lora else checkpoint_source(args.checkpoint)
+    check_output_folder(args.out, "OUT", overwrite=args.overwrite,
+                        sources=[source] if source.exists() else [])  # a Hub id is checked once resolved
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         if args.merge_lora:
-            out = merge_adapter(args.checkpoint, args.out, model=args.model, dtype=resolve_dtype(args.dtype))
+            out = merge_adapter(args.checkpoint, args.out, model=args.model, dtype=resolve_dtype(args.dtype),
+                                overwrite=args.overwrite)
             print(f"wrote {out} (the base with the adapter merged in, stored as {args.dtype})")
             return 0
         out = export_checkpoint(Path(args.checkpoint), args.out, weights=args.weights,
-                                dtype=resolve_dtype(args.dtype))
+                                dtype=resolve_dtype(args.dtype), overwrite=args.overwrite)
     print(f"wrote {out} ({args.weights} weights, stored as {args.dtype})")
     return 0

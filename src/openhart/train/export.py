@@ -16,13 +16,22 @@ from torch import nn
 from ..config import HARTConfig, SamplingConfig, TokenizerConfig, config_from_dict
 from ..loading import save_model, save_tokenizer
 from ..model import HARTModel
+from ..outputs import check_destination
 from ..serialization import CheckpointError
 from ..tokenizer import HybridTokenizer
 from .checkpoint import load_checkpoint
 
 
+def checkpoint_source(checkpoint: str | os.PathLike) -> Path:
+    """What `export` reads: a checkpoint file, or the checkpoints/ folder of a run folder."""
+    path = Path(checkpoint)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    return path
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
-                      weights: str = "ema", dtype: torch.dtype = torch.float32) -> Path:
+                      weights: str = "ema", dtype: torch.dtype = torch.float32, overwrite: bool = True) -> Path:
     """Write the model of a training checkpoint (file, or run/checkpoints folder: the newest).
 
     Args:
@@ -30,12 +39,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
             explicitly and absent) or "raw".
         dtype: storage dtype of the floating weights: fp32, or fp16 / bf16 for a folder of half
             the size. Loading casts them to the compute dtype (fp32, or bf16 where native).
+        overwrite: whether an existing `out` receives the folder's files (its other files stay).
+            `out` must not be, contain or lie inside what is read.
     """
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-    path = Path(checkpoint)
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
+    path = checkpoint_source(checkpoint)
+    check_destination(out, [path])
     state = load_checkpoint(path)
     trained = state["model"]
     if weights == "ema":
@@ -47,7 +57,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     if kind == "tokenizer":
         tokenizer = HybridTokenizer(config_from_dict(TokenizerConfig, state["config"]["tokenizer"]))
         tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in trained.items()})
-        return save_tokenizer(storage_cast(tokenizer, dtype), out)
+        return save_tokenizer(storage_cast(tokenizer, dtype), out, overwrite=overwrite, sources=(path,))
     if kind == "transformer":
         model = HARTModel(HARTConfig.from_dict(state["config"]["hart"]))
         model.load_state_dict({**state["frozen"], **trained})
@@ -55,7 +65,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
         extra = state.get("extra", {})
         sampling = extra.get("sampling")
         return save_model(model, out, text_encoder=extra.get("text_encoder"),
-                          sampling=None if sampling is None else config_from_dict(SamplingConfig, sampling))
+                          sampling=None if sampling is None else config_from_dict(SamplingConfig, sampling),
+                          overwrite=overwrite, sources=(path,))
     if kind == "finetune":
         raise CheckpointError(f"{path} is from `openhart finetune`: its result is the run's lora/ (an adapter; "
                               "`openhart export RUN OUT --merge-lora` makes a model folder of it) or model/")
@@ -63,7 +74,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
 
 
 def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
-                  weights: str = "auto", dtype: torch.dtype = torch.float32) -> Path:
+                  weights: str = "auto", dtype: torch.dtype = torch.float32, overwrite: bool = True) -> Path:
     """Write a self-contained model folder: the base with a LoRA adapter's update added into its
     weights (`openhart export ADAPTER OUT --merge-lora`).
 
@@ -72,8 +83,6 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, model: 
         model: the base (default: the one the adapter records); it must be the base the adapter
             was trained on.
     """
-    import shutil
-
     from ..hub import model_text_encoder_spec, resolve_adapter, resolve_model
     from ..loading import load_model, recommended_sampling
     from ..lora.files import read_adapter
@@ -81,10 +90,12 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, model: 
     from ..text.encoder import SYSTEM_PROMPT_FILE
 
     folder, _ = resolve_adapter(adapter)
+    check_destination(out, [folder])
     loaded = read_adapter(folder)
     if model is None and loaded.record is None:
         raise ValueError(f"{folder} records no base model (no openhart_adapter.json): pass --model BASE")
     source = resolve_model(model if model is not None else loaded.record.base_model, weights=weights)
+    check_destination(out, [folder, source.path])
     hart = load_model(source.path, weights=weights)
     stack = AdapterStack(hart, source.name)
     stack.load(loaded)
@@ -93,11 +104,10 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, model: 
     sampling = recommended_sampling(source.path)
     if loaded.record is not None and loaded.record.sampling is not None:
         sampling = config_from_dict(SamplingConfig, loaded.record.sampling)
-    saved = save_model(storage_cast(hart, dtype), out, text_encoder=model_text_encoder_spec(source), sampling=sampling)
     prompt = Path(source.path) / SYSTEM_PROMPT_FILE
-    if prompt.is_file():
-        shutil.copyfile(prompt, saved / SYSTEM_PROMPT_FILE)
-    return saved
+    return save_model(storage_cast(hart, dtype), out, text_encoder=model_text_encoder_spec(source), sampling=sampling,
+                      copy_files={SYSTEM_PROMPT_FILE: prompt} if prompt.is_file() else None,
+                      overwrite=overwrite, sources=(folder, source.path))
 
 
 def storage_cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -31,7 +31,8 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from ..kernels import require_torch_compile_toolchain
-from ..serialization import CheckpointError, atomic_path
+from ..outputs import atomic_path
+from ..serialization import CheckpointError
 from .checkpoint import list_checkpoints, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from .config import OptimConfig, RunConfig
 from .distributed import Distributed, unwrap
