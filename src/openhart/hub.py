@@ -19,14 +19,15 @@ is missing and the command or folder that fixes it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .convert import official
 from .default_model import default_model_dir
+from .inputs import read_json
 from .text.encoder import PACKAGED_ENCODERS, SYSTEM_PROMPT_FILE
 
 # The text encoder of the official models, by Hub id.
@@ -185,12 +186,7 @@ def recorded_text_encoder_spec(folder: str | os.PathLike) -> dict | None:
     config = Path(folder) / "config.json"
     if not config.is_file():
         return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HubError(f"{config} is not valid JSON ({error}); restore the model folder") from error
-    if not isinstance(data, dict):
-        raise HubError(f"{config} must hold a JSON object, got {type(data).__name__}; restore the model folder")
+    data = read_json(config, "config file", error=HubError)
     spec = data.get("text_encoder")
     if spec is None:
         return None
@@ -216,8 +212,8 @@ def _is_openhart_model(folder: Path) -> bool:
     from .loading import MODEL_TYPE
 
     try:
-        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(folder / "config.json", "config file")
+    except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("model_type") == MODEL_TYPE and (folder / "model.safetensors").is_file()
 
@@ -248,6 +244,7 @@ def _download(repo_id: str, revision: str | None, patterns: list[str], *, what: 
     cache = Path(constants.HF_HUB_CACHE)
     blobs = cache / f"models--{repo_id.replace('/', '--')}" / "blobs"
     before = set(blobs.glob("*.incomplete")) if blobs.is_dir() else set()
+    install_timeouts()
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError as error:
@@ -260,7 +257,9 @@ def _download(repo_id: str, revision: str | None, patterns: list[str], *, what: 
                        "folder, check the path") from error
     except LocalEntryNotFoundError as error:
         offline = constants.HF_HUB_OFFLINE
-        reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "the Hub cannot be reached"
+        reason = ("offline mode is on (HF_HUB_OFFLINE=1)" if offline else
+                  f"the Hub at {constants.ENDPOINT} cannot be reached (no answer within {hub_timeout():g} s, "
+                  f"${HUB_TIMEOUT_ENV})")
         raise HubError(f"{what} {label} is not in the Hugging Face cache ({cache}) and {reason}: "
                        f"{fix}, or pass a local folder") from error
     except (EntryNotFoundError, HfHubHTTPError, OSError, *_transport_errors()) as error:
@@ -270,6 +269,79 @@ def _download(repo_id: str, revision: str | None, patterns: list[str], *, what: 
         if blobs.is_dir():
             for partial in set(blobs.glob("*.incomplete")) - before:
                 partial.unlink(missing_ok=True)
+
+
+# ----- timeouts ------------------------------------------------------------------------------------
+
+HUB_TIMEOUT_ENV = "OPENHART_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT = 30.0  # seconds: to connect, between two bytes, and before the rate floor applies
+MIN_HUB_RATE = 1024  # bytes per second on average, after the first timeout: a dripping endpoint ends
+
+
+def hub_timeout() -> float:
+    """The Hub timeout in seconds: $OPENHART_HUB_TIMEOUT, or 30."""
+    text = os.environ.get(HUB_TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_HUB_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:
+        raise HubError(f"{HUB_TIMEOUT_ENV} must be a number of seconds in (0, 3600], got {text!r}")
+    return value
+
+
+def install_timeouts() -> None:
+    """Give huggingface_hub's HTTP client timeouts (its default client has none, so an endpoint
+    that accepts a connection and never answers hangs it): connect and read timeouts of
+    `hub_timeout()`, and a floor of MIN_HUB_RATE bytes/s on every response after that long, so
+    that an endpoint dripping a byte a second ends too. Each ends as a timeout error that names
+    the URL. Does nothing on huggingface_hub versions without `set_client_factory`."""
+    try:
+        import httpx2 as httpx
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.utils._http import default_client_factory
+    except ImportError:
+        return
+    seconds = hub_timeout()
+
+    class RateFloor(httpx.SyncByteStream):
+        """A response body that raises a read timeout when it arrives slower than MIN_HUB_RATE."""
+
+        def __init__(self, stream, request, started: float):
+            self.stream, self.request, self.started = stream, request, started
+
+        def __iter__(self):
+            received = 0
+            for chunk in self.stream:
+                received += len(chunk)
+                elapsed = time.monotonic() - self.started
+                if elapsed > seconds and received < MIN_HUB_RATE * elapsed:
+                    raise httpx.ReadTimeout(f"{self.request.url} sent {received} bytes in {elapsed:.0f} s, "
+                                            f"slower than {MIN_HUB_RATE} bytes/s", request=self.request)
+                yield chunk
+
+        def close(self):
+            self.stream.close()
+
+    class StallGuard(httpx.HTTPTransport):
+        def handle_request(self, request):
+            # huggingface_hub passes timeout=None on some calls, which overrides a client default
+            limits = dict(request.extensions.get("timeout") or {})
+            request.extensions["timeout"] = {k: seconds if limits.get(k) is None else limits[k]
+                                             for k in ("connect", "read", "write", "pool")}
+            started = time.monotonic()
+            response = super().handle_request(request)
+            response.stream = RateFloor(response.stream, request, started)
+            return response
+
+    def factory():
+        hooks = default_client_factory().event_hooks  # huggingface_hub's request hook (headers)
+        return httpx.Client(event_hooks=hooks, follow_redirects=True, transport=StallGuard(),
+                            timeout=httpx.Timeout(seconds))
+
+    set_client_factory(factory)
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

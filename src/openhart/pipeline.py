@@ -26,6 +26,7 @@ from .loading import load_model, recommended_sampling
 from .metadata import generation_metadata
 from .model import HARTModel
 from .sampling import ScaleRecord, generate
+from .inputs import check_text
 from .seeding import check_seed
 from .text.encoder import HFPromptEncoder, PromptEmbedding, load_prompt_encoder, load_system_prompt
 from .text.random_encoder import random_prompt_encoder
@@ -207,6 +208,7 @@ class HARTPipeline:
                 raise ValueError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
             if not p.strip():
                 raise ValueError("a prompt is empty: describe the image you want, e.g. 'a red apple'")
+            check_text(p, "a prompt", error=ValueError)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
         if negative_prompt is None:
@@ -214,6 +216,8 @@ class HARTPipeline:
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
             raise ValueError("negative_prompt must be one string, or one string per prompt")
+        for n in negatives:
+            check_text(n, "the negative prompt", error=ValueError)
         return prompts, negatives
 
     def resolve_sampling(self, sampling: SamplingConfig | None = None, **overrides) -> SamplingConfig:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import inputs
 from .outputs import atomic_path
 
 
@@ -93,16 +94,11 @@ def first_existing(folder: Path, names: tuple[str, ...]) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> dict:
+    """A config file's JSON object: bounded in size and nesting, UTF-8 (`inputs.read_json`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"cannot parse {path}: not valid JSON ({error})") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return inputs.read_json(path, "config file", error=CheckpointError)
 
 
 # ----- strict loading ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import struct
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,13 +38,18 @@ MEMORY_HEADROOM = 3 << 30  # bytes a case may allocate beyond what the parent ho
 
 @dataclass
 class Case:
-    kind: str                      # "config", "weights", "image", "flags"
+    kind: str                      # "config", "weights", "image", "flags", ... (see make_cases)
     name: str                      # what was mutated, for the report
     folder: Path                   # the case's own folder (model copy, inputs, outputs)
     argv: list[str]
     names: tuple[str, ...]         # a one-line error must mention one of these
-    output: Path | None = None     # the file a successful run must write
+    output: Path | None = None     # the image file a successful run must write
     size: int | None = None        # the side of that output
+    env: dict | None = None        # run `python -m openhart` with this environment (exec, not fork)
+    signal_after: tuple[int, float] | None = None  # (signal, seconds): sent to the running case
+    signal_codes: tuple[int, ...] = ()  # exit codes of a stop by that signal: allowed, no message
+    pair: bool = False             # run the command twice at once (two processes)
+    check: Callable | None = None  # check(case, code, stderr) -> problems, after the run
 
 
 @dataclass
@@ -314,7 +320,15 @@ def _generate_case(kind: str, name: str, folder: Path, names: tuple[str, ...]) -
                 names + (str(model),), output=out)
 
 
+# Kinds of cases: those of this module, then those of issue #25 (fuzz_hostile.py); "web" requests
+# run against one server after the others (fuzz_web.py).
+KINDS = ("config", "weights", "image", "edit", "flags", "outputs", "signals", "concurrency", "bombs", "stalled",
+         "official", "checkpoint", "records", "web")
+
+
 def make_cases(seed: int, work: Path, model: Path, counts: dict[str, int]) -> list[tuple[Case, callable]]:
+    from . import fuzz_hostile as hostile
+
     rng = random.Random(seed)
     cases = []
     cases += config_cases(rng, model, work, counts.get("config", 0))
@@ -322,6 +336,11 @@ def make_cases(seed: int, work: Path, model: Path, counts: dict[str, int]) -> li
     cases += image_cases(rng, work, counts.get("image", 0))
     cases += edit_cases(rng, model, work, counts.get("edit", 0))
     cases += flag_cases(rng, model, work, counts.get("flags", 0))
+    for kind, make in (("outputs", hostile.output_cases), ("signals", hostile.signal_cases),
+                       ("concurrency", hostile.concurrency_cases), ("bombs", hostile.bomb_cases),
+                       ("stalled", hostile.stalled_cases), ("official", hostile.official_cases),
+                       ("checkpoint", hostile.checkpoint_cases), ("records", hostile.record_cases)):
+        cases += make(rng, model, work, counts.get(kind, 0))
     return cases
 
 
@@ -352,11 +371,13 @@ def start_case(case: Case) -> int:
         return pid
     code = 99
     try:  # the child: limits, stdout to /dev/null, stderr to a file, run, exit with the code
-        limit = _vm_size() + MEMORY_HEADROOM
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 2)
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        if case.env is not None:  # settings read at import (HF_ENDPOINT): a fresh interpreter
+            os.execve(sys.executable, [sys.executable, "-m", "openhart", *case.argv], case.env)
+        limit = _vm_size() + MEMORY_HEADROOM
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         sys.stderr = os.fdopen(2, "w", buffering=1)
         sys.stdout = os.fdopen(1, "w")
         import torch
@@ -364,7 +385,7 @@ def start_case(case: Case) -> int:
         torch.set_num_threads(1)
         from openhart.cli import main
 
-        code = main(case.argv)
+        code = _run_pair(case.argv, stderr_path) if case.pair else main(case.argv)
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     except BaseException:  # noqa: BLE001 - anything else is a crash
@@ -379,6 +400,32 @@ def start_case(case: Case) -> int:
             os._exit(code)
 
 
+def _run_pair(argv: list[str], stderr_path: Path) -> int:
+    """Run `argv` in two processes at once; their exit codes go to codes.txt beside stderr.txt,
+    their messages to stderr. Returns 0 (the judge reads codes.txt)."""
+    from openhart.cli import main
+
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                code = main(argv)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except BaseException:  # noqa: BLE001
+                import traceback
+
+                traceback.print_exc()
+                code = 99
+            sys.stderr.flush()
+            os._exit(code)
+        pids.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    (stderr_path.parent / "codes.txt").write_text(" ".join(map(str, codes)))
+    return 0
+
+
 def _judge(case: Case, code: int, seconds: float, timed_out: bool = False) -> Outcome:
     stderr_path = case.folder / "stderr.txt"
     stderr = stderr_path.read_text(errors="replace") if stderr_path.is_file() else ""
@@ -387,6 +434,10 @@ def _judge(case: Case, code: int, seconds: float, timed_out: bool = False) -> Ou
     folder = case.folder
     if timed_out:
         outcome.problems.append(f"no answer within {CASE_TIMEOUT_S} s")
+    elif code in case.signal_codes:
+        pass  # stopped by the signal it was sent: what it left behind is checked below
+    elif case.pair:
+        pass  # the two codes are judged by the case's check
     elif code == 0:
         output = case.output
         if output is not None and not output.exists():  # several images: -000, -001, ...
@@ -402,9 +453,12 @@ def _judge(case: Case, code: int, seconds: float, timed_out: bool = False) -> Ou
             outcome.problems.append("an output was written by a failed run")
     else:
         outcome.problems.append(f"exit code {code}")
-    leftovers = [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".old")]
+    leftovers = [p for p in folder.rglob("*") if p.name.endswith((".tmp", ".old", ".lock"))
+                 and not p.is_symlink() and not p.is_fifo()]
     if leftovers:
         outcome.problems.append(f"half-written files left: {[p.name for p in leftovers][:3]}")
+    if case.check is not None and not timed_out:
+        outcome.problems += case.check(case, code, stderr)
     return outcome
 
 
@@ -432,7 +486,7 @@ def run(seed: int, work: Path, counts: dict[str, int], *, workers: int = 2,
     work.mkdir(parents=True, exist_ok=True)
     model = base_model(work / "base-model")
     cases = make_cases(seed, work, model, counts)
-    pending, running, outcomes = list(cases), {}, []
+    pending, running, outcomes, signalled = list(cases), {}, [], set()
     while pending or running:
         while pending and len(running) < workers:
             case, prepare = pending.pop(0)
@@ -442,6 +496,9 @@ def run(seed: int, work: Path, counts: dict[str, int], *, workers: int = 2,
         if pid == 0:
             now = time.monotonic()
             for pid, (case, started) in list(running.items()):
+                if case.signal_after and pid not in signalled and now - started >= case.signal_after[1]:
+                    signalled.add(pid)
+                    os.kill(pid, case.signal_after[0])
                 if now - started > CASE_TIMEOUT_S:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
@@ -455,8 +512,21 @@ def run(seed: int, work: Path, counts: dict[str, int], *, workers: int = 2,
         if progress is not None:
             progress(outcome)
         if not outcome.problems:
-            shutil.rmtree(case.folder, ignore_errors=True)
-    return outcomes, Counter(c.kind for c, _ in cases)
+            _remove(case.folder)
+    from .fuzz_hostile import close_endpoints
+    from .fuzz_web import run_web
+
+    close_endpoints()
+    web = run_web(seed, work, model, counts.get("web", 0), progress)
+    return outcomes + web, Counter([c.kind for c, _ in cases] + ["web"] * len(web))
+
+
+def _remove(folder: Path) -> None:
+    """Remove a case's folder, read-only files and FIFOs included."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o644)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def report(outcomes: list[Outcome], kinds: Counter) -> str:

@@ -1,10 +1,13 @@
 """The seeded fuzz test of openhart's inputs (tests/helpers/fuzz.py; docs/reliability.md).
 
-About 300 mutations of a tiny model folder (every field of config.json with hostile types, signs,
-NaN/Inf, huge values and lists for objects; truncations, bit flips and header edits of
-model.safetensors), hostile image files and hostile flags, each run in a forked child under a
-memory and a time limit. The only outcomes allowed are exit 0 with a valid output, or exit 2
-with one line naming the file or flag, and nothing half-written. `scripts/fuzz.py` runs longer.
+563 cases: mutations of a tiny model folder (every field of config.json with hostile types,
+signs, NaN/Inf, huge values and lists for objects; truncations, bit flips and header edits of
+model.safetensors), hostile image files and flags, and the classes of issue #25 (output targets,
+signals during writes, concurrent writers, bombs, stalled Hub endpoints, the official layout's
+config types, doctored checkpoints, dataset records, web requests), each run in a forked child
+under a memory and a time limit. The only outcomes allowed are exit 0 with a valid output, or
+exit 2 with one line naming the file or flag, and nothing half-written or lost.
+`scripts/fuzz.py` runs longer.
 """
 
 import os
@@ -14,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("OPENHART_TEST_ARTIFACTS", ROOT / "test-artifacts"))
-CI_COUNTS = {"config": 200, "weights": 100, "image": 28, "flags": 60, "edit": 42}
+CI_COUNTS = {"config": 200, "weights": 100, "image": 28, "flags": 60, "edit": 42, "outputs": 10, "signals": 12,
+             "concurrency": 4, "bombs": 8, "stalled": 2, "official": 40, "checkpoint": 14, "records": 14, "web": 20}
 
 
 def test_fuzz_model_folders_images_and_flags(tmp_path):

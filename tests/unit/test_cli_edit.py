@@ -72,10 +72,10 @@ def test_inputs_that_are_adapted_get_a_note(files, caplog):
     (["edit", "{image}", "--mask", "{missing}", "x"], "mask not found"),
     (["edit", "{image}", "--outpaint", "1,2", "x"], "four pixel counts"),
     (["edit", "{image}", "--outpaint", "0,0,0,0", "x"], "nothing to outpaint"),
-    (["edit", "{image}", "--mask", "{mask}", "x", "--dilate", "-1"], "pixels >= 0"),
+    (["edit", "{image}", "--mask", "{mask}", "x", "--dilate", "-1"], "argument --dilate: must be between 0 and 16384"),
     (["edit", "{image}", "--mask", "{mask}", "   "], "prompt is empty"),
     (["edit", "{image}", "--mask", "{not_an_image}", "x"], "cannot read"),
-    (["vary", "{image}", "--strength", "1.5"], "--strength must be between 0 and 1"),
+    (["vary", "{image}", "--strength", "1.5"], "argument --strength: must be a number between 0 and 1"),
     (["edit", "{image}", "x"], "one of the arguments --mask --outpaint is required"),
 ])
 def test_unusable_input_is_one_line_and_exit_code_2(files, capsys, argv, message):

@@ -64,7 +64,7 @@ def test_resume_position(sidecar_folder):
     (lambda d: None, "no images in"),
     (lambda d: _image("red").save(d / "x.png"), "have no caption"),
     (lambda d: (d / "metadata.jsonl").write_text('{"file_name": "gone.png", "text": "t"}\n'), "do not exist"),
-    (lambda d: (d / "metadata.jsonl").write_text('{"file": "x"}\n'), "'file_name' and 'text'"),
+    (lambda d: (d / "metadata.jsonl").write_text('{"file": "x"}\n'), "a 'file_name' and a 'text' string"),
 ])
 def test_bad_folders(tmp_path, setup, message):
     setup(tmp_path)

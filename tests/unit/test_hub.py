@@ -242,3 +242,69 @@ def test_adapters_come_from_the_hub_and_then_work_offline(tmp_path):
     assert online.tobytes() == offline.tobytes()
     adapters = json.loads(offline.text["openhart"])["adapters"]
     assert adapters[0]["source"] == "me/hart-lora" and adapters[0]["scale"] == 0.5
+
+
+class StalledEndpoint:
+    """A server on 127.0.0.1 that accepts connections and then never answers ("silent") or
+    answers a byte every half second ("drip")."""
+
+    def __init__(self, behaviour: str):
+        import threading
+
+        self.behaviour = behaviour
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self):
+        import threading
+
+        self.socket.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
+
+    def answer(self, connection):
+        with connection:
+            connection.recv(65536)
+            if self.behaviour == "drip":
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: 100000\r\n\r\n")
+            while not self.stop.wait(0.5):
+                if self.behaviour == "drip":
+                    try:
+                        connection.sendall(b" ")
+                    except OSError:
+                        return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.socket.close()
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "drip"])
+def test_a_stalled_endpoint_ends_with_one_line_naming_it(tmp_path, behaviour):
+    import time
+
+    with StalledEndpoint(behaviour) as endpoint:
+        started = time.monotonic()
+        done = run_cli(["download", REPO], tmp_path / "hf", endpoint.url, OPENHART_HUB_TIMEOUT="2")
+        seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    lines = messages(done.stderr)
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert endpoint.url in lines[0] and "cannot be reached" in lines[0]
+    assert seconds < 60
+
+
+def test_a_bad_hub_timeout_setting_is_one_line(tmp_path):
+    done = run_cli(["download", REPO], tmp_path / "hf", "http://127.0.0.1:9", OPENHART_HUB_TIMEOUT="soon")
+    assert done.returncode == 2 and "OPENHART_HUB_TIMEOUT must be a number" in done.stderr

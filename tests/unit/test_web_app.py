@@ -224,3 +224,35 @@ def test_the_page_shows_the_loaded_adapters_and_pngs_record_them_without_paths(t
         record = json.loads(image.text["openhart"])
     assert record["adapters"] == [{"name": "default_0", "source": "my-style",
                                    "fingerprint": pipe.describe_adapters()[0]["fingerprint"], "scale": 0.75}]
+
+
+def test_gradio_level_rejections_are_quiet_messages(pipe, tmp_path):
+    """A request with too few values is refused by Gradio before any handler runs; it must
+    reach the client as a message and leave no traceback in the server log."""
+    import gradio as gr
+
+    app = build_app(ImageService(pipe, tmp_path), ServeLimits())
+    (block_fn,) = [f for f in app.fns.values() if getattr(f.fn, "__name__", "") == "run"]
+    with pytest.raises(gr.Error, match="the request has 3 input values; this endpoint takes 12") as raised:
+        app.validate_inputs(block_fn, ["a", "", 1])
+    assert raised.value.print_exception is False
+    app.validate_inputs(block_fn, [None] * 12)  # enough values: Gradio's check passes them on
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(seed=10**400), "seed must be between 0 and 9223372036854775807, got a number of about 401 digits"),
+    (dict(num_images=-10**5000), "number of images must be between 1 and 8"),
+    (dict(prompt="a \udcff cat"), "prompt is not valid UTF-8"),
+])
+def test_unbounded_and_undecodable_web_values_are_one_message(pipe, tmp_path, changes, message):
+    import gradio as gr
+
+    app = build_app(ImageService(pipe, tmp_path), ServeLimits())
+    (fn,) = [f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "run"]
+    arguments = dict(prompt="red apple", negative_prompt="", seed=0, guidance_scale=4.5, num_images=1,
+                     top_k=None, top_p=0.0, smooth=True, head_steps=2, use_residual=True,
+                     head_temperature=1.0, last_scale="official")
+    arguments.update(changes)
+    with pytest.raises(gr.Error, match=message) as raised:
+        fn(**arguments)
+    assert raised.value.print_exception is False

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..device import default_dtype, resolve_device, resolve_dtype
 from ..outputs import check_output_file
 from .common import UsageError
+from .ranges import integer, real
 
 
 BENCH_EXAMPLES = """\
@@ -37,16 +38,16 @@ def add_command(commands) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 where the hardware has native bf16, else fp32), fp32, bf16, fp16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch", type=int, default=1, help="prompts per generation (default 1)")
+    p.add_argument("--batch", type=integer(1, 1024), default=1, help="prompts per generation (default 1)")
     p.add_argument("--low-memory", action="store_true",
                    help="free the text encoder once the prompts are encoded")
     p.add_argument("--text-encoder", choices=("qwen2-1.5b", "none"), default="qwen2-1.5b",
                    help="random text encoder to time, or none (random features)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs, median reported (default 3)")
-    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=4.5,
+    p.add_argument("--warmup", type=integer(0, 1000), default=1, help="untimed runs first (default 1)")
+    p.add_argument("--repeats", type=integer(1, 1000), default=3, help="timed runs, median reported (default 3)")
+    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=real(0, 1000), default=4.5,
                    help="guidance scale (default 4.5)")
-    p.add_argument("--matmul-size", type=int, default=None,
+    p.add_argument("--matmul-size", type=integer(64, 32768), default=None,
                    help="side of the matmul that measures the peak (default 2048 on the CPU, "
                         "8192 on GPUs)")
     p.add_argument("--compile", action="store_true",
@@ -58,7 +59,7 @@ def add_command(commands) -> None:
                    help="time fine-tuning steps instead of a generation: batch --batch of cached "
                         "inputs, activation checkpointing, bf16 autocast where native (--dtype "
                         "fp32 forces fp32); seconds per step, peak memory, trainable parameters")
-    p.add_argument("--steps", type=int, default=2, help="--finetune: timed steps after one counted step (default 2)")
+    p.add_argument("--steps", type=integer(1, 10_000), default=2, help="--finetune: timed steps after one counted step (default 2)")
     p.add_argument("--json", type=Path, default=None, help="write the full result as JSON here")
     p.set_defaults(handler=run)
 
@@ -68,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
-    if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
-        raise UsageError("--batch and --repeats must be >= 1 and --warmup >= 0")
     if args.json is not None:
         check_output_file(args.json, "--json")
     if args.finetune is not None:
@@ -93,8 +92,6 @@ def run_finetune(args: argparse.Namespace, device) -> int:
     from ..outputs import atomic_path
     from ..train.finetune_bench import format_finetune_report, run_finetune_bench
 
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.dtype not in ("auto", "fp32", "bf16"):
         raise UsageError("--finetune trains fp32 weights: --dtype auto (bf16 autocast where native), bf16 or fp32")
     precision = "auto" if args.dtype == "auto" else args.dtype

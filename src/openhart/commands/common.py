@@ -11,26 +11,22 @@ import torch
 from ..config import LAST_SCALE_MODES
 from ..device import default_dtype, resolve_device, resolve_dtype
 from ..outputs import check_output_file
+from .ranges import integer, real, seed
 
 
 class UsageError(ValueError):
     """Bad command-line input, reported as one line with exit code 2."""
 
 
-def check_image_outputs(args: argparse.Namespace, max_images: int, prompts: int = 1) -> None:
-    """--out (a writable .png: every file that `prompts` x --num-images images will be written
-    to), --num-images and --seed of the commands that write images, checked before any work."""
-    from ..seeding import check_seed
-
+def check_image_outputs(args: argparse.Namespace, prompts: int = 1) -> None:
+    """--out of the commands that write images (a .png; every file that `prompts` x
+    --num-images images will be written to must be writable), checked before any work. The
+    numbers (--num-images, --seed) are checked by their types at parse time."""
     if args.out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {args.out}")
-    if not 1 <= args.num_images <= max_images:
-        raise UsageError(f"--num-images must be between 1 and {max_images}, got {args.num_images}")
     count = 1 if getattr(args, "grid", False) else prompts * args.num_images
     for path in output_paths(args.out, count):
         check_output_file(path)
-    if args.seed is not None:
-        check_seed(args.seed)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -86,16 +82,16 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """--seed, --negative-prompt and the sampling settings of the commands that sample."""
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
-    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None,
+    p.add_argument("--seed", type=seed(), default=None, help="random seed (default: a fresh one, printed)")
+    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=real(0, 1000), default=None,
                    help="classifier-free guidance scale (default: the model's, 4.5 for the official "
                         "model)")
     p.add_argument("--negative-prompt", default=None,
                    help="text for the unconditional branch (default: HART's zero features)")
-    p.add_argument("--top-k", type=int, default=None,
+    p.add_argument("--top-k", type=integer(0, 1 << 20), default=None,
                    help="top-k at every scale, 0 = off (default: the model folder's; officially "
                         "600 for scales < 7, then 300)")
-    p.add_argument("--top-p", type=float, default=None,
+    p.add_argument("--top-p", type=real(0, 1), default=None,
                    help="nucleus sampling threshold, 0 = off (default: the model folder's)")
     p.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=None,
                    help="Gumbel smoothing of code embeddings (default on, as the official scripts)")
@@ -106,12 +102,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="which embedding the residual is added to: 'consistent' (the code the "
                         "head was conditioned on), 'official' (the smoothed embedding of a second "
                         "draw, as the official sampler) or 'gumbel' (default: the model folder's)")
-    p.add_argument("--head-temperature", type=float, default=None,
+    p.add_argument("--head-temperature", type=real(0, 100), default=None,
                    help="noise temperature of the residual head, 0 = no noise after the first "
                         "step (default: the model folder's, 1 for the official model)")
-    p.add_argument("--head-steps", type=int, default=None,
+    p.add_argument("--head-steps", type=integer(1, 1000), default=None,
                    help="diffusion steps of the residual head (default 8)")
-    p.add_argument("--maskgit-iters", type=int, default=None,
+    p.add_argument("--maskgit-iters", type=integer(1, 1 << 20), default=None,
                    help="MaskGIT iterations on the last scale (default 1)")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..editing import inpaint_input, log_notes, outpaint_input, variation_input
 from ..images import save_png
+from ..inputs import check_text
 from .common import (
     UsageError,
     add_device_arguments,
@@ -19,6 +20,7 @@ from .common import (
     sampling_settings,
 )
 from .generate import CHUNK, scale_progress
+from .ranges import integer, real
 
 MAX_IMAGES = 64
 
@@ -56,8 +58,8 @@ def add_command(commands) -> None:
                           "its size differs")
     how.add_argument("--outpaint", metavar="LEFT,TOP,RIGHT,BOTTOM",
                      help="pixels to add on each side (of the image as given)")
-    edit.add_argument("--dilate", type=int, default=0, help="grow the masked region by N pixels (default 0)")
-    edit.add_argument("--feather", type=int, default=None,
+    edit.add_argument("--dilate", type=integer(0, 16384), default=0, help="grow the masked region by N pixels (default 0)")
+    edit.add_argument("--feather", type=integer(0, 16384), default=None,
                       help="after decoding, blend with the image over N pixels on each side of the border "
                            "(0: a hard border; default: no blending)")
     _add_common(edit)
@@ -70,7 +72,7 @@ def add_command(commands) -> None:
                     "Strength 0 gives the tokenizer's reconstruction, 1 a new image.",
         epilog=VARY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     vary.add_argument("image", type=Path, metavar="IMAGE", help="the image to vary")
-    vary.add_argument("--strength", type=float, required=True, help="0 (keep every scale) to 1 (keep none)")
+    vary.add_argument("--strength", type=real(0, 1), required=True, help="0 (keep every scale) to 1 (keep none)")
     vary.add_argument("--prompt", default=None, help="guide the new scales with a prompt (default: none)")
     _add_common(vary)
     vary.set_defaults(handler=run_vary)
@@ -79,7 +81,7 @@ def add_command(commands) -> None:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="output PNG; with several images, -000, -001, ... are added to the name")
-    p.add_argument("--num-images", type=int, default=1, help=f"images to draw, 1 to {MAX_IMAGES} (default 1)")
+    p.add_argument("--num-images", type=integer(1, MAX_IMAGES), default=1, help=f"images to draw, 1 to {MAX_IMAGES} (default 1)")
     add_sampling_arguments(p)
     add_model_arguments(p)
     add_device_arguments(p)
@@ -90,8 +92,6 @@ def run_edit(args: argparse.Namespace) -> int:
     _check(args)
     if args.mask is not None and not args.mask.is_file():
         raise UsageError(f"mask not found: {args.mask}")
-    if args.dilate < 0 or (args.feather is not None and args.feather < 0):
-        raise UsageError("--dilate and --feather take a number of pixels >= 0")
     if args.outpaint is None:
         return _write(args, lambda model: inpaint_input(model, args.image, args.mask, dilate_pixels=args.dilate),
                       args.prompt, args.feather)
@@ -103,26 +103,31 @@ def run_edit(args: argparse.Namespace) -> int:
 
 def run_vary(args: argparse.Namespace) -> int:
     _check(args)
-    if not 0 <= args.strength <= 1:
-        raise UsageError(f"--strength must be between 0 and 1, got {args.strength:g}")
     return _write(args, lambda model: variation_input(model, args.image, args.strength), args.prompt, None)
 
 
 def _check(args: argparse.Namespace) -> None:
     if not args.image.is_file():
         raise UsageError(f"image not found: {args.image}")
-    check_image_outputs(args, MAX_IMAGES)
+    for text, name in ((args.prompt, "PROMPT"), (args.negative_prompt, "--negative-prompt")):
+        if text is not None:
+            check_text(text, name, error=UsageError)
+    check_image_outputs(args)
+
+
+MAX_PAD = 16384  # pixels added on one side at most
 
 
 def _parse_pad(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
     try:
-        pad = tuple(int(p) for p in parts)
+        pad = tuple(int(p) for p in parts if len(p.strip()) <= 8)
     except ValueError:
         pad = ()
-    if len(pad) != 4 or min(pad) < 0:
-        raise UsageError(f"--outpaint takes four pixel counts >= 0, LEFT,TOP,RIGHT,BOTTOM (e.g. 32,0,32,0), "
-                         f"got {text!r}")
+    if len(pad) != 4 or len(parts) != 4 or min(pad) < 0 or max(pad) > MAX_PAD:
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        raise UsageError(f"--outpaint takes four pixel counts between 0 and {MAX_PAD}, LEFT,TOP,RIGHT,BOTTOM "
+                         f"(e.g. 32,0,32,0), got {shown!r}")
     return pad
 
 

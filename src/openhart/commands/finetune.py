@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .common import UsageError
+from .ranges import integer, real, seed
 
 FINETUNE_EXAMPLES = """\
 examples:
@@ -40,43 +41,43 @@ def add_command(commands) -> None:
     p.add_argument("--text-encoder", default=None, help="default: the one the model names")
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                    help="official models: EMA or raw llm weights (default: EMA when present)")
-    p.add_argument("--resolution", type=int, default=None,
+    p.add_argument("--resolution", type=integer(8, 4096), default=None,
                    help="training resolution; its scales must be a prefix of the model's, e.g. 256 or "
                         "512 for the 1024-px model (default: the model's own)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: about 20 epochs, 200-2000)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--steps", type=integer(1, 100_000_000), default=None, help="optimizer steps (default: about 20 epochs, 200-2000)")
+    p.add_argument("--lr", type=real(0, 1, above=True), default=None,
                    help="peak learning rate (default: 2e-4 * sqrt(1024 / width) for LoRA, "
                         "2e-5 * 1024 / width for --full)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=integer(1, 4096), default=None,
                    help="images per forward pass over all processes (default 4 for widths >= 1024, else 16)")
-    p.add_argument("--grad-accum", type=int, default=1,
+    p.add_argument("--grad-accum", type=integer(1, 4096), default=1,
                    help="forward passes per optimizer step (gradient accumulation; default 1)")
     kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--lora-rank", type=int, default=None, help="rank of the LoRA adapter (default 16)")
+    kind.add_argument("--lora-rank", type=integer(1, 4096), default=None, help="rank of the LoRA adapter (default 16)")
     kind.add_argument("--full", action="store_true", help="train every weight of the transformer instead of a LoRA")
-    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank, a scale of 1)")
+    p.add_argument("--lora-alpha", type=real(0, 1e6, above=True), default=None, help="LoRA alpha (default: the rank, a scale of 1)")
     p.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=False,
                    help="adapt the diffusion head too (default: off)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 autocast where the device has native bf16, else fp32 (default)")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="activation checkpointing (default: on for widths >= 1024)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the adapter, the data order and every draw (default 0)")
+    p.add_argument("--seed", type=seed(), default=0, help="seeds the adapter, the data order and every draw (default 0)")
     p.add_argument("--trigger", dest="trigger_words", action="append", default=[], metavar="WORD",
                    help="a word of the captions that names the new concept, recorded with the adapter (repeatable)")
     p.add_argument("--prior-data", default=None, metavar="DATA",
                    help="images of what the model should keep drawing (e.g. the images it was trained "
                         "on, or images it generated for related captions), mixed into training so that "
                         "prompts without your concept keep their images (prior preservation)")
-    p.add_argument("--prior-fraction", type=float, default=None,
+    p.add_argument("--prior-fraction", type=real(0, 1), default=None,
                    help="share of the training examples drawn from --prior-data (default 0.5)")
     p.add_argument("--cache-dir", default=None,
                    help="where latent caches are kept (default: $OPENHART_CACHE/latents or ~/.cache/openhart/latents)")
-    p.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the trained weights (default 0: none)")
-    p.add_argument("--sample-every", type=int, default=0,
+    p.add_argument("--ema-decay", type=real(0, 1), default=0.0, help="EMA of the trained weights (default 0: none)")
+    p.add_argument("--sample-every", type=integer(0, 100_000_000), default=0,
                    help="sample images of DATA's first captions every this many steps (default 0: only RUN/samples.png)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="default: a fifth of the steps, at most 500")
-    p.add_argument("--log-every", type=int, default=None,
+    p.add_argument("--checkpoint-every", type=integer(1, 100_000_000), default=None, help="default: a fifth of the steps, at most 500")
+    p.add_argument("--log-every", type=integer(1, 100_000_000), default=None,
                    help="steps between lines of RUN/metrics.jsonl (default: a twentieth of the steps, at most 50)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the underlying transformer training config, e.g. "
@@ -92,13 +93,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ..train.finetune import FinetuneOptions, finetune
 
     logging.getLogger("openhart").setLevel(logging.INFO)
-    for name in ("steps", "batch_size", "lora_rank", "checkpoint_every", "log_every", "resolution"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.grad_accum < 1 or args.sample_every < 0:
-        raise UsageError("--grad-accum must be >= 1 and --sample-every >= 0")
-    if args.lr is not None and not 0 < args.lr < 1:
+    if args.lr is not None and args.lr >= 1:
         raise UsageError(f"--lr must be in (0, 1), got {args.lr}")
     if args.prior_fraction is not None and args.prior_data is None:
         raise UsageError("--prior-fraction needs --prior-data")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..images import image_grid, save_png
+from ..inputs import check_text, read_text
 from ..sampling import per_scale
 from .common import (
     UsageError,
@@ -21,6 +22,7 @@ from .common import (
     load_pipeline,
     sampling_settings,
 )
+from .ranges import integer
 
 # Images per prompt at most; they are generated CHUNK at a time (bounded memory).
 MAX_IMAGES = 1024
@@ -52,7 +54,7 @@ def add_command(commands) -> None:
     p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
     p.add_argument("--out", type=Path, required=True,
                    help="output PNG; with several images, -000, -001, ... are added to the name")
-    p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    p.add_argument("--num-images", type=integer(1, MAX_IMAGES), default=1, help="images per prompt (default 1)")
     p.add_argument("--grid", action="store_true",
                    help="write one grid image to --out (a row per prompt, a column per image) "
                         "instead of one PNG per image")
@@ -66,15 +68,15 @@ def add_command(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    prompts = list(args.prompts)
+    prompts = [check_text(p, f"PROMPT {p[:40]!r}", error=UsageError) for p in args.prompts]
     if args.prompts_file is not None:
-        if not args.prompts_file.is_file():
-            raise UsageError(f"prompts file not found: {args.prompts_file}")
-        prompts += [line.strip() for line in args.prompts_file.read_text(encoding="utf-8").splitlines()
-                    if line.strip()]
+        text = read_text(args.prompts_file, "prompts file", error=UsageError)
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UsageError("no prompt given: pass PROMPT arguments or --prompts-file")
-    check_image_outputs(args, MAX_IMAGES, prompts=len(prompts))
+    if args.negative_prompt is not None:
+        check_text(args.negative_prompt, "--negative-prompt", error=UsageError)
+    check_image_outputs(args, prompts=len(prompts))
     pipe = load_pipeline(args, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(None, **sampling_settings(args))
     seed = secrets.randbits(62) if args.seed is None else args.seed

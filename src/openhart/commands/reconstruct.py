@@ -15,6 +15,7 @@ from ..loading import load_tokenizer
 from ..outputs import check_output_file
 from ..tokenizer import HybridTokenizer
 from .common import UsageError
+from .ranges import integer, seed
 
 
 RECONSTRUCT_EXAMPLES = """\
@@ -46,10 +47,10 @@ def add_command(commands) -> None:
                         "default: the 'small' preset with random weights")
     p.add_argument("--out-dir", type=Path, default=None,
                    help="where to write the reconstructions (default: the input's folder)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=integer(8, 16384), default=None,
                    help="image side to encode at (default: the tokenizer's full resolution)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed(), default=0,
                    help="seed of the random weights when no --tokenizer is given (default 0)")
     p.set_defaults(handler=run)
 

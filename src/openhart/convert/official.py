@@ -9,6 +9,7 @@ an unknown field or key is an error. It also reads official folders (`official_r
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,6 +77,50 @@ _TOKENIZER_KEY_RULES = [
 _TOKENIZER_IGNORED_KEYS = re.compile(r"^(disc\.|vae\.quantize\.ema_vocab_hit_SV$|quantize\.ema_vocab_hit_SV$)")
 
 
+# ----- typed fields ---------------------------------------------------------------------------------
+# The JSON type of every official field that openhart reads: a value of another type (null, a
+# list, an object, a bool for a number, NaN/Inf) is a one-line error naming the field.
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return (_integer(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _integers(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(_integer(v) for v in value)
+
+
+_TYPES = {
+    "an integer": _integer, "a finite number": _number, "true or false": lambda v: isinstance(v, bool),
+    "a string": lambda v: isinstance(v, str), "a non-empty list of integers": _integers,
+    "a step count (string or integer)": lambda v: isinstance(v, str) or _integer(v),
+}
+_TOKENIZER_FIELD_TYPES = {
+    "vocab_size": "an integer", "z_channels": "an integer", "ch": "an integer",
+    "ch_mult": "a non-empty list of integers", "dropout": "a finite number", "beta": "a finite number",
+    "using_znorm": "true or false", "quant_conv_ks": "an integer", "v_patch_nums": "a non-empty list of integers",
+    "quant_resi": "a finite number", "share_quant_resi": "an integer", "default_qresi_counts": "an integer",
+    "double_decoder": "true or false", "quantizer_type": "a string",
+}
+_LLM_FIELD_TYPES = {
+    "embed_dim": "an integer", "depth": "an integer", "num_heads": "an integer", "mlp_ratio": "a finite number",
+    "context_token": "an integer", "context_dim": "an integer", "use_context_norm": "true or false",
+    "norm_eps": "a finite number", "diff_width": "an integer", "diff_depth": "an integer",
+    "num_sampling_steps": "a step count (string or integer)", "patch_nums": "a non-empty list of integers",
+}
+
+
+def check_field_types(data: Mapping, types: Mapping[str, str]) -> None:
+    """Raise a ValueError naming the first field of `data` whose value is not of its type."""
+    for field, expected in types.items():
+        if field in data and not _TYPES[expected](data[field]):
+            shown = repr(data[field])
+            raise ValueError(f"{field} must be {expected}, got {shown if len(shown) <= 40 else shown[:40] + '...'}")
+
+
 def is_official_tokenizer_config(data: Mapping) -> bool:
     return data.get("model_type") in TOKENIZER_MODEL_TYPES
 
@@ -90,6 +135,7 @@ def tokenizer_config_from_official(data: Mapping) -> TokenizerConfig:
     unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
     if unknown:
         raise ValueError(f"unknown field(s) in the official tokenizer config: {unknown}")
+    check_field_types(data, _TOKENIZER_FIELD_TYPES)
     if data.get("double_decoder", False):
         raise ValueError("double_decoder=true (a second decoder for the discrete path) is not "
                          "supported; the released tokenizer has double_decoder=false")
@@ -241,6 +287,10 @@ def read_official_model(root: Path, weights: str = "auto") -> tuple[HARTConfig, 
         raise CheckpointError(f"{tok / CONFIG_NAME} has model_type {tok_data.get('model_type')!r}, "
                               f"expected one of {sorted(TOKENIZER_MODEL_TYPES)}")
     try:
+        tokenizer_config_from_official(tok_data)
+    except ValueError as error:
+        raise CheckpointError(f"{tok / CONFIG_NAME}: {error}") from error
+    try:
         config = hart_config_from_official(llm_data, tok_data)
     except ValueError as error:
         raise CheckpointError(f"{llm / CONFIG_NAME}: {error}") from error
@@ -289,6 +339,7 @@ def hart_config_from_official(llm: Mapping, tokenizer: Mapping) -> HARTConfig:
     unknown = sorted(k for k in llm if k not in known and not k.startswith("_"))
     if unknown:
         raise ValueError(f"unknown field(s) in the official llm config: {unknown}")
+    check_field_types(llm, _LLM_FIELD_TYPES)
     for field, released in _LLM_REQUIRED.items():
         if field in llm and llm[field] != released:
             raise ValueError(f"{field}={llm[field]!r} is not supported: openhart implements the "

@@ -11,7 +11,6 @@ a run.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import tarfile
@@ -22,12 +21,14 @@ from pathlib import Path
 import torch
 
 from ..images import open_image
+from ..inputs import InputError, decode_utf8, parse_json, read_text
 from ..seeding import derive_seed, keyed_generator
 from .transforms import image_to_tensor
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_MEMBER_BYTES = 64 << 20  # of a tar member (image or caption); larger ones are skipped unread
 
 
 @dataclass
@@ -82,20 +83,23 @@ class ImageCaptionFolder(StreamingDataset):
     def _read_metadata(self) -> list[tuple[Path, str]]:
         items, missing = [], []
         path = self.root / "metadata.jsonl"
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_text(path, "metadata file").splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                entry = json.loads(line)
-                name, text = entry["file_name"], entry["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{number}: expected a JSON object with 'file_name' and "
-                                 f"'text' ({error})") from error
-            if not isinstance(text, str) or not text.strip():
+            entry = parse_json(line, f"{path}:{number}")
+            name = entry.get("file_name") if isinstance(entry, dict) else None
+            text = entry.get("text") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not isinstance(text, str):
+                raise ValueError(f"{path}:{number}: expected a JSON object with a 'file_name' and a 'text' "
+                                 f"string, got {line[:80]!r}")
+            if not text.strip():
                 raise ValueError(f"{path}:{number}: the caption of {name} is empty")
-            if not (self.root / name).is_file():
+            image = self.root / name
+            if not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"{path}:{number}: file_name {name[:80]!r} must be a path inside {self.root}")
+            if not image.is_file():
                 missing.append(name)
-            items.append((self.root / name, text))
+            items.append((image, text))
         if missing:
             raise ValueError(f"{path} names {len(missing)} image(s) that do not exist, e.g. {missing[:3]}")
         return items
@@ -109,7 +113,7 @@ class ImageCaptionFolder(StreamingDataset):
                 f"{[str(p.relative_to(self.root)) for p in uncaptioned[:3]]}: add a metadata.jsonl "
                 "(one {\"file_name\": ..., \"text\": ...} per line) or a .txt file beside each image"
             )
-        return [(p, p.with_suffix(".txt").read_text(encoding="utf-8").strip()) for p in images]
+        return [(p, read_text(p.with_suffix(".txt"), "caption file").strip()) for p in images]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -171,34 +175,63 @@ class TarShards(StreamingDataset):
                     yield position, sample
 
     def _read_shard(self, shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-        groups: dict[str, dict[str, bytes]] = {}
+        """The examples of a shard, one at a time: the members of one key are consecutive (as
+        WebDataset writes them), so memory holds one example. Members larger than
+        MAX_MEMBER_BYTES (declared or read) are skipped and counted without being read."""
+        key, parts = None, {}
         try:
             with tarfile.open(shard) as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
-                    key, _, ext = member.name.rpartition(".")
-                    groups.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
-        except (tarfile.TarError, OSError) as error:
+                    name, _, ext = member.name.rpartition(".")
+                    if name != key:
+                        if parts:
+                            yield key, parts
+                        key, parts = name, {}
+                    if member.size > MAX_MEMBER_BYTES:
+                        parts["oversized"] = member.name.encode()
+                        continue
+                    data = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)
+                    if len(data) != member.size:
+                        parts["oversized"] = member.name.encode()
+                        continue
+                    parts[ext.lower()] = data
+        except (tarfile.TarError, OSError, EOFError) as error:
             self.skipped += 1
-            logger.warning("skipping unreadable shard %s (%s)", shard, error)
+            logger.warning("skipping the rest of unreadable shard %s (%s)", shard, error)
             return
-        yield from groups.items()
+        if parts:
+            yield key, parts
 
     def _decode(self, shard: Path, key: str, parts: dict[str, bytes],
                 generator: torch.Generator) -> Sample | None:
         image_ext = next((e for e in parts if f".{e}" in IMAGE_EXTENSIONS), None)
-        caption = parts["txt"].decode("utf-8").strip() if "txt" in parts else None
-        if caption is None and "json" in parts:
-            caption = json.loads(parts["json"]).get("text")
         try:
+            if "oversized" in parts:
+                raise ValueError(f"member {parts['oversized'].decode()} is larger than {MAX_MEMBER_BYTES >> 20} MB "
+                                 "or shorter than its header says")
+            caption = _tar_caption(parts, f"{shard}/{key}")
             if image_ext is None or not caption:
                 raise ValueError("image or caption missing")
             image = open_image(io.BytesIO(parts[image_ext]), f"{key}.{image_ext}")
             tensor = image_to_tensor(image, self.resolution, self.random_crop, generator)
-        except (OSError, ValueError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:
             self.skipped += 1
             logger.warning("skipping %s in %s (%s); %d skipped so far", key, shard, error, self.skipped)
             return None
         return Sample(image=tensor, caption=caption, key=f"{shard.name}/{key}",
                       index=derive_seed(shard.name, key))
+
+
+def _tar_caption(parts: dict[str, bytes], source: str) -> str | None:
+    """The caption of a tar example: its `.txt`, or the `text` string of its `.json`."""
+    if "txt" in parts:
+        return decode_utf8(parts["txt"], f"{source}.txt").strip()
+    if "json" in parts:
+        record = parse_json(decode_utf8(parts["json"], f"{source}.json"), f"{source}.json")
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise InputError(f"{source}.json must hold an object with a 'text' string")
+        return text.strip()
+    return None

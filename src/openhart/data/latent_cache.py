@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..inputs import read_json
 from ..loading import load_tokenizer, save_tokenizer
 from ..outputs import staged_folder
 from ..serialization import write_json, write_safetensors
@@ -91,7 +92,7 @@ class LatentCache:
             raise ValueError(f"{self.root} is not a latent cache (no {MANIFEST}); build one with "
                              "`openhart cache --data DIR --tokenizer DIR --text-encoder DIR --out "
                              f"{self.root}`")
-        self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
+        self.manifest = read_json(manifest, "latent cache manifest")
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{manifest} is not a latent cache manifest")
         if self.manifest.get("format_version") != FORMAT_VERSION:
@@ -150,6 +151,10 @@ class LatentCache:
             yield position + 1, self.get(order[position])
 
 
+class EmptyDatasetError(ValueError):
+    """The dataset given to `build_latent_cache` yielded no readable example."""
+
+
 @torch.no_grad()
 def build_latent_cache(samples: Iterable[Sample], out: str | os.PathLike, *, tokenizer, encoder,
                        text_encoder_spec: dict, resolution: int, batch_size: int = 16,
@@ -205,7 +210,7 @@ def build_latent_cache(samples: Iterable[Sample], out: str | os.PathLike, *, tok
             if pending:
                 flush()
             if not done:
-                raise ValueError("the dataset yielded no readable example; nothing to cache")
+                raise EmptyDatasetError("the dataset yielded no readable example; nothing to cache")
             save_tokenizer(tokenizer, staging / "tokenizer")
             with open(staging / "captions.jsonl", "w", encoding="utf-8") as f:
                 for entry in captions:

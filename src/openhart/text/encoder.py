@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..inputs import read_text
 from .positions import position_ids_from_mask
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 # `llm_system_prompt`, 705 characters). openhart does not ship that text; see `load_system_prompt`.
 OFFICIAL_SYSTEM_PROMPT_SHA256 = "424f7aa7b1119f8ed1e329140e5941dfe308183bea0af59041dad5527a9b8f20"
 SYSTEM_PROMPT_FILE = "hart_system_prompt.txt"
+MAX_SYSTEM_PROMPT_BYTES = 1 << 20  # the official one is 1.4 KB
 
 
 @dataclass
@@ -192,7 +194,7 @@ def load_system_prompt(*folders: str | os.PathLike | None) -> str | None:
             continue
         path = Path(folder) / SYSTEM_PROMPT_FILE
         if path.is_file():
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path, "system prompt file", limit=MAX_SYSTEM_PROMPT_BYTES)
             if hashlib.sha256(text.encode("utf-8")).hexdigest() != OFFICIAL_SYSTEM_PROMPT_SHA256:
                 logger.warning("%s is not the official HART system prompt (sha256 differs); "
                                "using it as given", path)

@@ -59,13 +59,15 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: str | os.PathLike, config: dict | None = None) -> dict[str, Any]:
-    """Read a checkpoint file, or the newest one of a folder.
+def load_checkpoint(path: str | os.PathLike, config: dict | None = None, *, resume: bool = False) -> dict[str, Any]:
+    """Read a checkpoint file, or the newest one of a folder, and check its contents
+    (`check_contents`) before anything uses them.
 
     Args:
         config: the architecture config of the run resuming; must equal the checkpoint's.
+        resume: also check what a resume needs (optimizer, scheduler, RNG states, data positions).
     Raises:
-        CheckpointError: not a checkpoint, unreadable, or from another architecture.
+        CheckpointError: not a checkpoint, unreadable, incomplete, or from another architecture.
     """
     path = Path(path)
     if path.is_dir():
@@ -82,10 +84,48 @@ def load_checkpoint(path: str | os.PathLike, config: dict | None = None) -> dict
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an openhart training checkpoint (resume from a "
                               "ckpt-<step>.pt file written by `openhart train`)")
+    check_contents(state, path, resume=resume)
     if config is not None and state.get("config") != config:
         raise CheckpointError(f"{path} was written for another architecture; its config differs "
                               "from this run's (start a new run, or resume with the same config)")
     return state
+
+
+def check_contents(state: dict, path: Path, *, resume: bool) -> None:
+    """Raise a CheckpointError naming the first entry of a checkpoint that is missing or of the
+    wrong type: a doctored or damaged file is then one line, before it is used."""
+    def tensors(value) -> bool:
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in value.items())
+
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    checks = [("step", count), ("kind", lambda v: v in ("tokenizer", "transformer", "finetune")),
+              ("config", lambda v: isinstance(v, dict)), ("model", lambda v: tensors(v) and bool(v)),
+              ("ema", lambda v: v is None or tensors(v)), ("extra", lambda v: isinstance(v, dict))]
+    if state.get("kind") == "transformer":
+        checks.append(("frozen", tensors))
+    if resume:
+        checks += [("optimizer", lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                    and isinstance(v.get("param_groups"), list)),
+                   ("scheduler", lambda v: isinstance(v, dict)),
+                   ("world_size", lambda v: count(v) and v >= 1),
+                   ("data_positions", lambda v: isinstance(v, list) and len(v) == state.get("world_size") and all(
+                       isinstance(p, dict) and set(p) == {"epoch", "offset"} and all(count(x) for x in p.values())
+                       for p in v)),
+                   ("rng", lambda v: isinstance(v, list) and len(v) == state.get("world_size")
+                    and all(tensors(r) for r in v))]
+    optional = {"ema", "extra"}
+    for key, valid in checks:
+        if key not in state:
+            if key in optional:
+                continue
+            raise CheckpointError(f"{path} lacks its {key!r} entry: the file is damaged or was edited; use "
+                                  "another checkpoint of the run")
+        if not valid(state[key]):
+            raise CheckpointError(f"{path}: its {key!r} entry is not what `openhart train` writes; the file is "
+                                  "damaged or was edited; use another checkpoint of the run")
 
 
 def rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..device import resolve_dtype
 from ..outputs import check_output_folder
+from ..commands.ranges import integer, seed
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -66,9 +67,9 @@ def _add_data(commands) -> None:
     p.add_argument("out", type=Path, help="folder to create")
     p.add_argument("--font", type=Path, default=None, help="emoji: path of NotoColorEmoji.ttf "
                    "(default: where Debian's fonts-noto-color-emoji puts it)")
-    p.add_argument("--seed", type=int, default=0, help="emoji: seed of the held-out split (default 0)")
-    p.add_argument("--count", type=int, default=512, help="shapes: number of images (default 512)")
-    p.add_argument("--size", type=int, default=64, help="shapes: image side in pixels (default 64)")
+    p.add_argument("--seed", type=seed(), default=0, help="emoji: seed of the held-out split (default 0)")
+    p.add_argument("--count", type=integer(1, 1_000_000), default=512, help="shapes: number of images (default 512)")
+    p.add_argument("--size", type=integer(8, 4096), default=64, help="shapes: image side in pixels (default 64)")
     p.set_defaults(handler=run_data)
 
 
@@ -142,11 +143,11 @@ def _add_cache(commands) -> None:
                    help="tokenizer folder, or a model folder (its tokenizer)")
     p.add_argument("--text-encoder", required=True,
                    help="local Hugging Face text encoder folder, or 'random' (tests only)")
-    p.add_argument("--resolution", type=int, required=True, help="square image size")
+    p.add_argument("--resolution", type=integer(8, 4096), required=True, help="square image size")
     p.add_argument("--out", type=Path, required=True, help="cache folder to create")
-    p.add_argument("--context-tokens", type=int, default=300, help="text tokens per prompt (default 300)")
-    p.add_argument("--context-dim", type=int, default=64, help="width of the random text encoder")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--context-tokens", type=integer(1, 4096), default=300, help="text tokens per prompt (default 300)")
+    p.add_argument("--context-dim", type=integer(1, 16384), default=64, help="width of the random text encoder")
+    p.add_argument("--batch-size", type=integer(1, 4096), default=16)
     p.add_argument("--feature-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="storage dtype of the text features (default float32)")
     p.add_argument("--device", default="cpu")
@@ -155,7 +156,7 @@ def _add_cache(commands) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from ..data.latent_cache import build_latent_cache
+    from ..data.latent_cache import EmptyDatasetError, build_latent_cache
     from ..loading import load_tokenizer
     from ..text.encoder import load_prompt_encoder
     from ..text.random_encoder import random_prompt_encoder
@@ -163,8 +164,6 @@ def run_cache(args: argparse.Namespace) -> int:
 
     if args.out.exists():
         raise ValueError(f"{args.out} already exists; remove it or choose another --out")
-    if args.context_tokens < 1 or args.batch_size < 1:
-        raise ValueError("--context-tokens and --batch-size must be >= 1")
     tokenizer = load_tokenizer(args.tokenizer, device=args.device)
     tokenizer.scales_for_size(args.resolution)
     dataset = open_dataset(args.data, args.resolution, random_crop=False)
@@ -182,10 +181,14 @@ def run_cache(args: argparse.Namespace) -> int:
     with tqdm(total=total, desc="cache", unit="img", file=sys.stderr,
               disable=args.quiet or not sys.stderr.isatty()) as bar:
         samples = (sample for _, sample in dataset.stream(0, seed=0))
-        out, counts = build_latent_cache(samples, args.out, tokenizer=tokenizer, encoder=encoder,
-                                 text_encoder_spec=spec, resolution=args.resolution,
-                                 batch_size=args.batch_size, feature_dtype=args.feature_dtype,
-                                 progress=lambda done: bar.update(done - bar.n))
+        try:
+            out, counts = build_latent_cache(samples, args.out, tokenizer=tokenizer, encoder=encoder,
+                                             text_encoder_spec=spec, resolution=args.resolution,
+                                             batch_size=args.batch_size, feature_dtype=args.feature_dtype,
+                                             progress=lambda done: bar.update(done - bar.n))
+        except EmptyDatasetError as error:
+            raise ValueError(f"no readable example in {args.data} ({getattr(dataset, 'skipped', 0)} unreadable "
+                             "skipped, see the warnings above); check the images and captions") from error
     notes = [f"{counts['examples']} examples"]
     if getattr(dataset, "skipped", 0):
         notes.append(f"{dataset.skipped} unreadable images skipped")

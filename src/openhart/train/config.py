@@ -7,13 +7,13 @@ default except the output folder, the data and the step count; `configs/` holds 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import SamplingConfig, config_from_dict, invalid
+from ..inputs import InputError, parse_json, read_json
 
 PRECISIONS = ("fp32", "bf16", "auto")
 PARALLEL_MODES = ("ddp", "fsdp")
@@ -346,8 +346,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise ValueError(f"--set expects section.key=value, got {item!r}")
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
+            value = parse_json(raw, f"--set {key}")
+        except InputError as error:
+            if "nested deeper" in str(error):
+                raise
             value = raw  # a bare string
         target = data
         *parents, last = key.split(".")
@@ -364,10 +366,7 @@ def load_train_config(cls: type[C], path: str | os.PathLike, overrides: list[str
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    data = read_json(path, "training config")
     apply_overrides(data, overrides or [])
     try:
         return config_from_dict(cls, data)

@@ -17,7 +17,7 @@ from ..config import HARTConfig, SamplingConfig, TokenizerConfig, config_from_di
 from ..loading import save_model, save_tokenizer
 from ..model import HARTModel
 from ..outputs import check_destination
-from ..serialization import CheckpointError
+from ..serialization import CheckpointError, load_into
 from ..tokenizer import HybridTokenizer
 from .checkpoint import load_checkpoint
 
@@ -54,13 +54,22 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
                                   "export with --weights raw")
         trained = state["ema"]
     kind = state.get("kind")
+    section = {"tokenizer": "tokenizer", "transformer": "hart"}.get(kind)
+    if section is not None and not isinstance(state["config"].get(section), dict):
+        raise CheckpointError(f"{path} lacks the {section!r} section of its config: the file is damaged or was "
+                              "edited; use another checkpoint of the run")
+    try:
+        if kind == "tokenizer":
+            tokenizer = HybridTokenizer(config_from_dict(TokenizerConfig, state["config"]["tokenizer"]))
+        elif kind == "transformer":
+            model = HARTModel(HARTConfig.from_dict(state["config"]["hart"]))
+    except ValueError as error:
+        raise CheckpointError(f"{path}: the architecture config it records is invalid ({error})") from error
     if kind == "tokenizer":
-        tokenizer = HybridTokenizer(config_from_dict(TokenizerConfig, state["config"]["tokenizer"]))
-        tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in trained.items()})
+        load_into(tokenizer, {k.removeprefix("tokenizer."): v for k, v in trained.items()}, str(path))
         return save_tokenizer(storage_cast(tokenizer, dtype), out, overwrite=overwrite, sources=(path,))
     if kind == "transformer":
-        model = HARTModel(HARTConfig.from_dict(state["config"]["hart"]))
-        model.load_state_dict({**state["frozen"], **trained})
+        load_into(model, {**state["frozen"], **trained}, str(path))
         model = storage_cast(model, dtype)
         extra = state.get("extra", {})
         sampling = extra.get("sampling")

@@ -408,7 +408,7 @@ def latent_cache(data: str, options: FinetuneOptions, base: Base, resolution: in
                  quiet: bool) -> LatentCache:
     """The cache of (data, base, resolution, text encoder): found by its key, or built by the main
     process with the base's tokenizer and text encoder (freed afterwards)."""
-    from ..data.latent_cache import build_latent_cache
+    from ..data.latent_cache import EmptyDatasetError, build_latent_cache
     from ..hub import RANDOM_TEXT_ENCODER, resolve_text_encoder
     from ..pipeline import prompt_encoder_loader
     from ..text.encoder import load_system_prompt
@@ -442,9 +442,7 @@ def latent_cache(data: str, options: FinetuneOptions, base: Base, resolution: in
                 _, counts = build_latent_cache(
                     samples, target, tokenizer=base.model.tokenizer, encoder=encoder, text_encoder_spec=record,
                     resolution=resolution, batch_size=16, progress=lambda done: bar.update(done - bar.n))
-            except ValueError as error:
-                if "no readable example" not in str(error):
-                    raise
+            except EmptyDatasetError as error:
                 raise ValueError(f"no readable image in {data} ({getattr(dataset, 'skipped', 0)} "
                                  "unreadable skipped); check that the files are images") from error
         skipped = getattr(dataset, "skipped", 0)

@@ -141,7 +141,7 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
             folder, or None (start afresh even if the run folder has checkpoints).
     """
     resume_from = _resume_source(resume, Path(run.output_dir) / CHECKPOINT_DIR)
-    resumed = load_checkpoint(resume_from, task.architecture()) if resume_from else None
+    resumed = load_checkpoint(resume_from, task.architecture(), resume=True) if resume_from else None
     dist = Distributed.from_env(run.device)
     try:
         state = _setup(task, run, optim, train_config, dist)

@@ -127,7 +127,24 @@ def build_app(service: ImageService, limits: ServeLimits):
             with gr.Tab("Edit", id="edit-tab", elem_id="edit-tab"):
                 _edit_tab(gr, service, limits)
     app.queue(max_size=limits.queue_size, default_concurrency_limit=1)
+    _quiet_input_count_errors(gr, app)
     return app
+
+
+def _quiet_input_count_errors(gr, app) -> None:
+    """Gradio checks the number of values of a request before any handler runs, and answers a
+    short one with a bare ValueError: the client sees `error: null` and the server logs a
+    traceback. Make that rejection a quiet gr.Error with a message, like openhart's own."""
+    check = app.validate_inputs
+
+    def validate_inputs(block_fn, inputs):
+        try:
+            check(block_fn, inputs)
+        except ValueError:
+            raise gr.Error(f"the request has {len(inputs)} input values; this endpoint takes "
+                           f"{len(block_fn.inputs)}", title="Invalid input", print_exception=False) from None
+
+    app.validate_inputs = validate_inputs
 
 
 def adapter_label(adapter: dict) -> str:

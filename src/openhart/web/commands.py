@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..commands.common import UsageError, add_device_arguments, add_model_arguments, load_pipeline
+from ..commands.ranges import integer
 
 SERVE_EXAMPLES = """\
 examples:
@@ -36,12 +37,12 @@ def add_commands(commands) -> None:
         epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=integer(1, 65535), default=7860, help="port (default 7860)")
     add_device_arguments(p)
-    p.add_argument("--max-images", type=int, default=8, help="images per request at most (default 8)")
-    p.add_argument("--max-prompt-chars", type=int, default=300,
+    p.add_argument("--max-images", type=integer(1, 1024), default=8, help="images per request at most (default 8)")
+    p.add_argument("--max-prompt-chars", type=integer(1, 100_000), default=300,
                    help="longest prompt in characters (default 300)")
-    p.add_argument("--queue-size", type=int, default=16,
+    p.add_argument("--queue-size", type=integer(1, 10_000), default=16,
                    help="requests that may wait at once (default 16)")
     p.add_argument("--quiet", action="store_true", help="no start-up banner")
     p.set_defaults(handler=run_serve)
@@ -80,8 +81,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from .app import ImageService, build_app, import_gradio, launch
     from .limits import ServeLimits
 
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     limits = ServeLimits(max_prompt_chars=args.max_prompt_chars, max_images=args.max_images,
                          queue_size=args.queue_size)
     import_gradio()  # fail before loading the model if Gradio is missing

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import SamplingConfig
+from ..inputs import check_text
 from ..seeding import MAX_SEED
 
 MAX_HEAD_TEMPERATURE = 2.0
@@ -62,13 +63,26 @@ class GenerationRequest:
 
 
 def _number(name: str, value, low: float, high: float, *, integer: bool) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(f"{name} must be a number, got {value!r}")
+    # ints are compared exactly (a JSON number may have hundreds of digits, beyond float's range)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise RequestError(f"{name} must be a number, got {_shown(value)}")
+    if not low <= value <= high:
+        bounds = (int(low), int(high)) if integer else (f"{low:g}", f"{high:g}")
+        raise RequestError(f"{name} must be between {bounds[0]} and {bounds[1]}, got {_shown(value)}")
     if integer and value != int(value):
         raise RequestError(f"{name} must be a whole number, got {value}")
-    if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     return int(value) if integer else float(value)
+
+
+def _shown(value) -> str:
+    """A value for a message, short: a huge integer by its number of digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _text(name: str, value, limit: int, *, required: bool) -> str | None:
@@ -76,6 +90,7 @@ def _text(name: str, value, limit: int, *, required: bool) -> str | None:
         value = ""
     if not isinstance(value, str):
         raise RequestError(f"{name} must be text, got {type(value).__name__}")
+    check_text(value, name, error=RequestError)
     value = value.strip()
     if required and not value:
         raise RequestError("the prompt is empty: describe the image you want, e.g. 'red apple'")
@@ -144,7 +159,7 @@ def validate_edit(limits: ServeLimits, defaults: SamplingConfig, vocab_size: int
     uploaded image and the strokes drawn on it, read from Gradio's upload folder with the same
     size checks as every image openhart reads."""
     if mode not in EDIT_MODES:
-        raise RequestError(f"mode must be one of {list(EDIT_MODES)}, got {mode!r}")
+        raise RequestError(f"mode must be one of {list(EDIT_MODES)}, got {_shown(mode)}")
     request = validate_request(limits, defaults, vocab_size, prompt_required=mode == "inpaint", **generation)
     image, mask = _editor_image_and_mask(editor)
     feather = _number("feather", feather, 0, MAX_FEATHER, integer=True)
