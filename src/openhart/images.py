@@ -32,19 +32,28 @@ def open_image(source, name: str) -> Image.Image:
                 return image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ValueError(f"{name} is too large to decode safely ({error}); resize it first") from error
+    except ImageSizeError:
+        raise
+    except ValueError as error:  # Pillow's limit on decompressed PNG text chunks, and the like
+        raise ValueError(f"cannot read {name} safely: {' '.join(str(error).split())} (a metadata bomb?); "
+                         "re-save the image without its metadata") from error
     except (UnidentifiedImageError, OSError, EOFError, SyntaxError) as error:
         raise ValueError(f"cannot read {name} as an image ({' '.join(str(error).split())})") from error
+
+
+class ImageSizeError(ValueError):
+    """An image too large, too thin or empty to read."""
 
 
 def check_image_size(size: tuple[int, int], name: str) -> None:
     width, height = size
     if min(width, height) < 1:
-        raise ValueError(f"{name} is empty ({width}x{height})")
+        raise ImageSizeError(f"{name} is empty ({width}x{height})")
     if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(f"{name} is {width}x{height} pixels; at most {MAX_IMAGE_SIDE} per side and "
+        raise ImageSizeError(f"{name} is {width}x{height} pixels; at most {MAX_IMAGE_SIDE} per side and "
                          f"{MAX_IMAGE_PIXELS} in all are read: resize it first")
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ValueError(f"{name} is {width}x{height} pixels, thinner than {MAX_ASPECT_RATIO}:1; crop it "
+        raise ImageSizeError(f"{name} is {width}x{height} pixels, thinner than {MAX_ASPECT_RATIO}:1; crop it "
                          "to a roughly square region first")
 
 

@@ -48,6 +48,21 @@ def test_export_generates_images_through_the_pipeline(latent_cache, tmp_path):
     from safetensors.torch import load_file
     a, b = load_file(exported / "model.safetensors"), load_file(tmp_path / "exported" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # --overwrite replaces the folder's own files only; a folder inside the run (not its
+    # checkpoints) is a fine destination, the run itself is not
+    (tmp_path / "exported" / "notes.md").write_text("mine")
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "exported"), "--overwrite", "--weights", "raw"]) == 0
+    assert (tmp_path / "exported" / "notes.md").read_text() == "mine"
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "run" / "model-raw"), "--weights", "raw"]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "run"), "--overwrite"]) == 2
+    # a diverged checkpoint is refused, and nothing is written
+    path = tmp_path / "run" / "checkpoints" / "ckpt-00000002.pt"
+    state = torch.load(path, weights_only=True)
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.full_like(state["model"][first], float("nan"))
+    torch.save(state, path)
+    assert main(["export", str(path), str(tmp_path / "nan"), "--weights", "raw"]) == 2
+    assert not (tmp_path / "nan").exists()
 
 
 def test_export_records_the_consistent_last_scale_and_stores_half_precision(latent_cache, tmp_path):

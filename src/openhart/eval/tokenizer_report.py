@@ -43,7 +43,7 @@ def evaluate_tokenizer(tokenizer_path: str | os.PathLike, data_dir: str | os.Pat
     say = progress or (lambda _: None)
     tokenizer = load_tokenizer(tokenizer_path)
     size = tokenizer.config.image_size  # the side its whole scale list describes
-    features = InceptionFeatures(inception)
+    features = InceptionFeatures(inception, batch_size=batch_size)  # bounds the peak memory too
     folders = {"heldout": ImageCaptionFolder(data_dir, size)}
     if train_data is not None:
         folders["train"] = ImageCaptionFolder(train_data, size)
