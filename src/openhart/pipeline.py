@@ -10,7 +10,6 @@ import dataclasses
 import gc
 import logging
 import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from .metadata import generation_metadata
 from .model import HARTModel
 from .sampling import ScaleRecord, generate
 from .inputs import check_text
-from .seeding import check_seed
+from .seeding import check_seed, new_seed
 from .text.encoder import HFPromptEncoder, PromptEmbedding, load_prompt_encoder, load_system_prompt
 from .text.random_encoder import random_prompt_encoder
 
@@ -516,7 +515,7 @@ class HARTPipeline:
     def _generators(self, generator, seed: int | None, total: int) -> tuple[list[torch.Generator], int | None]:
         """The generators of a call (one, or one per image) and the seed recorded in metadata."""
         if generator is None:
-            seed = secrets.randbits(63) if seed is None else check_seed(seed)
+            seed = new_seed() if seed is None else check_seed(seed)
             return [torch.Generator(device=self.device).manual_seed(seed)], seed
         if isinstance(generator, torch.Generator):
             return [generator], None

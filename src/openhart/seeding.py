@@ -17,6 +17,19 @@ import torch
 MAX_SEED = 2**63 - 1
 
 
+# Fresh seeds are drawn below 2^53: a seed shown in the web page or stored in JSON metadata stays
+# exact there (JavaScript numbers are doubles), and seed + chunk index stays far below MAX_SEED.
+FRESH_SEED_BOUND = 2**53
+
+
+def new_seed() -> int:
+    """A fresh random seed (from the OS's entropy, not torch's RNG): the only source of seeds
+    that the user did not give, in the CLI, the pipeline and the web UI."""
+    import secrets
+
+    return secrets.randbelow(FRESH_SEED_BOUND)
+
+
 def check_seed(seed) -> int:
     """`seed` as an int, or a ValueError naming the range."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:

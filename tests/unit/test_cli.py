@@ -303,3 +303,23 @@ def test_an_unwritable_output_is_refused_before_generating(tmp_path, capsys):
         assert "permission denied" in capsys.readouterr().err
     finally:
         locked.chmod(0o700)
+
+
+def test_a_seed_without_room_for_its_chunks_is_refused_before_any_work(tmp_path, capsys):
+    """Chunk c of --num-images is drawn with seed + c: the largest seed fits one chunk only."""
+    from openhart.seeding import MAX_SEED
+
+    out = tmp_path / "x.png"
+    assert main(["generate", "a red apple", "--model", "/nonexistent", "--seed", str(MAX_SEED), "--num-images", "9",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "leaves no room for the 2 chunks of 9 images" in err and f"<= {MAX_SEED - 1}" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_fresh_seeds_come_from_one_place_and_survive_json():
+    from openhart.seeding import FRESH_SEED_BOUND, new_seed
+
+    seeds = {new_seed() for _ in range(100)}
+    assert len(seeds) == 100 and all(0 <= s < FRESH_SEED_BOUND for s in seeds)
+    assert all(int(float(s)) == s for s in seeds)  # exact as a double (JavaScript, JSON readers)

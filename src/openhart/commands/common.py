@@ -4,13 +4,18 @@ built from them."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
 
 import torch
 
 from ..config import LAST_SCALE_MODES
 from ..device import default_dtype, resolve_device, resolve_dtype
+from ..images import save_png
 from ..outputs import check_output_file
+from ..sampling import per_scale
+from ..seeding import MAX_SEED, new_seed
 from .ranges import integer, real, seed
 
 
@@ -18,15 +23,69 @@ class UsageError(ValueError):
     """Bad command-line input, reported as one line with exit code 2."""
 
 
+# ----- the request loop of the commands that write images (generate, edit, vary) -------------------
+
+CHUNK = 8  # images per pipeline call at most (bounded memory); chunk c is drawn with seed + c
+
+
 def check_image_outputs(args: argparse.Namespace, prompts: int = 1) -> None:
-    """--out of the commands that write images (a .png; every file that `prompts` x
-    --num-images images will be written to must be writable), checked before any work. The
-    numbers (--num-images, --seed) are checked by their types at parse time."""
+    """--out and --seed of the commands that write images, checked before any work: --out is a
+    .png and every file that `prompts` x --num-images images will be written to is writable; the
+    seeds of all chunks (seed + c) fit the seed range. The numbers themselves are checked by
+    their types at parse time."""
     if args.out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {args.out}")
     count = 1 if getattr(args, "grid", False) else prompts * args.num_images
     for path in output_paths(args.out, count):
         check_output_file(path)
+    chunks = -(-args.num_images // CHUNK)
+    if args.seed is not None and args.seed + chunks - 1 > MAX_SEED:
+        raise UsageError(f"--seed {args.seed} leaves no room for the {chunks} chunks of {args.num_images} images "
+                         f"(chunk c is drawn with seed + c): use a seed <= {MAX_SEED - chunks + 1}")
+
+
+def draw_images(pipe, draw_chunk, prompts: list, num_images: int, seed: int | None, quiet: bool
+                ) -> tuple[int, list, list]:
+    """Draw `num_images` images per prompt, CHUNK at a time, with a progress bar over the scales.
+
+    Args:
+        draw_chunk: (prompt, count, seed, on_scale) -> a pipeline output (images, metadata).
+        seed: the seed of chunk 0 (chunk c uses seed + c); None draws a fresh one.
+    Returns:
+        (the seed, the images, their metadata), in prompt order then image order.
+    """
+    seed = new_seed() if seed is None else seed
+    jobs = [(prompt, start, min(CHUNK, num_images - start))
+            for prompt in prompts for start in range(0, num_images, CHUNK)]
+    images, metadata = [], []
+    with scale_progress(pipe, quiet, len(jobs)) as on_scale:
+        for prompt, start, count in jobs:
+            out = draw_chunk(prompt, count, seed + start // CHUNK, on_scale)
+            images += out.images
+            metadata += out.metadata
+    return seed, images, metadata
+
+
+def write_images(images: list, metadata: list, out: Path) -> list[Path]:
+    """Write each image with its metadata to OUT (one image) or OUT-000.png, OUT-001.png, ..."""
+    paths = output_paths(out, len(images))
+    for image, path, text in zip(images, paths, metadata):
+        save_png(image, path, text)
+    return paths
+
+
+@contextlib.contextmanager
+def scale_progress(pipe, quiet: bool, calls: int = 1):
+    """A tqdm bar over the scales on stderr, as an `on_scale` hook; None (no bar) with --quiet or
+    when stderr is not a TTY."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    total = pipe.model.config.num_scales * calls
+    with tqdm(total=total, desc="scales", unit="scale", file=sys.stderr, leave=False) as bar:
+        yield per_scale(lambda si: bar.update(1))
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from ..editing import inpaint_input, log_notes, outpaint_input, variation_input
-from ..images import save_png
 from ..inputs import check_text
 from .common import (
     UsageError,
@@ -15,11 +14,11 @@ from .common import (
     add_model_arguments,
     add_sampling_arguments,
     check_image_outputs,
-    output_paths,
+    draw_images,
     load_pipeline,
     sampling_settings,
+    write_images,
 )
-from .generate import CHUNK, scale_progress
 from .ranges import integer, real
 
 MAX_IMAGES = 64
@@ -134,22 +133,15 @@ def _parse_pad(text: str) -> tuple[int, int, int, int]:
 def _write(args: argparse.Namespace, prepare, prompt: str | None, feather: int | None) -> int:
     """Prepare the edit once (encoding the image), then sample it CHUNK images at a time (chunk c
     drawn with seed + c) and write the PNGs."""
-    import secrets
-
     pipe = load_pipeline(args)
     sampling = pipe.resolve_sampling(None, **sampling_settings(args))
     prepared = log_notes(prepare(pipe.model))
-    seed = secrets.randbits(62) if args.seed is None else args.seed
-    starts = range(0, args.num_images, CHUNK)
-    images, metadata = [], []
-    with scale_progress(pipe, args.quiet, len(starts)) as on_scale:
-        for start in starts:
-            out = pipe.edit(prepared, prompt, feather, num_images_per_prompt=min(CHUNK, args.num_images - start),
-                            sampling=sampling, negative_prompt=args.negative_prompt, seed=seed + start // CHUNK,
-                            on_scale=on_scale)
-            images += out.images
-            metadata += out.metadata
-    for image, path, text in zip(images, output_paths(args.out, len(images)), metadata):
-        save_png(image, path, text)
+
+    def draw_chunk(prompt, count, seed, on_scale):
+        return pipe.edit(prepared, prompt, feather, num_images_per_prompt=count, sampling=sampling,
+                         negative_prompt=args.negative_prompt, seed=seed, on_scale=on_scale)
+
+    _, images, metadata = draw_images(pipe, draw_chunk, [prompt], args.num_images, args.seed, args.quiet)
+    for path, text in zip(write_images(images, metadata, args.out), metadata):
         print(f"{path}  seed {text['seed']}")
     return 0

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import secrets
-import sys
 from pathlib import Path
 
 from ..images import image_grid, save_png
 from ..inputs import check_text, read_text
-from ..sampling import per_scale
 from .common import (
     UsageError,
     add_device_arguments,
     add_model_arguments,
     add_sampling_arguments,
     check_image_outputs,
-    output_paths,
+    draw_images,
     load_pipeline,
     sampling_settings,
+    write_images,
 )
 from .ranges import integer
 
-# Images per prompt at most; they are generated CHUNK at a time (bounded memory).
+# Images per prompt at most; they are generated CHUNK at a time (commands/common.py).
 MAX_IMAGES = 1024
-CHUNK = 8
 
 GENERATE_EXAMPLES = """\
 examples:
@@ -79,38 +75,18 @@ def run(args: argparse.Namespace) -> int:
     check_image_outputs(args, prompts=len(prompts))
     pipe = load_pipeline(args, low_memory=args.low_memory)
     sampling = pipe.resolve_sampling(None, **sampling_settings(args))
-    seed = secrets.randbits(62) if args.seed is None else args.seed
-    # at most CHUNK images per pipeline call: chunk c is drawn with seed + c (recorded per image)
-    jobs = [(prompt, start, min(CHUNK, args.num_images - start))
-            for prompt in prompts for start in range(0, args.num_images, CHUNK)]
-    images, metadata = [], []
-    with scale_progress(pipe, args.quiet, len(jobs)) as on_scale:
-        for prompt, start, count in jobs:
-            out = pipe(prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=count,
-                       sampling=sampling, seed=seed + start // CHUNK, on_scale=on_scale)
-            images += out.images
-            metadata += out.metadata
+
+    def draw_chunk(prompt, count, seed, on_scale):
+        return pipe(prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=count,
+                    sampling=sampling, seed=seed, on_scale=on_scale)
+
+    seed, images, metadata = draw_images(pipe, draw_chunk, prompts, args.num_images, args.seed, args.quiet)
     if args.grid:
         grid = image_grid(images, columns=args.num_images)
         save_png(grid, args.out, dict(metadata[0], prompt=" | ".join(prompts),
                                       images=json.dumps([json.loads(m["openhart"]) for m in metadata])))
         print(f"{args.out}  seed {seed}  {len(prompts)} prompt(s) x {args.num_images} image(s)")
         return 0
-    for image, path, text in zip(images, output_paths(args.out, len(images)), metadata):
-        save_png(image, path, text)
+    for path, text in zip(write_images(images, metadata, args.out), metadata):
         print(f"{path}  seed {text['seed']}  {text['prompt']!r}")
     return 0
-
-
-@contextlib.contextmanager
-def scale_progress(pipe, quiet: bool, calls: int = 1):
-    """A tqdm bar over the scales on stderr, as an `on_scale` hook; None (no bar) with --quiet or
-    when stderr is not a TTY."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    total = pipe.model.config.num_scales * calls
-    with tqdm(total=total, desc="scales", unit="scale", file=sys.stderr, leave=False) as bar:
-        yield per_scale(lambda si: bar.update(1))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..config import LAST_SCALE_MODES
 from ..images import save_png
 from ..pipeline import HARTPipeline
 from ..sampling import per_scale
+from ..seeding import new_seed
 from .limits import (
     EDIT_MODES,
     MAX_DILATE,
@@ -33,7 +33,6 @@ from .limits import (
     validate_request,
 )
 
-RANDOM_SEED_BOUND = 2**32
 KEEP_FILES = 64  # newest PNGs kept in the output folder; Gradio serves its own copies
 MAX_UPLOAD = "20mb"  # an image to edit (Gradio refuses larger uploads before they reach openhart)
 
@@ -237,7 +236,7 @@ def _generate_tab(gr, service: ImageService, limits: ServeLimits) -> None:
     # the sliders would reject first, but prints a traceback in the server log each time.
     gr.on([button.click, prompt.submit], run, inputs, [gallery, status], concurrency_limit=1,
           api_name="generate", preprocess=False)
-    randomize.click(lambda: secrets.randbelow(RANDOM_SEED_BOUND), None, seed, queue=False, api_name=False)
+    randomize.click(new_seed, None, seed, queue=False, api_name=False)
 
 
 def _seed_guidance_images(gr, limits: ServeLimits, defaults, prefix: str):
@@ -307,7 +306,7 @@ def _edit_tab(gr, service: ImageService, limits: ServeLimits) -> None:
             status = gr.Markdown(elem_id="edit-status")
     inputs = [editor, prompt, mode, strength, dilate, feather, seed, guidance, num_images]
     button.click(run_edit, inputs, [gallery, status], concurrency_limit=1, api_name="edit", preprocess=False)
-    randomize.click(lambda: secrets.randbelow(RANDOM_SEED_BOUND), None, seed, queue=False, api_name=False)
+    randomize.click(new_seed, None, seed, queue=False, api_name=False)
 
 
 def launch(app, host: str, port: int, output_dir: Path, *, quiet: bool = False) -> None:
