@@ -256,3 +256,23 @@ def test_unbounded_and_undecodable_web_values_are_one_message(pipe, tmp_path, ch
     with pytest.raises(gr.Error, match=message) as raised:
         fn(**arguments)
     assert raised.value.print_exception is False
+
+
+def test_a_model_recording_settings_beyond_the_pages_limits_still_edits(tmp_path):
+    """A folder may record top_p 0.995 (SamplingConfig allows it; the page caps top-p at 0.99): the
+    page starts at the clamped value and the Edit tab, which sends the model's settings, works."""
+    from openhart.loading import load_model, save_model
+
+    folder = save_model(load_model(HART_TINY), tmp_path / "model", text_encoder={"kind": "random", "seed": 0},
+                        sampling=dataclasses.replace(RECOMMENDED, top_p=0.995, head_temperature=3.0, top_k=10**6))
+    pipe = HARTPipeline.from_pretrained(folder)
+    app = build_app(ImageService(pipe, tmp_path), ServeLimits(max_images=1, max_head_steps=4))
+    values = {c["props"].get("elem_id"): c["props"].get("value") for c in app.config["components"]}
+    assert values["top-p"] == 0.99 and values["head-temperature"] == 2.0
+    assert values["top-k"] == pipe.model.config.tokenizer.vocab_size and values["head-steps"] <= 4
+    side = pipe.model.config.image_size
+    gallery, status = _edit_handler(app)(
+        editor=_editor_value(tmp_path, side, (slice(0, side // 2), slice(0, side // 2))), prompt="red apple",
+        mode="inpaint", strength=0.5, dilate=0, feather=0, seed=1, guidance_scale=2.0, num_images=1,
+        progress=lambda *a, **k: None)
+    assert status.startswith("inpaint: 1 image(s)") and len(gallery) == 1

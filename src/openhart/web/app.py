@@ -25,10 +25,12 @@ from .limits import (
     MAX_DILATE,
     MAX_FEATHER,
     MAX_HEAD_TEMPERATURE,
+    MAX_TOP_P,
     EditRequest,
     GenerationRequest,
     RequestError,
     ServeLimits,
+    page_defaults,
     validate_edit,
     validate_request,
 )
@@ -174,8 +176,7 @@ def _progress_hook(progress, num_scales: int):
 def _generate_tab(gr, service: ImageService, limits: ServeLimits) -> None:
     config = service.pipe.model.config
     vocab, num_scales, size = config.tokenizer.vocab_size, config.num_scales, config.image_size
-    defaults = service.pipe.default_sampling  # the model folder's recommended settings
-    default_steps = min(defaults.head_steps or config.head.sampling_steps, limits.max_head_steps)
+    defaults = page_defaults(limits, service.pipe.default_sampling, vocab, config.head.sampling_steps)
 
     def run(prompt, negative_prompt, seed, guidance_scale, num_images, top_k, top_p, smooth, head_steps,
             use_residual, head_temperature, last_scale, progress=gr.Progress()):
@@ -203,21 +204,21 @@ def _generate_tab(gr, service: ImageService, limits: ServeLimits) -> None:
             negative = gr.Textbox(label="Negative prompt (optional)", lines=1, elem_id="negative-prompt")
             seed, randomize, guidance, num_images = _seed_guidance_images(gr, limits, defaults, "")
             with gr.Accordion("Sampling", open=False):
-                top_k = gr.Number(value=None if defaults.top_k is None else min(defaults.top_k, vocab),
+                top_k = gr.Number(value=defaults.top_k,
                                   precision=0, minimum=0, maximum=vocab, elem_id="top-k",
                                   label="Top-k at every scale (0: off; empty: the model's per-scale "
                                         f"schedule {defaults.scale_top_k[0]}, then {defaults.scale_top_k[1]})")
-                top_p = gr.Slider(0, 0.99, value=min(defaults.top_p, 0.99), step=0.01,
+                top_p = gr.Slider(0, MAX_TOP_P, value=defaults.top_p, step=0.01,
                                   label="Top-p (0: off)", elem_id="top-p")
                 smooth = gr.Checkbox(value=defaults.smooth, label="Gumbel smoothing of code embeddings",
                                      elem_id="smooth")
                 use_residual = gr.Checkbox(value=defaults.use_residual,
                                            label="Residual diffusion (off: discrete tokens only)",
                                            elem_id="residual")
-                head_steps = gr.Slider(1, limits.max_head_steps, value=default_steps, step=1,
-                                       label="Residual diffusion steps", elem_id="head-steps")
+                head_steps = _slider(gr, 1, limits.max_head_steps, value=defaults.head_steps, step=1,
+                                     label="Residual diffusion steps", elem_id="head-steps")
                 head_temperature = gr.Slider(
-                    0, MAX_HEAD_TEMPERATURE, value=min(defaults.head_temperature, MAX_HEAD_TEMPERATURE),
+                    0, MAX_HEAD_TEMPERATURE, value=defaults.head_temperature,
                     step=0.05, label="Residual temperature (0: no noise after the first step)",
                     elem_id="head-temperature")
                 last_scale = gr.Radio(
@@ -244,18 +245,27 @@ def _seed_guidance_images(gr, limits: ServeLimits, defaults, prefix: str):
     with gr.Row():
         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id=f"{prefix}seed", scale=3)
         randomize = gr.Button("🎲 Random", elem_id=f"{prefix}random-seed", scale=1, min_width=100)
-    guidance = gr.Slider(0, limits.max_guidance, value=min(defaults.guidance_scale, limits.max_guidance),
+    guidance = gr.Slider(0, limits.max_guidance, value=defaults.guidance_scale,
                          step=0.1, label="Guidance scale (CFG)", elem_id=f"{prefix}guidance")
-    num_images = gr.Slider(1, limits.max_images, value=min(4, limits.max_images), step=1,
-                           label="Images", elem_id=f"{prefix}num-images")
+    num_images = _slider(gr, 1, limits.max_images, value=min(4, limits.max_images), step=1,
+                         label="Images", elem_id=f"{prefix}num-images")
     return seed, randomize, guidance, num_images
+
+
+def _slider(gr, low: int, high: int, **options):
+    """A slider from `low` to `high`, or a fixed number where the limit leaves one value
+    (`--max-images 1`: Gradio refuses a slider whose ends are equal)."""
+    if high > low:
+        return gr.Slider(low, high, **options)
+    options.pop("step", None)
+    return gr.Number(value=low, precision=0, interactive=False, **{k: v for k, v in options.items() if k != "value"})
 
 
 def _edit_tab(gr, service: ImageService, limits: ServeLimits) -> None:
     """Upload an image, paint over the region to regenerate (inpaint), or vary the whole image."""
     config = service.pipe.model.config
     vocab, num_scales, size = config.tokenizer.vocab_size, config.num_scales, config.image_size
-    defaults = service.pipe.default_sampling
+    defaults = page_defaults(limits, service.pipe.default_sampling, vocab, config.head.sampling_steps)
 
     def run_edit(editor, prompt, mode, strength, dilate, feather, seed, guidance_scale, num_images,
                  progress=gr.Progress()):
@@ -264,10 +274,8 @@ def _edit_tab(gr, service: ImageService, limits: ServeLimits) -> None:
                 limits, defaults, vocab, editor=editor, mode=mode, strength=strength, dilate=dilate,
                 feather=feather, prompt=prompt, negative_prompt=None, seed=seed, guidance_scale=guidance_scale,
                 top_k=defaults.top_k, top_p=defaults.top_p, smooth=defaults.smooth,
-                head_steps=min(defaults.head_steps or config.head.sampling_steps, limits.max_head_steps),
-                use_residual=defaults.use_residual, num_images=num_images,
-                head_temperature=min(defaults.head_temperature, MAX_HEAD_TEMPERATURE),
-                last_scale=defaults.last_scale)
+                head_steps=defaults.head_steps, use_residual=defaults.use_residual, num_images=num_images,
+                head_temperature=defaults.head_temperature, last_scale=defaults.last_scale)
         except RequestError as error:
             raise gr.Error(str(error), title="Invalid input", print_exception=False) from None
         progress(0, desc="encoding the image")

@@ -19,6 +19,7 @@ from ..inputs import check_text
 from ..seeding import MAX_SEED
 
 MAX_HEAD_TEMPERATURE = 2.0
+MAX_TOP_P = 0.99
 
 
 class RequestError(ValueError):
@@ -100,6 +101,23 @@ def _text(name: str, value, limit: int, *, required: bool) -> str | None:
     return value or None
 
 
+def page_defaults(limits: ServeLimits, recommended: SamplingConfig, vocab_size: int,
+                  head_steps: int) -> SamplingConfig:
+    """The model folder's recommended settings, clamped to what the page and the server accept
+    (a folder may record e.g. top_p 0.995, which SamplingConfig allows and the page does not):
+    the widgets start at these values and the Edit tab, which has no sampling widgets, sends them.
+
+    Args:
+        head_steps: the model's default number of head steps (when the folder records none).
+    """
+    return dataclasses.replace(
+        recommended, guidance_scale=min(recommended.guidance_scale, limits.max_guidance),
+        top_k=None if recommended.top_k is None else min(recommended.top_k, vocab_size),
+        top_p=min(recommended.top_p, MAX_TOP_P),
+        head_steps=min(recommended.head_steps or head_steps, limits.max_head_steps),
+        head_temperature=min(recommended.head_temperature, MAX_HEAD_TEMPERATURE))
+
+
 def validate_request(limits: ServeLimits, defaults: SamplingConfig, vocab_size: int, *, prompt,
                      negative_prompt, seed, guidance_scale, top_k, top_p, smooth, head_steps,
                      use_residual, num_images, head_temperature, last_scale,
@@ -116,7 +134,7 @@ def validate_request(limits: ServeLimits, defaults: SamplingConfig, vocab_size: 
         sampling = dataclasses.replace(
             defaults,
             guidance_scale=_number("guidance scale", guidance_scale, 0, limits.max_guidance, integer=False),
-            top_k=top_k, top_p=_number("top-p", top_p, 0, 0.99, integer=False), smooth=smooth,
+            top_k=top_k, top_p=_number("top-p", top_p, 0, MAX_TOP_P, integer=False), smooth=smooth,
             head_steps=_number("diffusion steps", head_steps, 1, limits.max_head_steps, integer=True),
             use_residual=use_residual, last_scale=last_scale,
             head_temperature=_number("residual temperature", head_temperature, 0, MAX_HEAD_TEMPERATURE,
