@@ -22,6 +22,8 @@ from openhart.sampling import generate
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("hart-0.7b", "tiny"), default="hart-0.7b",
+                        help="tiny: the test model, for a smoke test in seconds")
     parser.add_argument("--size", type=int, default=1024, choices=(256, 512, 1024))
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--device", default="auto")
@@ -32,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the tables here")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    settings = BenchSettings(size=args.size, dtype=resolve_dtype(args.dtype), device=device,
+    settings = BenchSettings(preset=args.preset, size=args.size, dtype=resolve_dtype(args.dtype), device=device,
                              batch=args.batch)
     model = build_model(settings)
     T, D = model.config.transformer.context_tokens, model.config.transformer.context_dim
