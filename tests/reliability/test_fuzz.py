@@ -15,12 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("OPENHART_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CI_COUNTS = {"config": 200, "weights": 100, "image": 28, "flags": 60, "edit": 42, "outputs": 10, "signals": 12,
              "concurrency": 4, "bombs": 8, "stalled": 2, "official": 40, "checkpoint": 14, "records": 14, "web": 20}
 
 
+@pytest.mark.slow
 def test_fuzz_model_folders_images_and_flags(tmp_path):
     argv = [sys.executable, str(ROOT / "scripts" / "fuzz.py"), "--seed", "0", "--work", str(tmp_path / "work"),
             *(x for kind, n in CI_COUNTS.items() for x in (f"--{kind}", str(n)))]

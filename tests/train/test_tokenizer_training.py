@@ -5,7 +5,8 @@ from openhart.data.datasets import ImageCaptionFolder
 from openhart.loading import load_tokenizer
 from openhart.config import config_from_dict
 from openhart.train.config import TokenizerTrainConfig
-from openhart.train.tokenizer_task import TokenizerTask, TokenizerTrainingModule, reconstruction_metrics
+from openhart.eval.metrics import psnr
+from openhart.train.tokenizer_task import TokenizerTask, TokenizerTrainingModule
 from openhart.train.trainer import train
 
 from .conftest import metrics, tokenizer_config
@@ -20,6 +21,15 @@ def _train(config: dict):
 def _images(folder, resolution=32, count=4):
     data = ImageCaptionFolder(folder, resolution)
     return torch.stack([data.load(i).image for i in range(count)])
+
+
+def reconstruction_metrics(tokenizer, images: torch.Tensor) -> dict[str, float]:
+    """PSNR of the continuous and the discrete-only reconstructions of images in [-1, 1]."""
+    with torch.no_grad():
+        tokens = tokenizer.encode(images)
+        target = (images + 1) / 2
+        return {"psnr_continuous": float(psnr((tokenizer.decode_latent(tokens.latent) + 1) / 2, target).mean()),
+                "psnr_discrete": float(psnr((tokenizer.decode_tokens(tokens.indices) + 1) / 2, target).mean())}
 
 
 def test_a_tokenizer_overfits_a_few_images_and_gains_psnr(shapes_dir, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from openhart import kernels
 from openhart.bench import BenchSettings, run_bench
 from openhart.cli import main
-from openhart.device import default_dtype, has_native_bf16
+from openhart.device import has_native_bf16
 
 REQUIRED_KEYS = {"size", "dtype", "total_s", "phases", "flops", "attention_scores", "peak_tflops",
                  "exp_rate", "floor_s", "ratio_to_floor", "peak_rss_gib", "attention_path"}
@@ -40,11 +40,6 @@ def test_low_memory_and_attention_counts(monkeypatch, path):
     transformer_scores = result["phase_details"]["transformer"]["scores"]
     assert transformer_scores == scores and text_scores > 0  # the kernel's calls are counted too
     assert result["attention_path"] == path
-
-
-def test_default_dtype_follows_the_hardware():
-    cpu = torch.device("cpu")
-    assert default_dtype(cpu) == (torch.bfloat16 if has_native_bf16(cpu) else torch.float32)
 
 
 def test_floor_uses_the_fastest_native_dtype_and_profile_splits_kernel_time(tmp_path, capsys):

@@ -128,17 +128,13 @@ def check_contents(state: dict, path: Path, *, resume: bool) -> None:
                                   "damaged or was edited; use another checkpoint of the run")
 
 
-def rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    """The states of named generators (plus torch's global CPU RNG, which some layers use)."""
-    states = {name: g.get_state() for name, g in generators.items()}
-    states["torch_global"] = torch.get_rng_state()
-    return states
+def rng_states() -> dict[str, torch.Tensor]:
+    """The state of torch's global CPU RNG, which some layers use (every draw of the training
+    data and losses comes from keyed generators: `seeding.keyed_generator`)."""
+    return {"torch_global": torch.get_rng_state()}
 
 
-def restore_rng_states(generators: dict[str, torch.Generator], states: dict[str, torch.Tensor]) -> None:
-    missing = [name for name in generators if name not in states]
-    if missing:
-        raise CheckpointError(f"checkpoint lacks RNG state(s) {missing}")
-    for name, generator in generators.items():
-        generator.set_state(states[name])
+def restore_rng_states(states: dict[str, torch.Tensor]) -> None:
+    if "torch_global" not in states:
+        raise CheckpointError("checkpoint lacks the RNG state 'torch_global'")
     torch.set_rng_state(states["torch_global"])

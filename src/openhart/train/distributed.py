@@ -101,13 +101,6 @@ class Distributed:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj):
-        if not self.active:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

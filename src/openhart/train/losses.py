@@ -21,12 +21,13 @@ def ar_loss(logits_BLV: torch.Tensor, idx_BL: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits_BLV.flatten(0, 1).float(), idx_BL.flatten())
 
 
-def condition_dropout_mask(batch: int, rate: float, generator: torch.Generator | None,
+def condition_dropout_mask(generators: list[torch.Generator], rate: float,
                            device: torch.device | str = "cpu") -> torch.Tensor:
-    """(B,) bool, True where the text condition is dropped; each row with probability `rate`."""
+    """(B,) bool, True where the text condition is dropped: row b with probability `rate`, drawn
+    from its example's own generator (the same drop whatever the batch or the process count)."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"condition dropout rate must be in [0, 1], got {rate}")
-    return torch.rand(batch, generator=generator, device=device) < rate
+    return torch.stack([torch.rand((), generator=g, device=device) for g in generators]) < rate
 
 
 def diffusion_loss(head: DiffusionHead, schedule: DiffusionSchedule, target_NC: torch.Tensor,

@@ -76,8 +76,3 @@ class EMA:
             raise ValueError(f"EMA state lacks {missing[:5]}")
         self.shadow = {k: state[k].float().clone() for k in self.shadow}
 
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Load the averaged weights into `model` (cast to its dtypes)."""
-        current = model.state_dict()
-        model.load_state_dict({k: self.shadow.get(k, v).to(v.dtype) for k, v in current.items()})

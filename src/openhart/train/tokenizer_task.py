@@ -276,12 +276,3 @@ class TokenizerTask(TrainingTask):
 
     def export(self, state: dict[str, torch.Tensor], folder: Path) -> Path:
         return save_tokenizer(self._tokenizer_from(state), folder)
-
-
-def reconstruction_metrics(tokenizer: HybridTokenizer, images: torch.Tensor) -> dict[str, float]:
-    """PSNR of the continuous and the discrete-only reconstructions of images in [-1, 1]."""
-    with torch.no_grad():
-        tokens = tokenizer.encode(images)
-        target = (images + 1) / 2
-        return {"psnr_continuous": float(psnr((tokenizer.decode_latent(tokens.latent) + 1) / 2, target).mean()),
-                "psnr_discrete": float(psnr((tokenizer.decode_tokens(tokens.indices) + 1) / 2, target).mean())}

@@ -399,7 +399,7 @@ def _save(state: TrainState) -> None:
         "extra": task.extra_state(dist),
         "world_size": dist.world_size,
         "data_positions": dist.gather_objects(state.stream.state_dict()),
-        "rng": dist.gather_objects(rng_states({})),
+        "rng": dist.gather_objects(rng_states()),
     }
     if dist.is_main:
         save_checkpoint(state.out / CHECKPOINT_DIR, state.step, checkpoint, keep_last=state.run.keep_checkpoints)
@@ -429,7 +429,7 @@ def _restore(state: TrainState, checkpoint: dict) -> int:
     stream = state.stream
     if checkpoint["world_size"] == dist.world_size:
         stream.position = type(stream.position)(**checkpoint["data_positions"][dist.rank])
-        restore_rng_states({}, checkpoint["rng"][dist.rank])
+        restore_rng_states(checkpoint["rng"][dist.rank])
     else:
         epoch = max(p["epoch"] for p in checkpoint["data_positions"]) + 1
         logger.warning("the checkpoint was written by %d processes and this run has %d: the data "

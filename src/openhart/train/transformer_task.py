@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..allocator import map_large_blocks
@@ -41,7 +40,7 @@ from ..tokenizer import HybridTokenizer
 from ..transformer.model import HARTTransformer
 from .checkpoint import load_checkpoint
 from .config import TransformerLossConfig, TransformerTrainConfig
-from .losses import diffusion_loss
+from .losses import ar_loss, condition_dropout_mask, diffusion_loss
 from .trainer import TrainingTask
 
 logger = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ class HARTTrainingModule(nn.Module):
                       for i in batch.indices]
 
         # 1. condition dropout: zero features and zero positions, the unconditional branch
-        dropped = torch.stack([torch.rand((), generator=g, device=device) for g in generators]) < cfg.cond_drop_rate
+        dropped = condition_dropout_mask(generators, cfg.cond_drop_rate, device)
         context = batch.context.masked_fill(dropped[:, None, None], 0.0)
         position_ids = batch.position_ids.masked_fill(dropped[:, None], 0)
 
@@ -123,7 +122,7 @@ class HARTTrainingModule(nn.Module):
                                last_scale_keep_Bn=keep, checkpointing=self.checkpointing)
         last_codes = batch.codes[-1] if keep is None else torch.gather(batch.codes[-1], 1, keep)
         targets = torch.cat([*batch.codes[:-1], last_codes], dim=1)
-        ce = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+        ce = ar_loss(out.logits, targets)
 
         # 4. the residual diffusion loss on the kept last-scale tokens
         hidden_last, logits_last = out.hidden[:, -kept:], out.logits[:, -kept:].detach()
@@ -186,7 +185,7 @@ class TransformerTask(TrainingTask):
         if self.patch_nums != self.model_config.tokenizer.patch_nums[: len(self.patch_nums)]:
             raise ValueError(f"the cache's scales {list(self.patch_nums)} are not a prefix of the "
                              f"model's {list(self.model_config.tokenizer.patch_nums)}")
-        self.init_state = _initial_weights(config.init_from, self.model_config) if config.init_from else None
+        self.init_state = _initial_weights(config.init_from) if config.init_from else None
         self.sampling = config.recommended_sampling()
         self.heldout = self._open_heldout_cache(config.heldout_cache) if config.heldout_cache else None
         self._prompts = None
@@ -312,7 +311,7 @@ def text_encoder_from_spec(spec: dict):
     return None
 
 
-def _initial_weights(path: str, config: HARTConfig) -> dict[str, torch.Tensor]:
+def _initial_weights(path: str) -> dict[str, torch.Tensor]:
     """Transformer and head weights of a training checkpoint (EMA if any) or of a model folder."""
     source = Path(path)
     if not source.exists():
