@@ -1,7 +1,5 @@
 """openhart: an open, device-agnostic, trainable implementation of HART (arXiv 2410.10812)."""
 
-__version__ = "0.1.0"  # first: modules imported below read it
-
 from .config import (
     DiffusionHeadConfig,
     HARTConfig,
@@ -16,6 +14,7 @@ from .model import HARTModel
 from .pipeline import HARTPipeline, PipelineOutput
 from .tokenizer import HybridTokenizer, HybridTokens
 from .transformer import HARTTransformer
+from .version import __version__
 
 __all__ = [
     "DiffusionHead",
@@ -30,6 +29,7 @@ __all__ = [
     "SamplingConfig",
     "TokenizerConfig",
     "TransformerConfig",
+    "__version__",
     "convert_official_checkpoint",
     "load_model",
     "load_tokenizer",

@@ -13,11 +13,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__
 from .allocator import keep_large_blocks
 from .commands import bench, convert, download, edit, finetune, generate, reconstruct
 from .commands.common import UsageError
 from .outputs import terminate_as_interrupt
+from .version import __version__
 from .eval import commands as eval_commands
 from .train import commands as train_commands
 from .web import commands as web_commands

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from . import __version__
 from .config import SamplingConfig, config_to_dict
+from .version import __version__
 
 
 def generation_metadata(*, prompt: str, negative_prompt: str | None, seed: int | None, index: int,
