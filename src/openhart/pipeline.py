@@ -32,9 +32,8 @@ from .text.random_encoder import random_prompt_encoder
 
 logger = logging.getLogger(__name__)
 
-# Sampling settings that `__call__` takes as keywords: SamplingConfig's own field names.
-SAMPLING_KEYWORDS = ("guidance_scale", "top_k", "top_p", "smooth", "head_steps", "maskgit_iters",
-                     "use_residual", "head_temperature", "last_scale")
+# Sampling settings that `resolve_sampling` takes as keywords: SamplingConfig's own field names.
+SAMPLING_KEYWORDS = tuple(f.name for f in dataclasses.fields(SamplingConfig))
 OUTPUT_TYPES = ("pil", "pt", "np")
 
 
@@ -227,7 +226,8 @@ class HARTPipeline:
         if unknown:
             raise TypeError(f"unknown sampling setting(s) {unknown}; known: {list(SAMPLING_KEYWORDS)}")
         base = sampling or self.default_sampling
-        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(base, **given) if given else base  # a config passed in is used as it is
 
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None
                       ) -> tuple[PromptEmbedding, PromptEmbedding | None]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 
-from ..config import LAST_SCALE_MODES
+from ..config import LAST_SCALE_MODES, SamplingConfig
 from ..device import default_dtype, resolve_device, resolve_dtype
 from ..images import save_png
 from ..outputs import check_output_file
@@ -154,7 +155,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="nucleus sampling threshold, 0 = off (default: the model folder's)")
     p.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=None,
                    help="Gumbel smoothing of code embeddings (default on, as the official scripts)")
-    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--residual", dest="use_residual", action=argparse.BooleanOptionalAction, default=None,
                    help="add the residual diffusion head's continuous detail (default on; "
                         "--no-residual gives discrete-only images)")
     p.add_argument("--last-scale", choices=LAST_SCALE_MODES, default=None,
@@ -171,10 +172,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_settings(args: argparse.Namespace) -> dict:
-    """The sampling keywords of `add_sampling_arguments` (None: the model folder's)."""
-    return dict(guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p, smooth=args.smooth,
-                head_steps=args.head_steps, maskgit_iters=args.maskgit_iters, use_residual=args.residual,
-                head_temperature=args.head_temperature, last_scale=args.last_scale)
+    """The sampling settings of `add_sampling_arguments` (None: the model folder's), by
+    SamplingConfig's field names (the flags' destinations are those names)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig) if hasattr(args, f.name)}
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
