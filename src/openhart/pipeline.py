@@ -1,4 +1,6 @@
-"""HARTPipeline: prompts in, PIL images out (check_inputs -> encode_prompt -> generate -> to_pil).
+"""HARTPipeline: prompts in, PIL images out. A call is five steps (`__call__` reads them in order):
+settings (resolve_sampling) -> conditions (check_inputs, encode_prompt) -> generators -> images
+(`openhart.sampling.generate`) -> output (metadata, to_pil).
 
 The pipeline composes the model, a prompt encoder and `openhart.sampling.generate`; it does not
 re-implement any step of them.
@@ -35,6 +37,30 @@ logger = logging.getLogger(__name__)
 # Sampling settings that `resolve_sampling` takes as keywords: SamplingConfig's own field names.
 SAMPLING_KEYWORDS = tuple(f.name for f in dataclasses.fields(SamplingConfig))
 OUTPUT_TYPES = ("pil", "pt", "np")
+
+
+@dataclass
+class Conditions:
+    """The text side of a call: the features of the prompts and of the negative prompts (None:
+    HART's zero features), the prompt texts for the metadata, and the images per prompt."""
+
+    cond: PromptEmbedding
+    uncond: PromptEmbedding | None
+    prompts: list[str]
+    negatives: list[str] | None
+    per_prompt: int
+
+    @property
+    def total(self) -> int:
+        return len(self.prompts) * self.per_prompt
+
+    def rows(self, embedding: PromptEmbedding | None, start: int, stop: int):
+        """Features and positions of images start..stop (each prompt repeated per_prompt times)."""
+        if embedding is None:
+            return None, None
+        n = self.per_prompt
+        return (embedding.features.repeat_interleave(n, 0)[start:stop],
+                embedding.position_ids.repeat_interleave(n, 0)[start:stop])
 
 
 @dataclass
@@ -276,14 +302,20 @@ class HARTPipeline:
             output_type: "pil" (default), "pt" or "np".
             return_dict: False returns `(images,)`.
         """
+        _check_output_type(output_type)
+        # 1. the settings: the model's recommended ones, with those given here
         resolved = self.resolve_sampling(
             sampling, guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, smooth=smooth,
             head_steps=head_steps, maskgit_iters=maskgit_iters, use_residual=use_residual,
             head_temperature=head_temperature, last_scale=last_scale)
-        cond, uncond, prompts, negatives = self._conditions(prompt, prompt_embeds, negative_prompt,
-                                                            num_images_per_prompt)
-        return self._sample(cond, uncond, prompts, negatives, num_images_per_prompt, resolved, generator,
-                            seed, output_type, return_dict, on_scale)
+        # 2. the conditions: prompts checked and encoded (or prompt_embeds), and the negative ones
+        conditions = self._conditions(prompt, prompt_embeds, negative_prompt, num_images_per_prompt)
+        # 3. the randomness: one generator for the batch (seeded), or one per image
+        generators, seed = self._generators(generator, seed, conditions.total)
+        # 4. the images: `generate` for each generator's share
+        pixels, latents = self._draw(conditions, resolved, generators, on_scale)
+        # 5. the output: metadata and the output type
+        return self._output(pixels, latents, conditions, resolved, seed, output_type, return_dict)
 
     # ----- LoRA adapters (openhart.lora), under diffusers' names --------------------------------------
 
@@ -410,18 +442,19 @@ class HARTPipeline:
         unconditionally."""
         from .editing import blend
 
+        _check_output_type(output_type)
         resolved = self.resolve_sampling(sampling, **settings)
         if prompt is None:
-            prompts, negatives = self.check_inputs(["(no prompt)"], negative_prompt, num_images_per_prompt)
-            cond = self._unconditional(len(prompts))
+            _, negatives = self.check_inputs(["(no prompt)"], negative_prompt, num_images_per_prompt)
             uncond = self.encode_prompt(negatives, None)[0] if negatives else None
-            prompts = [""]
+            conditions = Conditions(self._unconditional(1), uncond, [""], negatives, num_images_per_prompt)
         else:
-            cond, uncond, prompts, negatives = self._conditions(prompt, None, negative_prompt, num_images_per_prompt)
-        details = {"kind": prepared.kind, **prepared.details, "feather": feather}
+            conditions = self._conditions(prompt, None, negative_prompt, num_images_per_prompt)
+        generators, seed = self._generators(generator, seed, conditions.total)
         finish = None if feather is None else (lambda images: blend(images, prepared.image, prepared.unknown, feather))
-        return self._sample(cond, uncond, prompts, negatives, num_images_per_prompt, resolved, generator, seed,
-                            output_type, return_dict, on_scale, known=prepared.known, edit=details, finish=finish)
+        pixels, latents = self._draw(conditions, resolved, generators, on_scale, known=prepared.known, finish=finish)
+        details = {"kind": prepared.kind, **prepared.details, "feather": feather}
+        return self._output(pixels, latents, conditions, resolved, seed, output_type, return_dict, edit=details)
 
     def _unconditional(self, batch: int) -> PromptEmbedding:
         """The text features of an empty condition: zeros at position 0, as the unconditional
@@ -432,28 +465,17 @@ class HARTPipeline:
                                position_ids=torch.zeros(batch, T, dtype=torch.long, device=self.device),
                                truncated=[False] * batch)
 
-    def _sample(self, cond: PromptEmbedding, uncond: PromptEmbedding | None, prompts: list[str],
-                negatives: list[str] | None, n: int, sampling: SamplingConfig, generator, seed: int | None,
-                output_type: str, return_dict: bool, on_scale, *, known=None, edit: dict | None = None,
-                finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PipelineOutput | tuple:
-        """`generate` for every prompt x n images, one batch per generator; metadata and output type."""
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
-        total = len(prompts) * n
-        generators, seed = self._generators(generator, seed, total)
-
-        def rows(embedding: PromptEmbedding | None, start: int, stop: int):
-            if embedding is None:
-                return None, None
-            return (embedding.features.repeat_interleave(n, 0)[start:stop],
-                    embedding.position_ids.repeat_interleave(n, 0)[start:stop])
-
-        # one batch with one generator, or one image per generator
+    def _draw(self, conditions: Conditions, sampling: SamplingConfig, generators: list[torch.Generator],
+              on_scale, *, known=None, finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [0, 1] and final latents of every prompt x per_prompt images: one `generate`
+        batch with one generator, or one image per generator; `finish` post-processes each batch."""
+        total = conditions.total
         chunks = [(0, total)] if len(generators) == 1 else [(i, i + 1) for i in range(total)]
         images, latents = [], []
         for (start, stop), gen in zip(chunks, generators):
-            context, positions = rows(cond, start, stop)
-            uncond_context, uncond_positions = rows(uncond, start, stop)
+            context, positions = conditions.rows(conditions.cond, start, stop)
+            uncond_context, uncond_positions = conditions.rows(conditions.uncond, start, stop)
             out = generate(self.model, context, positions, sampling, gen, uncond_context_BTD=uncond_context,
                            uncond_position_ids_BT=uncond_positions, on_scale=on_scale, known=known)
             if not (bool(torch.isfinite(out.images).all()) and bool(torch.isfinite(out.latent).all())):
@@ -461,10 +483,17 @@ class HARTPipeline:
                                  "(e.g. residual_scale) are broken; re-download or re-export the model")
             images.append(out.images if finish is None else finish(out.images))
             latents.append(out.latent)
-        pixels = torch.cat(images)
-        prompts = [p for p in prompts for _ in range(n)]
+        return torch.cat(images), torch.cat(latents)
+
+    def _output(self, pixels: torch.Tensor, latents: torch.Tensor, conditions: Conditions,
+                sampling: SamplingConfig, seed: int | None, output_type: str, return_dict: bool, *,
+                edit: dict | None = None) -> PipelineOutput | tuple:
+        """The images in the output type, each with its prompt and metadata."""
+        n = conditions.per_prompt
+        prompts = [p for p in conditions.prompts for _ in range(n)]
+        negatives = conditions.negatives
         metadata = [self.image_metadata(prompt=p, negative_prompt=None if not negatives else negatives[i // n],
-                                        seed=seed, index=i, num_images=total, sampling=sampling, edit=edit)
+                                        seed=seed, index=i, num_images=len(prompts), sampling=sampling, edit=edit)
                     for i, p in enumerate(prompts)]
         if output_type == "pil":
             result = to_pil(pixels)
@@ -474,8 +503,8 @@ class HARTPipeline:
             result = pixels.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         if not return_dict:
             return (result,)
-        return PipelineOutput(images=result, prompts=prompts, seed=seed, sampling=sampling,
-                              latents=torch.cat(latents), metadata=metadata)
+        return PipelineOutput(images=result, prompts=prompts, seed=seed, sampling=sampling, latents=latents,
+                              metadata=metadata)
 
     def image_metadata(self, *, prompt: str, negative_prompt: str | None, seed: int | None, index: int,
                        num_images: int, sampling: SamplingConfig, edit: dict | None = None) -> dict[str, str]:
@@ -486,13 +515,12 @@ class HARTPipeline:
             dtype=str(self.dtype).removeprefix("torch."), sampling=sampling,
             num_images=num_images, edit=edit, adapters=self.describe_adapters())
 
-    def _conditions(self, prompt, prompt_embeds, negative_prompt, num_images_per_prompt):
-        """(text features, negative text features or None, prompts for the metadata, negative
-        prompts or None) of a call."""
+    def _conditions(self, prompt, prompt_embeds, negative_prompt, num_images_per_prompt) -> Conditions:
+        """The text side of a call, from prompts or from prompt_embeds."""
         if prompt_embeds is None:
             prompts, negatives = self.check_inputs(prompt, negative_prompt, num_images_per_prompt)
             cond, uncond = self.encode_prompt(prompts, negatives)
-            return cond, uncond, prompts, negatives
+            return Conditions(cond, uncond, prompts, negatives, num_images_per_prompt)
         if prompt is not None:
             raise ValueError("pass prompt or prompt_embeds, not both")
         if isinstance(prompt_embeds, torch.Tensor):
@@ -510,7 +538,7 @@ class HARTPipeline:
         labels = ["(prompt_embeds)"] * B
         _, negatives = self.check_inputs(labels, negative_prompt, num_images_per_prompt)
         uncond = self.encode_prompt(negatives, None)[0] if negatives else None
-        return prompt_embeds, uncond, labels, negatives
+        return Conditions(prompt_embeds, uncond, labels, negatives, num_images_per_prompt)
 
     def _generators(self, generator, seed: int | None, total: int) -> tuple[list[torch.Generator], int | None]:
         """The generators of a call (one, or one per image) and the seed recorded in metadata."""
@@ -524,3 +552,8 @@ class HARTPipeline:
             raise ValueError(f"generator must be one torch.Generator or a list of one per image ({total}), "
                              f"got {len(generators)} item(s)")
         return generators, None
+
+
+def _check_output_type(output_type: str) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
