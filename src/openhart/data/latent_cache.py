@@ -171,8 +171,6 @@ def build_latent_cache(samples: Iterable[Sample], out: str | os.PathLike, *, tok
         the cache folder, and counts {"examples", "truncated_captions"}.
     """
     out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; remove it or choose another --out")
     if feature_dtype not in FEATURE_DTYPES:
         raise ValueError(f"feature dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,16 +189,9 @@ def build_latent_cache(samples: Iterable[Sample], out: str | os.PathLike, *, tok
                 pending.clear()
 
             for batch in _batched(samples, batch_size):
-                images = torch.stack([s.image for s in batch]).to(device)
-                tokens = tokenizer.encode(images)
-                prompt = encoder.encode([s.caption for s in batch])
-                truncated += sum(prompt.truncated)
-                pending.append({
-                    "codes": torch.cat(tokens.indices, dim=1).to(torch.int32).cpu(),
-                    "last_scale_input": tokens.last_scale_input.float().cpu(),
-                    "context": prompt.features.to(FEATURE_DTYPES[feature_dtype]).cpu(),
-                    "position_ids": prompt.position_ids.to(torch.int32).cpu(),
-                })
+                encoded, batch_truncated = _encode_batch(batch, tokenizer, encoder, device, feature_dtype)
+                pending.append(encoded)
+                truncated += batch_truncated
                 captions += [{"index": done + i, "key": s.key, "text": s.caption} for i, s in enumerate(batch)]
                 done += len(batch)
                 if sum(p["codes"].shape[0] for p in pending) >= shard_size:
@@ -225,6 +216,19 @@ def build_latent_cache(samples: Iterable[Sample], out: str | os.PathLike, *, tok
     finally:
         encoder.warn_truncation = True
     return out, {"examples": done, "truncated_captions": truncated}
+
+
+def _encode_batch(batch: list[Sample], tokenizer, encoder, device, feature_dtype: str) -> tuple[dict, int]:
+    """The cached tensors of a batch (codes of every scale, the last scale's input, the text
+    features and positions) and the number of its captions that were truncated."""
+    tokens = tokenizer.encode(torch.stack([s.image for s in batch]).to(device))
+    prompt = encoder.encode([s.caption for s in batch])
+    return {
+        "codes": torch.cat(tokens.indices, dim=1).to(torch.int32).cpu(),
+        "last_scale_input": tokens.last_scale_input.float().cpu(),
+        "context": prompt.features.to(FEATURE_DTYPES[feature_dtype]).cpu(),
+        "position_ids": prompt.position_ids.to(torch.int32).cpu(),
+    }, sum(prompt.truncated)
 
 
 def _batched(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:

@@ -88,32 +88,16 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
         variants: names from `VARIANTS`.
         loras: LoRA adapters (path or Hub id, scale) applied to the model.
     """
-    from ..pipeline import HARTPipeline
-
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"unknown evaluation variant(s) {unknown}; choose from {list(VARIANTS)}")
     if train_samples < 1:
         raise ValueError(f"train_samples must be >= 1, got {train_samples}")
     say = progress or (lambda _: None)
-    pipe = HARTPipeline.from_pretrained(model_dir, text_encoder=text_encoder, dtype=torch.float32)
-    if loras:
-        pipe.set_adapters([pipe.load_lora_weights(path) for path, _ in loras], [scale for _, scale in loras])
-    base = pipe.resolve_sampling(None, guidance_scale=guidance_scale)
-    settings = {name: dataclasses.replace(base, **VARIANTS[name]) for name in variants}
+    pipe, base, settings = _pipeline_and_variants(model_dir, text_encoder, loras, guidance_scale, variants)
     size = pipe.model.config.image_size
     features = InceptionFeatures(inception, batch_size=batch_size)  # bounds the peak memory too
-
-    folders = {"heldout": ImageCaptionFolder(data_dir, size)}
-    if train_data is not None:
-        folders["train"] = ImageCaptionFolder(train_data, size)
-    count = len(folders["heldout"]) if limit is None else min(limit, len(folders["heldout"]))
-    check_count(f"the evaluation set {data_dir}", count)
-    picks = {"heldout": list(range(count))}
-    if "train" in folders:
-        picks["train"] = training_subset(folders["train"], train_samples, seed)
-        check_count(f"the training subset of {train_data}", len(picks["train"]))
-    gallery_images, splits = _splits(folders, picks)
+    folders, gallery_images, splits = _evaluation_splits(data_dir, train_data, size, limit, train_samples, seed)
 
     say(f"Inception features of the gallery ({len(gallery_images)} images)")
     gallery_features = _gallery_features(features, gallery_images, folders, size)
@@ -144,12 +128,43 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir:
         "splits": results_splits,
         "sheet_columns": columns, "sheet_captions": heldout.captions[:SHEET_ROWS],
     }
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    _write_results(out / "results.json", results)
     return results
 
 
+def _write_results(path: Path, results: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
 # ----- steps -----------------------------------------------------------------------------------------
+
+def _pipeline_and_variants(model_dir, text_encoder, loras, guidance_scale, variants):
+    """The pipeline (fp32, with its LoRA adapters), its base settings and those of each variant."""
+    from ..pipeline import HARTPipeline
+
+    pipe = HARTPipeline.from_pretrained(model_dir, text_encoder=text_encoder, dtype=torch.float32)
+    if loras:
+        pipe.set_adapters([pipe.load_lora_weights(path) for path, _ in loras], [scale for _, scale in loras])
+    base = pipe.resolve_sampling(None, guidance_scale=guidance_scale)
+    return pipe, base, {name: dataclasses.replace(base, **VARIANTS[name]) for name in variants}
+
+
+def _evaluation_splits(data_dir, train_data, size: int, limit: int | None, train_samples: int, seed: int):
+    """The folders, the retrieval gallery and the splits: the held-out images (the first `limit`)
+    and, with `train_data`, a seeded subset of `train_samples` training images."""
+    folders = {"heldout": ImageCaptionFolder(data_dir, size)}
+    if train_data is not None:
+        folders["train"] = ImageCaptionFolder(train_data, size)
+    count = len(folders["heldout"]) if limit is None else min(limit, len(folders["heldout"]))
+    check_count(f"the evaluation set {data_dir}", count)
+    picks = {"heldout": list(range(count))}
+    if "train" in folders:
+        picks["train"] = training_subset(folders["train"], train_samples, seed)
+        check_count(f"the training subset of {train_data}", len(picks["train"]))
+    gallery_images, splits = _splits(folders, picks)
+    return folders, gallery_images, splits
+
 
 
 def _reconstruction_metrics(split: Split, images: tuple[torch.Tensor, torch.Tensor],

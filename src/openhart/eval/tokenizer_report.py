@@ -14,20 +14,16 @@ compare with its "reconstruction" rows.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..data.datasets import ImageCaptionFolder
 from ..loading import load_tokenizer
-from ..outputs import atomic_path
-from .fid import check_count
 from .inception import InceptionFeatures
-from .report import (_gallery_features, _rates, _reconstruction_metrics, _reconstructions, _retrieval, _splits,
-                     training_subset)
+from .report import (_evaluation_splits, _write_results, _gallery_features, _rates, _reconstruction_metrics, _reconstructions,
+                     _retrieval)
 
 PATHS = ("continuous", "discrete_only")
 
@@ -44,15 +40,7 @@ def evaluate_tokenizer(tokenizer_path: str | os.PathLike, data_dir: str | os.Pat
     tokenizer = load_tokenizer(tokenizer_path)
     size = tokenizer.config.image_size  # the side its whole scale list describes
     features = InceptionFeatures(inception, batch_size=batch_size)  # bounds the peak memory too
-    folders = {"heldout": ImageCaptionFolder(data_dir, size)}
-    if train_data is not None:
-        folders["train"] = ImageCaptionFolder(train_data, size)
-    picks = {"heldout": list(range(len(folders["heldout"])))}
-    if "train" in folders:
-        picks["train"] = training_subset(folders["train"], train_samples, seed)
-    for name, indices in picks.items():
-        check_count(f"the {name} images", len(indices))
-    gallery_images, splits = _splits(folders, picks)
+    folders, gallery_images, splits = _evaluation_splits(data_dir, train_data, size, None, train_samples, seed)
     say(f"Inception features of the gallery ({len(gallery_images)} images)")
     gallery_features = _gallery_features(features, gallery_images, folders, size)
     results_splits = {}
@@ -69,8 +57,7 @@ def evaluate_tokenizer(tokenizer_path: str | os.PathLike, data_dir: str | os.Pat
                "inception": str(features.path), "gallery_images": len(gallery_features), "splits": results_splits}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    _write_results(out / "results.json", results)
     return results
 
 

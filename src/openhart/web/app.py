@@ -172,28 +172,11 @@ def _progress_hook(progress, num_scales: int):
     return per_scale(scale_done)
 
 
-# Longer than ~60 lines on purpose: the tab's widgets are declared in the order the page shows them.
 def _generate_tab(gr, service: ImageService, limits: ServeLimits) -> None:
     config = service.pipe.model.config
-    vocab, num_scales, size = config.tokenizer.vocab_size, config.num_scales, config.image_size
+    vocab = config.tokenizer.vocab_size
     defaults = page_defaults(limits, service.pipe.default_sampling, vocab, config.head.sampling_steps)
-
-    def run(prompt, negative_prompt, seed, guidance_scale, num_images, top_k, top_p, smooth, head_steps,
-            use_residual, head_temperature, last_scale, progress=gr.Progress()):
-        try:
-            request = validate_request(
-                limits, defaults, vocab, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
-                guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, smooth=smooth,
-                head_steps=head_steps, use_residual=use_residual, num_images=num_images,
-                head_temperature=head_temperature, last_scale=last_scale)
-        except RequestError as error:
-            raise gr.Error(str(error), title="Invalid input", print_exception=False) from None
-        progress(0, desc="encoding the prompt")
-        paths, seconds = service(request, _progress_hook(progress, num_scales))
-        gallery = [(str(p), f"seed {request.seed} · image {i + 1}") for i, p in enumerate(paths)]
-        status = (f"{len(paths)} image(s) of {size}x{size} in {seconds:.2f} s · seed {request.seed} · "
-                  f"guidance {request.sampling.guidance_scale:g}")
-        return gallery, status
+    run = _generate_handler(gr, service, limits, defaults)
 
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
@@ -239,6 +222,30 @@ def _generate_tab(gr, service: ImageService, limits: ServeLimits) -> None:
           api_name="generate", preprocess=False)
     randomize.click(new_seed, None, seed, queue=False, api_name=False)
 
+
+
+def _generate_handler(gr, service: ImageService, limits: ServeLimits, defaults):
+    """The Generate button's handler: the raw values checked against the limits, then drawn."""
+    config = service.pipe.model.config
+    vocab, num_scales, size = config.tokenizer.vocab_size, config.num_scales, config.image_size
+
+    def run(prompt, negative_prompt, seed, guidance_scale, num_images, top_k, top_p, smooth, head_steps,
+            use_residual, head_temperature, last_scale, progress=gr.Progress()):
+        try:
+            request = validate_request(
+                limits, defaults, vocab, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+                guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, smooth=smooth,
+                head_steps=head_steps, use_residual=use_residual, num_images=num_images,
+                head_temperature=head_temperature, last_scale=last_scale)
+        except RequestError as error:
+            raise gr.Error(str(error), title="Invalid input", print_exception=False) from None
+        progress(0, desc="encoding the prompt")
+        paths, seconds = service(request, _progress_hook(progress, num_scales))
+        gallery = [(str(p), f"seed {request.seed} · image {i + 1}") for i, p in enumerate(paths)]
+        status = (f"{len(paths)} image(s) of {size}x{size} in {seconds:.2f} s · seed {request.seed} · "
+                  f"guidance {request.sampling.guidance_scale:g}")
+        return gallery, status
+    return run
 
 def _seed_guidance_images(gr, limits: ServeLimits, defaults, prefix: str):
     """The seed box with its random button, the guidance slider and the image count of a tab."""
