@@ -6,7 +6,8 @@
 # Usage: bash configs/tokenizer-ab.sh STEPS VARIANT [VARIANT ...]
 #   variants: base (the shipped tokenizer's config), ch32 (32 latent channels at 8x8),
 #             lat16 (a 16x16 latent, scales up to 16), vocab2048 (a 2048-entry codebook)
-# Writes runs/tok-ab-STEPS-VARIANT and eval/tok-ab-STEPS-VARIANT/results.json.
+# Writes runs/tok-ab-STEPS-VARIANT and eval/tok-ab-STEPS-VARIANT/results.json. A run checkpoints every
+# 300 steps; run the same command again to resume a stopped one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n 2,9p "$0" >&2; exit 2; }
@@ -23,7 +24,7 @@ for variant in "$@"; do
   esac
   name=tok-ab-$steps-$variant
   time $bin/openhart train tokenizer --config configs/emoji-tokenizer.json --set run.output_dir=runs/$name \
-      --set run.steps=$steps --set run.checkpoint_every=$steps --set run.sample_every=$steps "${sets[@]}"
+      --set run.steps=$steps --set run.checkpoint_every=300 --set run.sample_every=$steps "${sets[@]}"
   $bin/openhart eval-tokenizer runs/$name/model --data data/emoji/heldout --train-data data/emoji/train \
       --out eval/$name --quiet
 done
