@@ -26,7 +26,7 @@ from .images import to_pil
 from .loading import load_model, recommended_sampling
 from .metadata import generation_metadata
 from .model import HARTModel
-from .sampling import ScaleRecord, generate
+from .sampling import NonFiniteOutput, ScaleRecord, generate
 from .inputs import check_text
 from .seeding import check_seed, new_seed
 from .text.encoder import HFPromptEncoder, PromptEmbedding, load_prompt_encoder, load_system_prompt
@@ -476,11 +476,15 @@ class HARTPipeline:
         for (start, stop), gen in zip(chunks, generators):
             context, positions = conditions.rows(conditions.cond, start, stop)
             uncond_context, uncond_positions = conditions.rows(conditions.uncond, start, stop)
-            out = generate(self.model, context, positions, sampling, gen, uncond_context_BTD=uncond_context,
-                           uncond_position_ids_BT=uncond_positions, on_scale=on_scale, known=known)
-            if not (bool(torch.isfinite(out.images).all()) and bool(torch.isfinite(out.latent).all())):
-                raise ValueError(f"{self.source} produced NaN or infinite values: its weights or its config.json "
-                                 "(e.g. residual_scale) are broken; re-download or re-export the model")
+            try:
+                out = generate(self.model, context, positions, sampling, gen, uncond_context_BTD=uncond_context,
+                               uncond_position_ids_BT=uncond_positions, on_scale=on_scale, known=known)
+                if not (bool(torch.isfinite(out.images).all()) and bool(torch.isfinite(out.latent).all())):
+                    raise NonFiniteOutput("the images are NaN or infinite")
+            except NonFiniteOutput as error:
+                raise ValueError(f"{self.source} produced NaN or infinite values ({error}): its weights or its "
+                                 "config.json (e.g. residual_scale) are broken; re-download or re-export the "
+                                 "model") from None
             images.append(out.images if finish is None else finish(out.images))
             latents.append(out.latent)
         return torch.cat(images), torch.cat(latents)

@@ -67,6 +67,10 @@ class ScaleRecord:
     residual: torch.Tensor | None = None
 
 
+class NonFiniteOutput(ValueError):
+    """The model produced NaN or infinite values while sampling: broken weights or config."""
+
+
 @dataclass
 class SampleOutput:
     """Attributes:
@@ -364,6 +368,8 @@ def select_codes(logits_BlV: torch.Tensor, codebook_VC: torch.Tensor, sampling: 
     smooth = sampling.smooth if smooth is None else smooth
     filtered = filter_logits(logits_BlV, sampling.top_k_at(si), sampling.top_p)
     probs = filtered.softmax(dim=-1).reshape(-1, V)
+    if not bool(torch.isfinite(probs).all()):  # multinomial would fail with an opaque error
+        raise NonFiniteOutput(f"the code probabilities of scale {si} are NaN or infinite")
     idx_Bl = torch.multinomial(probs, 1, generator=generator).reshape(B, l)
     if not smooth:
         return idx_Bl, F.embedding(idx_Bl, codebook_VC)

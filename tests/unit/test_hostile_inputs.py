@@ -242,3 +242,14 @@ def test_checkpoint_files_left_by_a_killed_writer_are_removed(tmp_path):
     stale.write_bytes(b"half a checkpoint")
     save_checkpoint(folder, 200, {"model": {"w": torch.zeros(2)}})
     assert not stale.exists() and (folder / "ckpt-00000200.pt").is_file()
+
+
+def test_finite_but_huge_weights_are_one_line_not_a_multinomial_crash(model_dir, tmp_path, capsys):
+    """A flipped exponent bit gives a finite weight of ~1e38: the strict load accepts it, the
+    logits overflow, and torch.multinomial would fail with an opaque RuntimeError."""
+    edit_weights(model_dir, lambda t: t["transformer.head.weight"].view(-1)[:64].fill_(3e38))
+    assert main(["generate", "a cat", "--model", str(model_dir), "--out", str(tmp_path / "x.png"), "--seed", "1",
+                 "--head-steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "produced NaN or infinite values" in err and str(model_dir) in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
