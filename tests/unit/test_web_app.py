@@ -276,3 +276,19 @@ def test_a_model_recording_settings_beyond_the_pages_limits_still_edits(tmp_path
         mode="inpaint", strength=0.5, dilate=0, feather=0, seed=1, guidance_scale=2.0, num_images=1,
         progress=lambda *a, **k: None)
     assert status.startswith("inpaint: 1 image(s)") and len(gallery) == 1
+
+
+@pytest.mark.parametrize("editor", ["nan", -10**18, "\x00", [1, 2]])
+def test_an_editor_value_of_another_shape_is_a_quiet_message(pipe, tmp_path, editor):
+    """Gradio validates file components' values against their data model before any handler,
+    even with preprocess=False (found by the long fuzz run's web class)."""
+    import asyncio
+
+    import gradio as gr
+
+    app = build_app(ImageService(pipe, tmp_path), ServeLimits())
+    (block_fn,) = [f for f in app.fns.values() if getattr(f.fn, "__name__", "") == "run_edit"]
+    values = [editor, "a red apple", "vary", 0.5, 0, None, 1, 4.5, 1]
+    with pytest.raises(gr.Error, match="does not have the form this endpoint takes") as raised:
+        asyncio.run(app.preprocess_data(block_fn, values, None))
+    assert raised.value.print_exception is False

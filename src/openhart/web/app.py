@@ -128,14 +128,15 @@ def build_app(service: ImageService, limits: ServeLimits):
             with gr.Tab("Edit", id="edit-tab", elem_id="edit-tab"):
                 _edit_tab(gr, service, limits)
     app.queue(max_size=limits.queue_size, default_concurrency_limit=1)
-    _quiet_input_count_errors(gr, app)
+    _quiet_gradio_rejections(gr, app)
     return app
 
 
-def _quiet_input_count_errors(gr, app) -> None:
-    """Gradio checks the number of values of a request before any handler runs, and answers a
-    short one with a bare ValueError: the client sees `error: null` and the server logs a
-    traceback. Make that rejection a quiet gr.Error with a message, like openhart's own."""
+def _quiet_gradio_rejections(gr, app) -> None:
+    """Gradio checks the number of values of a request, and the form of file components' values,
+    before any handler runs, and answers a bad one with a bare exception: the client sees
+    `error: null` and the server logs a traceback. Make those rejections quiet gr.Errors with a
+    message, like openhart's own."""
     check = app.validate_inputs
 
     def validate_inputs(block_fn, inputs):
@@ -146,6 +147,21 @@ def _quiet_input_count_errors(gr, app) -> None:
                            f"{len(block_fn.inputs)}", title="Invalid input", print_exception=False) from None
 
     app.validate_inputs = validate_inputs
+    preprocess = app.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        # Gradio validates the values of file components (the image editor) against their data
+        # model even with preprocess=False: a value of another shape is a pydantic error there
+        try:
+            return await preprocess(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except (ValueError, TypeError):
+            raise gr.Error("a value of the request does not have the form this endpoint takes (the image "
+                           "editor takes an uploaded image); send what the page sends", title="Invalid input",
+                           print_exception=False) from None
+
+    app.preprocess_data = preprocess_data
 
 
 def adapter_label(adapter: dict) -> str:
