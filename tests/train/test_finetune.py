@@ -191,7 +191,7 @@ def _bad_inputs(shapes_dir: Path, tmp: Path) -> dict[str, tuple[list[str], str]]
         "no captions": ([str(uncaptioned)], "have no caption"),
         "no readable image": ([str(unreadable)], "no readable image in"),
         "resolution not a prefix": ([str(shapes_dir), "--resolution", "80"], "cannot take 80x80 images"),
-        "rank 0": ([str(shapes_dir), "--lora-rank", "0"], "--lora-rank must be >= 1"),
+        "rank 0": ([str(shapes_dir), "--lora-rank", "0"], "argument --lora-rank: must be between 1 and 4096"),
         "rank larger than a layer": ([str(shapes_dir), "--lora-rank", "65"], "choose a rank of at most 64"),
         "missing data": ([str(tmp / "nowhere")], "not found"),
     }
