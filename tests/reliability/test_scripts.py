@@ -53,8 +53,10 @@ def test_attention_benchmark(tmp_path):
 
 
 def test_train_throughput_benchmark(tmp_path):
+    run(["-m", "openhart", "data", "shapes", str(tmp_path / "shapes"), "--count", "8"], tmp_path)  # data/ is not in git
     run(["benchmarks/train_throughput.py", "tokenizer", "configs/tokenizer-shapes.json", "--steps", "1",
-         "--matmul-size", "128", "--set", "run.batch_size=2", "--json", str(tmp_path / "t.json")], tmp_path)
+         "--matmul-size", "128", "--set", "run.batch_size=2", "--set", f"data.path={tmp_path / 'shapes'}",
+         "--json", str(tmp_path / "t.json")], tmp_path)
     assert json.loads((tmp_path / "t.json").read_text())
 
 
