@@ -3,7 +3,7 @@ import torch
 
 from openhart.eval.fid import frechet_distance, kernel_inception_distance
 from openhart.eval.inception import InceptionFeatures, preprocess
-from openhart.eval.metrics import ssim
+from openhart.metrics import ssim
 
 
 def test_ssim_is_one_for_identical_images_and_falls_with_noise():
@@ -101,7 +101,7 @@ def test_grouped_retrieval_counts_a_sibling_variant_as_a_hit():
 
 
 def test_teacher_forced_accuracy_counts_the_argmax_of_each_scale(tiny_model, tiny_context):
-    from openhart.eval.accuracy import teacher_forced_accuracy
+    from openhart.metrics import teacher_forced_accuracy
 
     tf, quantizer = tiny_model.transformer, tiny_model.tokenizer.quantizer
     patch_nums = tf.patch_nums

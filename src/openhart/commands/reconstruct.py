@@ -9,7 +9,7 @@ import torch
 
 from ..config import tokenizer_small
 from ..device import resolve_device
-from ..eval.metrics import psnr
+from ..metrics import psnr
 from ..images import load_image, save_png, to_pil
 from ..loading import load_tokenizer
 from ..outputs import check_output_file

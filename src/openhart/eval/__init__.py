@@ -1,1 +1,2 @@
-"""Evaluation metrics."""
+"""Evaluation reports: `openhart eval`, `eval-curve` and `eval-tokenizer` (FID, KID, retrieval,
+reconstruction), built on `openhart.metrics`."""

@@ -32,10 +32,10 @@ from ..config import config_to_dict
 from ..data.datasets import ImageCaptionFolder
 from ..images import image_grid, save_png, to_pil
 from ..outputs import atomic_path
-from .accuracy import teacher_forced_accuracy
+from ..metrics import teacher_forced_accuracy
 from .fid import check_count, frechet_distance, kernel_inception_distance
 from .inception import InceptionFeatures
-from .metrics import psnr, ssim
+from ..metrics import psnr, ssim
 from .retrieval import retrieval_ranks, retrieval_rates, variant_groups
 
 SHEET_ROWS = 8

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import TOKENIZER_PRESETS, TokenizerConfig, config_from_dict, config_to_dict
 from ..data.datasets import ImageCaptionFolder, TarShards
-from ..eval.metrics import psnr
+from ..metrics import psnr
 from ..images import image_grid, save_png, to_pil
 from ..loading import load_tokenizer, save_tokenizer
 from ..seeding import keyed_generator

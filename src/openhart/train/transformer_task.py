@@ -29,7 +29,7 @@ from ..config import MODEL_PRESETS, HARTConfig, config_to_dict
 from ..data.latent_cache import CachedBatch, LatentCache, collate
 from ..diffusion.head import DiffusionHead
 from ..diffusion.schedule import DiffusionSchedule
-from ..eval.accuracy import teacher_forced_accuracy
+from ..metrics import teacher_forced_accuracy
 from ..images import image_grid, save_png, to_pil
 from ..loading import load_model, save_model
 from ..model import HARTModel
