@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -155,3 +156,48 @@ class FakeHub:
                 self._error(404, "NotFound", f"no route for {path}")
 
         return Handler
+
+
+class StalledEndpoint:
+    """A server on 127.0.0.1 that accepts connections and never answers ("silent"), or sends
+    headers and then a byte every half second ("drip"): what a Hub client must time out on.
+    Serves from daemon threads from construction on; `close()` (or the `with` block) stops it."""
+
+    def __init__(self, behaviour: str):
+        self.behaviour = behaviour
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        self.socket.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection):
+        with connection:
+            try:
+                connection.recv(65536)
+                if self.behaviour == "drip":
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                       b"Content-Length: 100000\r\n\r\n")
+                while not self.stop.wait(0.5):
+                    if self.behaviour == "drip":
+                        connection.sendall(b" ")
+            except OSError:
+                return
+
+    def close(self):
+        self.stop.set()
+        self.socket.close()
+
+    def __enter__(self) -> "StalledEndpoint":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -16,13 +16,12 @@ import os
 import random
 import shutil
 import signal
-import socket
 import stat
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
+from .fake_hub import StalledEndpoint
 from .fuzz import HART_TINY, HOSTILE_VALUES, Case
 
 PROTECTED = b"a file the user keeps"
@@ -263,44 +262,6 @@ def _png(target) -> None:
 
 # ----- stalled endpoints -----------------------------------------------------------------------------
 
-class StalledEndpoint:
-    """A server on 127.0.0.1 that accepts connections and never answers ("silent"), or sends
-    headers and then a byte every half second ("drip"). Runs in a daemon thread of the parent."""
-
-    def __init__(self, behaviour: str):
-        self.behaviour = behaviour
-        self.socket = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        self.socket.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
-
-    def _answer(self, connection):
-        with connection:
-            try:
-                connection.recv(65536)
-                if self.behaviour == "drip":
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                       b"Content-Length: 100000\r\n\r\n")
-                while not self.stop.wait(0.5):
-                    if self.behaviour == "drip":
-                        connection.sendall(b" ")
-            except OSError:
-                return
-
-    def close(self):
-        self.stop.set()
-        self.socket.close()
-
-
 ENDPOINTS: dict[str, StalledEndpoint] = {}
 
 
@@ -310,7 +271,9 @@ def stalled_cases(rng: random.Random, model: Path, work: Path, count: int) -> li
     cases = []
     for i in range(count):
         behaviour = ("silent", "drip")[i % 2]
-        endpoint = ENDPOINTS.setdefault(behaviour, StalledEndpoint(behaviour))
+        if behaviour not in ENDPOINTS:  # one server per behaviour, shared by its cases
+            ENDPOINTS[behaviour] = StalledEndpoint(behaviour)
+        endpoint = ENDPOINTS[behaviour]
         folder = work / f"stalled-{i}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OPENHART_HUB"))}
         env.update(HF_ENDPOINT=endpoint.url, HF_HOME=str(folder / "hf"), OPENHART_HUB_TIMEOUT="2",

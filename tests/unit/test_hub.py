@@ -20,7 +20,7 @@ from PIL import Image
 from openhart.hub import (OFFICIAL_TEXT_ENCODER, HubError, parse_hub_id, recorded_text_encoder,
                           resolve_model, resolve_text_encoder)
 
-from ..helpers.fake_hub import FakeHub
+from ..helpers.fake_hub import FakeHub, StalledEndpoint
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "conformance" / "hart-tiny"
 REPO = "mit-han-lab/hart-tiny"
@@ -242,52 +242,6 @@ def test_adapters_come_from_the_hub_and_then_work_offline(tmp_path):
     assert online.tobytes() == offline.tobytes()
     adapters = json.loads(offline.text["openhart"])["adapters"]
     assert adapters[0]["source"] == "me/hart-lora" and adapters[0]["scale"] == 0.5
-
-
-class StalledEndpoint:
-    """A server on 127.0.0.1 that accepts connections and then never answers ("silent") or
-    answers a byte every half second ("drip")."""
-
-    def __init__(self, behaviour: str):
-        import threading
-
-        self.behaviour = behaviour
-        self.socket = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-
-    def serve(self):
-        import threading
-
-        self.socket.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
-
-    def answer(self, connection):
-        with connection:
-            connection.recv(65536)
-            if self.behaviour == "drip":
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                   b"Content-Length: 100000\r\n\r\n")
-            while not self.stop.wait(0.5):
-                if self.behaviour == "drip":
-                    try:
-                        connection.sendall(b" ")
-                    except OSError:
-                        return
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.socket.close()
 
 
 @pytest.mark.parametrize("behaviour", ["silent", "drip"])
