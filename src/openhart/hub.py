@@ -19,6 +19,7 @@ is missing and the command or folder that fixes it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -297,14 +298,22 @@ def install_timeouts() -> None:
     that accepts a connection and never answers hangs it): connect and read timeouts of
     `hub_timeout()`, and a floor of MIN_HUB_RATE bytes/s on every response after that long, so
     that an endpoint dripping a byte a second ends too. Each ends as a timeout error that names
-    the URL. Does nothing on huggingface_hub versions without `set_client_factory`."""
+    the URL. Does nothing on huggingface_hub versions without `set_client_factory`. Installed
+    once per process and timeout (huggingface_hub's shared session then stays open)."""
+    _install_timeouts(hub_timeout())
+
+
+@functools.cache
+def _install_timeouts(seconds: float) -> None:
     try:
         import httpx2 as httpx
         from huggingface_hub import set_client_factory
         from huggingface_hub.utils._http import default_client_factory
     except ImportError:
         return
-    seconds = hub_timeout()
+    probe = default_client_factory()
+    hooks = probe.event_hooks  # huggingface_hub's request hook (its headers)
+    probe.close()
 
     class RateFloor(httpx.SyncByteStream):
         """A response body that raises a read timeout when it arrives slower than MIN_HUB_RATE."""
@@ -337,7 +346,6 @@ def install_timeouts() -> None:
             return response
 
     def factory():
-        hooks = default_client_factory().event_hooks  # huggingface_hub's request hook (headers)
         return httpx.Client(event_hooks=hooks, follow_redirects=True, transport=StallGuard(),
                             timeout=httpx.Timeout(seconds))
 
