@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..config import LAST_SCALE_MODES
+from ..config import LAST_SCALE_MODES, SamplingConfig
 from ..images import save_png
 from ..pipeline import HARTPipeline
 from ..sampling import per_scale
@@ -113,7 +113,11 @@ def build_app(service: ImageService, limits: ServeLimits):
     "Generate" tab (text to image) and an "Edit" tab (inpainting and variations of an upload)."""
     gr = import_gradio()
     pipe = service.pipe
-    size = pipe.model.config.image_size
+    config = pipe.model.config
+    size = config.image_size
+    # the model's recommended settings within the page's limits: the widgets of both tabs start
+    # there, and the Edit tab (which has no sampling widgets) sends them
+    defaults = page_defaults(limits, pipe.default_sampling, config.tokenizer.vocab_size, config.head.sampling_steps)
     # Gradio's copies of the served PNGs are deleted after an hour (checked every 10 minutes)
     with gr.Blocks(title="openhart", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(f"## openhart · HART text-to-image\nModel **{pipe.name}** "
@@ -124,9 +128,9 @@ def build_app(service: ImageService, limits: ServeLimits):
             gr.Markdown("LoRA adapters: " + ", ".join(adapter_label(a) for a in adapters), elem_id="adapters")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate-tab", elem_id="generate-tab"):
-                _generate_tab(gr, service, limits)
+                _generate_tab(gr, service, limits, defaults)
             with gr.Tab("Edit", id="edit-tab", elem_id="edit-tab"):
-                _edit_tab(gr, service, limits)
+                _edit_tab(gr, service, limits, defaults)
     app.queue(max_size=limits.queue_size, default_concurrency_limit=1)
     _quiet_gradio_rejections(gr, app)
     return app
@@ -188,10 +192,8 @@ def _progress_hook(progress, num_scales: int):
     return per_scale(scale_done)
 
 
-def _generate_tab(gr, service: ImageService, limits: ServeLimits) -> None:
-    config = service.pipe.model.config
-    vocab = config.tokenizer.vocab_size
-    defaults = page_defaults(limits, service.pipe.default_sampling, vocab, config.head.sampling_steps)
+def _generate_tab(gr, service: ImageService, limits: ServeLimits, defaults: SamplingConfig) -> None:
+    vocab = service.pipe.model.config.tokenizer.vocab_size
     run = _generate_handler(gr, service, limits, defaults)
 
     with gr.Row():
@@ -284,11 +286,10 @@ def _slider(gr, low: int, high: int, **options):
     return gr.Number(value=low, precision=0, interactive=False, **{k: v for k, v in options.items() if k != "value"})
 
 
-def _edit_tab(gr, service: ImageService, limits: ServeLimits) -> None:
+def _edit_tab(gr, service: ImageService, limits: ServeLimits, defaults: SamplingConfig) -> None:
     """Upload an image, paint over the region to regenerate (inpaint), or vary the whole image."""
     config = service.pipe.model.config
     vocab, num_scales, size = config.tokenizer.vocab_size, config.num_scales, config.image_size
-    defaults = page_defaults(limits, service.pipe.default_sampling, vocab, config.head.sampling_steps)
 
     def run_edit(editor, prompt, mode, strength, dilate, feather, seed, guidance_scale, num_images,
                  progress=gr.Progress()):
