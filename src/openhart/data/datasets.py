@@ -174,10 +174,11 @@ class TarShards(StreamingDataset):
                 if sample is not None:
                     yield position, sample
 
-    def _read_shard(self, shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    def _read_shard(self, shard: Path) -> Iterator[tuple[str, dict[str, bytes | None]]]:
         """The examples of a shard, one at a time: the members of one key are consecutive (as
-        WebDataset writes them), so memory holds one example. Members larger than
-        MAX_MEMBER_BYTES (declared or read) are skipped and counted without being read."""
+        WebDataset writes them), so memory holds one example, {extension: bytes}. A member
+        declared larger than MAX_MEMBER_BYTES, or shorter than its header says, is None (not
+        read); its example is skipped and counted."""
         key, parts = None, {}
         try:
             with tarfile.open(shard) as tar:
@@ -189,14 +190,10 @@ class TarShards(StreamingDataset):
                         if parts:
                             yield key, parts
                         key, parts = name, {}
-                    if member.size > MAX_MEMBER_BYTES:
-                        parts["oversized"] = member.name.encode()
-                        continue
-                    data = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)
-                    if len(data) != member.size:
-                        parts["oversized"] = member.name.encode()
-                        continue
-                    parts[ext.lower()] = data
+                    data = None
+                    if member.size <= MAX_MEMBER_BYTES:
+                        data = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)
+                    parts[ext.lower()] = data if data is not None and len(data) == member.size else None
         except (tarfile.TarError, OSError, EOFError) as error:
             self.skipped += 1
             logger.warning("skipping the rest of unreadable shard %s (%s)", shard, error)
@@ -204,12 +201,13 @@ class TarShards(StreamingDataset):
         if parts:
             yield key, parts
 
-    def _decode(self, shard: Path, key: str, parts: dict[str, bytes],
+    def _decode(self, shard: Path, key: str, parts: dict[str, bytes | None],
                 generator: torch.Generator) -> Sample | None:
         image_ext = next((e for e in parts if f".{e}" in IMAGE_EXTENSIONS), None)
+        unread = [e for e, data in parts.items() if data is None]
         try:
-            if "oversized" in parts:
-                raise ValueError(f"member {parts['oversized'].decode()} is larger than {MAX_MEMBER_BYTES >> 20} MB "
+            if unread:
+                raise ValueError(f"member {key}.{unread[0]} is larger than {MAX_MEMBER_BYTES >> 20} MB "
                                  "or shorter than its header says")
             caption = _tar_caption(parts, f"{shard}/{key}")
             if image_ext is None or not caption:
