@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from openhart import kernels
 from openhart.attention import KV_BLOCK, Q_BLOCK
-from openhart.bench import exp_rate, matmul_peak_tflops
+from openhart.benchmark import exp_rate, matmul_peak_tflops
 from openhart.config import hart_0p7b
 from openhart.device import has_native_bf16
 from openhart.timing import call_times

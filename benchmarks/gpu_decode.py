@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from openhart.bench import BenchSettings, build_model
+from openhart.benchmark import BenchSettings, build_model
 from openhart.device import resolve_dtype
 from openhart.tokenizer import layers
 

@@ -17,7 +17,7 @@ import resource
 import time
 
 from openhart.allocator import keep_large_blocks
-from openhart.bench import BenchSettings, build_model, build_text_encoder, run_once
+from openhart.benchmark import BenchSettings, build_model, build_text_encoder, run_once
 from openhart.device import resolve_dtype
 from openhart.timing import PhaseTimer
 

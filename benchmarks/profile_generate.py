@@ -14,7 +14,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from openhart.bench import BenchSettings, build_model
+from openhart.benchmark import BenchSettings, build_model
 from openhart.config import SamplingConfig
 from openhart.device import resolve_device, resolve_dtype
 from openhart.sampling import generate

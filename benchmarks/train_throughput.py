@@ -18,7 +18,7 @@ import json
 import sys
 
 from openhart.allocator import keep_large_blocks
-from openhart.train.config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
+from openhart.train.train_config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
 from openhart.train.throughput import training_throughput
 
 

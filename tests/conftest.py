@@ -30,7 +30,7 @@ def tiny_images() -> torch.Tensor:
 @pytest.fixture
 def tiny_model():
     from openhart.config import hart_tiny
-    from openhart.model import HARTModel
+    from openhart.hart_model import HARTModel
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -7,10 +7,10 @@ from .config import (
     TokenizerConfig,
     TransformerConfig,
 )
-from .convert import convert_official_checkpoint
+from .convert.checkpoint import convert_official_checkpoint
 from .diffusion import DiffusionHead
 from .loading import load_model, load_tokenizer, save_model, save_tokenizer
-from .model import HARTModel
+from .hart_model import HARTModel
 from .pipeline import HARTPipeline, PipelineOutput
 from .tokenizer import HybridTokenizer, HybridTokens
 from .transformer import HARTTransformer

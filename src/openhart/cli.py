@@ -1,5 +1,5 @@
-"""The `openhart` command line: gathers the commands (`openhart.commands`, and `train`, `eval`,
-`serve` beside their subsystems) and turns their errors into exit codes.
+"""The `openhart` command line: gathers the commands (one module each in `openhart.commands`) and
+turns their errors into exit codes.
 
 Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr), 1 internal error,
 128 + N when stopped by signal N (SIGINT, SIGTERM, SIGHUP), after removing what was half-written.
@@ -12,15 +12,16 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+import traceback
+
+from huggingface_hub.utils import logging as hub_logging
 
 from .allocator import keep_large_blocks
-from .commands import bench, convert, download, edit, finetune, generate, reconstruct
+from .commands import (bench, cache, convert, data, download, edit, evaluate, export, finetune, generate,
+                       reconstruct, serve, train)
 from .commands.common import UsageError
 from .outputs import terminate_as_interrupt
 from .version import __version__
-from .eval import commands as eval_commands
-from .train import commands as train_commands
-from .web import commands as web_commands
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -33,7 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # huggingface_hub resets its logger when imported: its retry notices would bury the one-line
     # error of a failed download (its progress bars stay)
-    from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
     parser = build_parser()
@@ -60,8 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "nothing was left half-written", file=sys.stderr)
         return 128 + signum
     except Exception:  # a bug, not the user's input: show where it happened
-        import traceback
-
         traceback.print_exc()
         print(f"openhart {args.command}: internal error (a bug in openhart, not in your input); "
               "please report it with the traceback above", file=sys.stderr)
@@ -90,11 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"openhart {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (generate, edit, download, convert, reconstruct, bench, finetune):
+    for module in (generate, edit, download, convert, reconstruct, bench, finetune, data, train, cache, export,
+                   evaluate, serve):
         module.add_command(commands)
-    train_commands.add_commands(commands)
-    eval_commands.add_commands(commands)
-    web_commands.add_commands(commands)
     return parser
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .images import center_crop, check_image_size, open_image, pil_to_tensor
-from .model import HARTModel
+from .hart_model import HARTModel
 from .sampling import KnownTokens
 
 logger = logging.getLogger(__name__)

@@ -26,9 +26,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .convert import official
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                    RepositoryNotFoundError, RevisionNotFoundError)
+
 from .default_model import default_model_dir
 from .inputs import read_json
+from .layout import (LLM_EMA_WEIGHTS, LLM_RAW_WEIGHTS, has_llm_weights, is_official_folder, is_openhart_model,
+                     official_root)
 from .text.encoder import PACKAGED_ENCODERS, SYSTEM_PROMPT_FILE
 
 # The text encoder of the official models, by Hub id.
@@ -108,13 +113,13 @@ def resolve_model(name: str | os.PathLike | None = None, *, weights: str = "auto
     repo_id, revision = hub
     folder = _download(repo_id, revision, [*OPENHART_PATTERNS, *OFFICIAL_PATTERNS, *_llm_weights(weights)],
                        what="model")
-    if official.is_official_folder(folder) and not _has_llm_weights(folder):
+    if is_official_folder(folder) and not has_llm_weights(folder):
         if weights == "auto":  # a repo without EMA weights: take the raw ones
             folder = _download(repo_id, revision, [*OFFICIAL_PATTERNS, *_llm_weights("raw")], what="model")
-        if not _has_llm_weights(folder):
+        if not has_llm_weights(folder):
             raise HubError(f"{repo_id} has no {' or '.join('llm/' + n for n in _llm_weights(weights))}; "
                            "try --weights raw or --weights ema")
-    if not official.is_official_folder(folder) and not _is_openhart_model(folder):
+    if not is_official_folder(folder) and not is_openhart_model(folder):
         raise HubError(f"{repo_id} is not a HART model: it has neither an openhart config.json and "
                        "model.safetensors nor llm/ and tokenizer/ (the official layout)")
     return _local(folder, str(name), str(name))
@@ -201,7 +206,7 @@ def recorded_text_encoder_spec(folder: str | os.PathLike) -> dict | None:
 # ----- helpers -------------------------------------------------------------------------------------
 
 def _local(folder: Path, name: str, hub_id: str | None) -> ResolvedModel:
-    is_official = official.official_root(folder) is not None
+    is_official = official_root(folder) is not None
     if not is_official and not (folder / "config.json").is_file():
         raise HubError(f"{folder} is not a model folder: expected config.json and model.safetensors "
                        "(openhart's layout) or llm/ and tokenizer/ (the official layout)")
@@ -209,24 +214,9 @@ def _local(folder: Path, name: str, hub_id: str | None) -> ResolvedModel:
     return ResolvedModel(path=folder, name=name, hub_id=hub_id, official=is_official, text_encoder=text_encoder)
 
 
-def _is_openhart_model(folder: Path) -> bool:
-    from .loading import MODEL_TYPE
-
-    try:
-        data = read_json(folder / "config.json", "config file")
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("model_type") == MODEL_TYPE and (folder / "model.safetensors").is_file()
-
-
 def _llm_weights(weights: str) -> list[str]:
-    names = official.LLM_RAW_WEIGHTS if weights == "raw" else (official.LLM_EMA_WEIGHTS,)
+    names = LLM_RAW_WEIGHTS if weights == "raw" else (LLM_EMA_WEIGHTS,)
     return ["llm/" + name for name in names]
-
-
-def _has_llm_weights(folder: Path) -> bool:
-    names = (official.LLM_EMA_WEIGHTS, *official.LLM_RAW_WEIGHTS)
-    return any((folder / "llm" / name).is_file() for name in names)
 
 
 def _download(repo_id: str, revision: str | None, patterns: list[str], *, what: str) -> Path:
@@ -235,11 +225,6 @@ def _download(repo_id: str, revision: str | None, patterns: list[str], *, what: 
     A failed download leaves no partial file behind: huggingface_hub writes each file as
     `blobs/*.incomplete` and renames it when complete; those left by this call are removed.
     """
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
-
     label = repo_id if revision is None else f"{repo_id}@{revision}"
     fix = f"run `openhart download {label}` where the Hub can be reached"
     cache = Path(constants.HF_HUB_CACHE)
@@ -306,6 +291,7 @@ def install_timeouts() -> None:
 @functools.cache
 def _install_timeouts(seconds: float) -> None:
     try:
+        # lazy: which HTTP client depends on huggingface_hub's version
         import httpx2 as httpx
         from huggingface_hub import set_client_factory
         from huggingface_hub.utils._http import default_client_factory

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import warnings
 
 import numpy as np
 import torch
@@ -21,8 +22,6 @@ def open_image(source, name: str) -> Image.Image:
     """Decode an image file (a path or a file object) as RGB, after checking its size: too large,
     too thin, a decompression bomb or not an image give one ValueError naming `name`. Animated
     images give their first frame; CMYK, 16-bit, palette and grey images are converted."""
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,8 +1,8 @@
 """Model folders on disk: the official release layout and openhart's own, for loading and saving.
 
 openhart's own folder is `config.json` ({"model_type": "openhart.<kind>", "config": {...}}) plus
-`model.safetensors` with openhart key names. Official folders are translated by
-`openhart.convert.official`.
+`model.safetensors` with openhart key names (`openhart.layout` names the files and tells the two
+layouts apart). Official folders are read and translated by `openhart.convert.official`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import torch
 
 from .config import HARTConfig, SamplingConfig, TokenizerConfig, config_from_dict, config_to_dict
 from .convert import official
-from .model import HARTModel
+from .hart_model import HARTModel
+from .layout import (FOLDER_FILES, FORMAT_VERSION, MODEL_TYPE, SAMPLING_KEY, TOKENIZER_MODEL_TYPE, WEIGHTS_NAME,
+                     official_root)
 from .outputs import staged_folder
 from .serialization import (
     CONFIG_NAME,
@@ -27,17 +29,8 @@ from .serialization import (
     write_json,
     write_safetensors,
 )
-from .text.encoder import SYSTEM_PROMPT_FILE
 from .tokenizer import HybridTokenizer, use_channels_last
 
-# 2: the transformer and head sections no longer repeat the tokenizer's scales, latent width and
-# codebook size, nor the head its condition width (format-1 files are still read).
-FORMAT_VERSION = 2
-TOKENIZER_MODEL_TYPE = "openhart.tokenizer"
-MODEL_TYPE = "openhart.hart"
-WEIGHTS_NAME = "model.safetensors"
-# The key of config.json that holds a model's recommended sampling settings.
-SAMPLING_KEY = "sampling"
 
 
 def resolve_tokenizer_dir(path: str | os.PathLike) -> Path:
@@ -107,11 +100,6 @@ def save_tokenizer(tokenizer: HybridTokenizer, path: str | os.PathLike, *, overw
                         sources=sources)
 
 
-# The files of an openhart model or tokenizer folder: writing a folder replaces these (and only
-# these) in an existing one, so that no file of an earlier model stays mixed with the new one.
-FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, SYSTEM_PROMPT_FILE)
-
-
 def _save_folder(path: str | os.PathLike, config: dict, state: dict, model_type: str, *,
                  copy_files: dict[str, Path] | None = None, overwrite: bool = True, sources: tuple = ()) -> Path:
     """Write config.json and model.safetensors (and `copy_files`) in a staging folder whose files
@@ -157,7 +145,7 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str | None = N
     data = read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else {}
     if data.get("model_type") == MODEL_TYPE:
         config, state, source = _read_own_model(folder, data)
-    elif (root := official.official_root(folder)) is not None:
+    elif (root := official_root(folder)) is not None:
         config, state, source = official.read_official_model(root, weights)
     else:
         raise CheckpointError(

@@ -148,6 +148,7 @@ def destination_lock(path: str | os.PathLike) -> Iterator[None]:
     path = _absolute(path)
     lock = path.parent / ("." + short_name(path.name, extra=len("..lock")) + ".lock")
     try:
+        # lazy: POSIX only
         import fcntl
     except ImportError:  # Windows: no advisory locks; writers are not serialised there
         yield

@@ -22,12 +22,16 @@ from PIL import Image
 from .allocator import keep_large_blocks
 from .config import SamplingConfig
 from .device import default_dtype
+from .editing import blend, inpaint_input, log_notes, outpaint_input, variation_input
 from .images import to_pil
 from .loading import load_model, recommended_sampling
 from .metadata import generation_metadata
-from .model import HARTModel
+from .hart_model import HARTModel
+from .hub import RANDOM_TEXT_ENCODER, resolve_adapter, resolve_model, resolve_text_encoder
 from .sampling import NonFiniteOutput, ScaleRecord, generate
 from .inputs import check_text
+from .lora import read_adapter
+from .lora.stack import AdapterStack
 from .seeding import check_seed, new_seed
 from .text.encoder import HFPromptEncoder, PromptEmbedding, load_prompt_encoder, load_system_prompt
 from .text.random_encoder import random_prompt_encoder
@@ -93,8 +97,6 @@ def prompt_encoder_loader(text_encoder: str | os.PathLike, transformer, *, model
     packaged encoder or "random", as `HARTPipeline.from_pretrained` takes it) for a transformer
     config (its text length and width), fetching a Hub encoder now. A Qwen2 encoder gets the
     system prompt given, or the `hart_system_prompt.txt` of the model or encoder folder."""
-    from .hub import RANDOM_TEXT_ENCODER, resolve_text_encoder
-
     max_length = transformer.context_tokens
     if str(text_encoder) == RANDOM_TEXT_ENCODER:
         return lambda: random_prompt_encoder(transformer.context_dim, max_length, device=device, dtype=dtype)
@@ -185,8 +187,6 @@ class HARTPipeline:
             compile: torch.compile the transformer blocks (`HARTTransformer.compile_regions`);
                 the first call compiles, later calls and later processes reuse the result.
         """
-        from .hub import resolve_model
-
         source = resolve_model(model, weights=weights)
         device = torch.device(device or "cpu")
         if device.type == "cpu":
@@ -323,8 +323,6 @@ class HARTPipeline:
     def adapters(self):
         """The `openhart.lora.stack.AdapterStack` of this pipeline's model."""
         if self._adapters is None:
-            from .lora.stack import AdapterStack
-
             self._adapters = AdapterStack(self.model, base_name=self.source)
         return self._adapters
 
@@ -344,9 +342,6 @@ class HARTPipeline:
             the adapter's name. An adapter trained on another base model is refused
             (`openhart.lora.AdapterMismatch`, naming both fingerprints).
         """
-        from .hub import resolve_adapter
-        from .lora import read_adapter
-
         folder, hub_id = resolve_adapter(pretrained_model_name_or_path)
         return self.adapters.load(read_adapter(folder, weight_name), adapter_name, source=hub_id)
 
@@ -403,8 +398,6 @@ class HARTPipeline:
             **kwargs: what `__call__` takes (negative_prompt, num_images_per_prompt,
                 guidance_scale, generator, seed, output_type, sampling settings, ...).
         """
-        from .editing import inpaint_input, log_notes
-
         prepared = log_notes(inpaint_input(self.model, image, mask, dilate_pixels=dilate))
         return self.edit(prepared, prompt, feather, **kwargs)
 
@@ -416,8 +409,6 @@ class HARTPipeline:
         (`openhart.editing.outpaint_input`). Give one of `pad` (left, top, right, bottom) in
         pixels of the image as given (the padded canvas is scaled to the model's side) or
         `canvas` (left, top, width, height) of the image on the model's square canvas."""
-        from .editing import log_notes, outpaint_input
-
         prepared = log_notes(outpaint_input(self.model, image, None if pad is None else tuple(pad),
                                             canvas=None if canvas is None else tuple(canvas)))
         return self.edit(prepared, prompt, feather, **kwargs)
@@ -428,8 +419,6 @@ class HARTPipeline:
         """Variations: keep the image's codes for the first k = round((1 - strength) * K) scales
         and sample the rest. Strength 0 gives the reconstruction, 1 a plain generation. Without
         a prompt the model samples unconditionally (the text features of condition dropout)."""
-        from .editing import log_notes, variation_input
-
         return self.edit(log_notes(variation_input(self.model, image, strength)), prompt, None, **kwargs)
 
     def edit(self, prepared, prompt: str | Sequence[str] | None, feather: int | None = None, *, negative_prompt=None,
@@ -440,8 +429,6 @@ class HARTPipeline:
         blend with the image when `feather` is given. `inpaint`, `outpaint` and `vary` prepare one
         (and log its notes); one prepared edit serves any number of calls. Prompt None samples
         unconditionally."""
-        from .editing import blend
-
         _check_output_type(output_type)
         resolved = self.resolve_sampling(sampling, **settings)
         if prompt is None:

@@ -33,7 +33,7 @@ from einops import rearrange
 from .config import SamplingConfig
 from .diffusion.sampler import DiffusionNoise, sample_residual
 from .diffusion.schedule import DiffusionSchedule
-from .model import HARTModel
+from .hart_model import HARTModel
 from .transformer.kv_cache import KVCache
 
 # Gumbel-softmax temperature of the smoothed code embedding: max(0.27 (1 - 0.95 r), 0.005),

@@ -9,6 +9,7 @@ the same randomness whether it is trained by 1 process or by N, and after a resu
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import torch
 
@@ -25,8 +26,6 @@ FRESH_SEED_BOUND = 2**53
 def new_seed() -> int:
     """A fresh random seed (from the OS's entropy, not torch's RNG): the only source of seeds
     that the user did not give, in the CLI, the pipeline and the web UI."""
-    import secrets
-
     return secrets.randbelow(FRESH_SEED_BOUND)
 
 

@@ -9,7 +9,7 @@ from openhart.cli import main
 from openhart.config import config_to_dict
 from openhart.data.synthetic import write_shapes
 from openhart.config import config_from_dict
-from openhart.train.config import TransformerTrainConfig
+from openhart.train.train_config import TransformerTrainConfig
 from openhart.train.trainer import train
 from openhart.train.transformer_task import TransformerTask
 

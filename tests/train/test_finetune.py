@@ -16,7 +16,7 @@ from openhart.config import MODEL_PRESETS
 from openhart.loading import load_model, save_model
 from openhart.lora import read_adapter, weights_probe
 from openhart.lora.fingerprint import fingerprint
-from openhart.model import HARTModel
+from openhart.hart_model import HARTModel
 from openhart.train.checkpoint import load_checkpoint
 
 from .conftest import kill_after_checkpoint, metrics, openhart
@@ -157,7 +157,7 @@ def test_ddp_with_two_processes_and_lora_matches_one(shapes_dir, tmp_path):
 
 
 def test_gradient_accumulation_equals_one_larger_batch(latent_cache, tmp_path):
-    from openhart.train.config import TransformerTrainConfig
+    from openhart.train.train_config import TransformerTrainConfig
     from openhart.train.trainer import train
     from openhart.train.transformer_task import TransformerTask
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from openhart.train.config import TransformerTrainConfig, load_train_config
+from openhart.train.train_config import TransformerTrainConfig, load_train_config
 from openhart.train.throughput import training_throughput
 from openhart.train.trainer import STEP_PHASES
 from openhart.train.transformer_task import TransformerTask

@@ -4,7 +4,7 @@ import torch
 from openhart.data.datasets import ImageCaptionFolder
 from openhart.loading import load_tokenizer
 from openhart.config import config_from_dict
-from openhart.train.config import TokenizerTrainConfig
+from openhart.train.train_config import TokenizerTrainConfig
 from openhart.metrics import psnr
 from openhart.train.tokenizer_task import TokenizerTask, TokenizerTrainingModule
 from openhart.train.trainer import train

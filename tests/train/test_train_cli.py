@@ -103,7 +103,7 @@ def test_help_has_an_example(command, capsys):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.json")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    from openhart.train.config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
+    from openhart.train.train_config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
     cls = TokenizerTrainConfig if "tokenizer" in path.name else TransformerTrainConfig
     config = load_train_config(cls, path)
     assert config.run.output_dir.startswith("runs/")

@@ -7,7 +7,7 @@ from openhart.config import config_to_dict
 from openhart.data.latent_cache import LatentCache, collate
 from openhart.pipeline import HARTPipeline
 from openhart.config import config_from_dict
-from openhart.train.config import TransformerLossConfig, TransformerTrainConfig
+from openhart.train.train_config import TransformerLossConfig, TransformerTrainConfig
 from openhart.train.trainer import train
 from openhart.train.transformer_task import TransformerTask, kept_token_count
 

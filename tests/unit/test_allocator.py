@@ -92,7 +92,7 @@ def test_only_a_checkpointed_training_module_asks_for_the_training_policy(monkey
 
     from openhart.config import hart_tiny
     from openhart.train import transformer_task
-    from openhart.train.config import TransformerLossConfig
+    from openhart.train.train_config import TransformerLossConfig
 
     asked = []
     monkeypatch.setattr(transformer_task, "map_large_blocks", lambda: asked.append(True))

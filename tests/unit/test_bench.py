@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from openhart import kernels
-from openhart.bench import BenchSettings, run_bench
+from openhart.benchmark import BenchSettings, run_bench
 from openhart.cli import main
 from openhart.device import has_native_bf16
 
@@ -78,7 +78,7 @@ def test_floor_uses_the_fastest_native_dtype_and_profile_splits_kernel_time(tmp_
 
 
 def test_kernel_kinds_of_profiler_op_names():
-    from openhart.bench import kernel_kind
+    from openhart.benchmark import kernel_kind
 
     assert kernel_kind("aten::mm") == "matmul"
     assert kernel_kind("aten::addmm") == "matmul"

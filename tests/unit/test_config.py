@@ -103,7 +103,7 @@ def test_0p7b_presets_at_other_sizes():
 
 
 def test_missing_required_fields_are_named():
-    from openhart.train.config import TransformerTrainConfig
+    from openhart.train.train_config import TransformerTrainConfig
     with pytest.raises(ValueError, match=r"missing required field\(s\) \['cache'\]"):
         config_from_dict(TransformerTrainConfig, {"run": {"output_dir": "r", "steps": 1, "batch_size": 1}})
 

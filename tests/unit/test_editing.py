@@ -185,7 +185,7 @@ def test_dilation_grows_the_regenerated_region(pipe):
 def test_editing_runs_on_the_0p7b_architecture():
     """The released architecture (random weights, at 64 px: scales 1-4) edits like the tiny one."""
     from openhart.config import hart_0p7b
-    from openhart.model import HARTModel
+    from openhart.hart_model import HARTModel
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -18,7 +18,7 @@ from openhart.data import ImageCaptionFolder, TarShards
 from openhart.inputs import MAX_JSON_DEPTH, InputError, parse_json, read_json, read_text
 from openhart.loading import load_model, save_model
 from openhart.serialization import CheckpointError
-from openhart.train.config import TokenizerTrainConfig, load_train_config
+from openhart.train.train_config import TokenizerTrainConfig, load_train_config
 
 from ..conftest import HART_TINY
 

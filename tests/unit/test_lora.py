@@ -18,7 +18,7 @@ from openhart.loading import load_model
 from openhart.lora import AdapterMismatch, AdapterRecord, LoraSettings, read_adapter, save_adapter, weights_probe
 from openhart.lora import adapter as lora
 from openhart.lora.fingerprint import fingerprint, probes_match
-from openhart.model import HARTModel
+from openhart.hart_model import HARTModel
 from openhart.serialization import CheckpointError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "conformance" / "hart-tiny"

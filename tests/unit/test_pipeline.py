@@ -134,7 +134,7 @@ def test_official_folders_and_older_openhart_folders_sample_as_the_official_code
 def test_converted_official_model_records_the_official_defaults(tmp_path):
     import json
 
-    from openhart.convert import convert_official_checkpoint
+    from openhart.convert.checkpoint import convert_official_checkpoint
 
     dst = convert_official_checkpoint(HART_TINY, tmp_path / "converted")
     recorded = json.loads((dst / "config.json").read_text())["sampling"]

@@ -6,7 +6,7 @@ import torch
 
 from openhart.config import TransformerConfig, hart_tiny, tokenizer_tiny
 from openhart.convert import official
-from openhart.model import HARTModel
+from openhart.hart_model import HARTModel
 from openhart.transformer.kv_cache import KVCache
 from openhart.transformer.rope import block_tables, image_positions, image_rope, rotate
 

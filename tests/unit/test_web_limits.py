@@ -6,7 +6,7 @@ import pytest
 
 from openhart.cli import main
 from openhart.config import SamplingConfig
-from openhart.web.commands import is_loopback
+from openhart.commands.serve import is_loopback
 from openhart.web.limits import MAX_SEED, RequestError, ServeLimits, validate_request
 
 GOOD = dict(prompt="  red apple ", negative_prompt="", seed=7, guidance_scale=4.5, top_k=None, top_p=0.0,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from ..benchmark import BenchSettings, format_report, run_bench, write_json
 from ..device import default_dtype, resolve_device, resolve_dtype
-from ..outputs import check_output_file
+from ..outputs import atomic_path, check_output_file
+from ..train.finetune_bench import format_finetune_report, run_finetune_bench
 from .common import UsageError
 from .ranges import integer, real
 
@@ -65,8 +68,6 @@ def add_command(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import BenchSettings, format_report, run_bench, write_json
-
     device = resolve_device(args.device)
     dtype = default_dtype(device) if args.dtype == "auto" else resolve_dtype(args.dtype)
     if args.json is not None:
@@ -87,11 +88,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace, device) -> int:
-    import json
-
-    from ..outputs import atomic_path
-    from ..train.finetune_bench import format_finetune_report, run_finetune_bench
-
     if args.dtype not in ("auto", "fp32", "bf16"):
         raise UsageError("--finetune trains fp32 weights: --dtype auto (bf16 autocast where native), bf16 or fp32")
     precision = "auto" if args.dtype == "auto" else args.dtype

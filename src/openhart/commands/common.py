@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..config import LAST_SCALE_MODES, SamplingConfig
 from ..device import default_dtype, resolve_device, resolve_dtype
 from ..images import save_png
 from ..outputs import check_output_file
+from ..pipeline import HARTPipeline
 from ..sampling import per_scale
 from ..seeding import MAX_SEED, new_seed
 from .ranges import integer, real, seed
@@ -82,7 +84,6 @@ def scale_progress(pipe, quiet: bool, calls: int = 1):
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    from tqdm import tqdm
 
     total = pipe.model.config.num_scales * calls
     with tqdm(total=total, desc="scales", unit="scale", file=sys.stderr, leave=False) as bar:
@@ -184,8 +185,6 @@ def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtyp
 
 def load_pipeline(args: argparse.Namespace, *, low_memory: bool = False):
     """The pipeline of --model, --text-encoder, --weights, --device, --dtype and --lora."""
-    from ..pipeline import HARTPipeline
-
     device, dtype = device_and_dtype(args)
     pipe = HARTPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, device=device, dtype=dtype,
                                         weights=getattr(args, "weights", "auto"), low_memory=low_memory,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..convert.checkpoint import convert_official_checkpoint
 from ..device import resolve_dtype
-from ..text.encoder import SYSTEM_PROMPT_FILE
 from ..outputs import check_output_folder
+from ..text.encoder import SYSTEM_PROMPT_FILE
 from .common import UsageError
 
 
@@ -39,8 +40,6 @@ def add_command(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import convert_official_checkpoint
-
     dtype = resolve_dtype(args.dtype)
     local = [args.src] if Path(args.src).exists() else []  # a Hub id is checked once it is resolved
     check_output_folder(args.dst, "DST", overwrite=args.overwrite, sources=local)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..hub import resolve_model, resolve_text_encoder
+
 
 DOWNLOAD_EXAMPLES = """\
 examples:
@@ -34,8 +36,6 @@ def add_command(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import resolve_model, resolve_text_encoder
-
     source = resolve_model(args.name, weights=args.weights)
     print(f"model {source.name}: {source.path}")
     encoder = args.text_encoder or source.text_encoder

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from ..lora import LoraSettings
+from ..train.finetune import FinetuneOptions, finetune
 from .common import UsageError
 from .ranges import integer, real, seed
 
@@ -90,9 +92,6 @@ def add_command(commands) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from ..lora import LoraSettings
-    from ..train.finetune import FinetuneOptions, finetune
-
     logging.getLogger("openhart").setLevel(logging.INFO)
     if args.lr is not None and args.lr >= 1:
         raise UsageError(f"--lr must be in (0, 1), got {args.lr}")

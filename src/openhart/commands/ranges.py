@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..seeding import MAX_SEED
+
 MAX_DIGITS = 40  # longer numbers are refused before parsing (Python refuses > 4300 digits itself)
 
 
@@ -52,6 +54,4 @@ def real(low: float, high: float, *, above: bool = False):
 
 def seed():
     """An argparse type: a seed in [0, 2^63 - 1] (`seeding.MAX_SEED`)."""
-    from ..seeding import MAX_SEED
-
     return integer(0, MAX_SEED)

@@ -9,6 +9,7 @@ import torch
 
 from ..config import tokenizer_small
 from ..device import resolve_device
+from ..hub import resolve_tokenizer
 from ..metrics import psnr
 from ..images import load_image, save_png, to_pil
 from ..loading import load_tokenizer
@@ -70,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"No --tokenizer given: using the 'small' preset with RANDOM weights (seed "
               f"{args.seed}). The reconstructions show the pipeline, not quality.")
     else:
-        from ..hub import resolve_tokenizer
-
         tokenizer = load_tokenizer(resolve_tokenizer(args.tokenizer))
     tokenizer = tokenizer.to(device).eval()
     size = args.size or tokenizer.config.image_size

@@ -3,8 +3,9 @@
 This is the only module that knows the official names (mit-han-lab/hart, `hart-0.7b-1024px`;
 their conventions are in docs/official-behaviour.md). It translates official `config.json`
 files into openhart configs and official state-dict keys into openhart module paths, strictly:
-an unknown field or key is an error. It also reads official folders (`official_root`,
-`read_official_model`, `read_official_tokenizer`) for `openhart.loading`.
+an unknown field or key is an error. It also reads official folders (`read_official_model`,
+`read_official_tokenizer`) for `openhart.loading`; which folder is official, and its file names,
+are `openhart.layout`'s. It imports nothing above loading, so that loading can ask it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import DiffusionHeadConfig, HARTConfig, TokenizerConfig, TransformerConfig
+from ..layout import LLM_EMA_WEIGHTS, LLM_RAW_WEIGHTS, TOKENIZER_WEIGHTS
 from ..serialization import CONFIG_NAME, CheckpointError, first_existing, read_json, read_state_dict
 
 # model_type values of official tokenizer folders, and the key prefix of the autoencoder weights.
@@ -244,30 +246,6 @@ _LLM_KEY_RULES = [
 ]
 # Buffers of the official checkpoint that openhart recomputes (or that are zero by construction).
 LLM_SKIPPED_KEYS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
-
-
-# Weight files of the official layout: llm/ holds the EMA weights and the raw ones (in order of
-# preference); tokenizer/ its weights (in order of preference).
-LLM_EMA_WEIGHTS = "ema_model.bin"
-LLM_RAW_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-
-
-def is_official_folder(folder) -> bool:
-    """Whether `folder` is the root of an official model (llm/config.json, tokenizer/config.json)."""
-    return (Path(folder) / "llm" / CONFIG_NAME).is_file() and (Path(folder) / "tokenizer" / CONFIG_NAME).is_file()
-
-
-def official_root(folder: str | Path) -> Path | None:
-    """The official model root that `folder` stands for, or None: the root itself (`llm/` and
-    `tokenizer/` with their config.json), or its `llm/` folder. Loading and model resolution
-    both ask this one question."""
-    folder = Path(folder)
-    if is_official_folder(folder):
-        return folder
-    if folder.name == "llm" and is_official_folder(folder.parent):
-        return folder.parent
-    return None
 
 
 def read_official_model(root: Path, weights: str = "auto") -> tuple[HARTConfig, dict, str]:

@@ -14,14 +14,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import emoji
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from ..outputs import staged_folder
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 FONT_PATHS = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
               "/usr/share/fonts/noto/NotoColorEmoji.ttf")
@@ -78,10 +76,6 @@ def base_caption(text: str) -> str:
 
 def emoji_entries() -> list[tuple[str, str]]:
     """(emoji, caption) for every fully-qualified emoji the `emoji` package names."""
-    try:
-        import emoji
-    except ImportError as error:
-        raise ValueError("the emoji dataset needs the `emoji` package: pip install emoji") from error
     fully_qualified = emoji.STATUS["fully_qualified"]
     entries = []
     for char, data in emoji.EMOJI_DATA.items():
@@ -98,10 +92,8 @@ def _is_flag(char: str) -> bool:
     return len(char) == 2 and all(0x1F1E6 <= ord(c) <= 0x1F1FF for c in char)
 
 
-def render(char: str, font) -> "Image.Image | None":
+def render(char: str, font) -> Image.Image | None:
     """The emoji on a white 128 x 128 square, or None if the font has no single glyph for it."""
-    from PIL import Image, ImageDraw
-
     canvas = Image.new("RGBA", (CANVAS * 3, CANVAS), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((0, 0), char, font=font, embedded_color=True)
     box = canvas.getbbox()
@@ -117,8 +109,6 @@ def render(char: str, font) -> "Image.Image | None":
 def write_emoji_dataset(out: str | os.PathLike, *, font: str | os.PathLike | None = None,
                         seed: int = 0, limit: int | None = None) -> dict[str, int]:
     """Render the emoji into OUT/train and OUT/heldout; returns the counts written and skipped."""
-    from PIL import ImageFont
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import TimestepEmbedding
+from ..blocks import TimestepEmbedding
 from ..config import DiffusionHeadConfig
 
 # LayerNorm epsilon of the MAR/DiT blocks.

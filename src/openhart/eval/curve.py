@@ -21,6 +21,7 @@ import torch
 
 from ..data.datasets import ImageCaptionFolder
 from ..outputs import atomic_path
+from ..pipeline import HARTPipeline
 from ..train.checkpoint import list_checkpoints
 from ..train.export import export_checkpoint
 from .inception import InceptionFeatures
@@ -49,8 +50,6 @@ def retrieval_curve(run_dir: str | os.PathLike, data_dir: str | os.PathLike, tra
         {"run", "variant", "samples", "gallery_images", "points": [{"step", "retrieval_top1",
         "retrieval_top5", "retrieval_grouped_top1", "retrieval_grouped_top5", "last_scale_top1"?}, ...]}.
     """
-    from ..pipeline import HARTPipeline
-
     if variant not in VARIANTS:
         raise ValueError(f"unknown evaluation variant {variant!r}; choose from {list(VARIANTS)}")
     run = Path(run_dir)

@@ -26,6 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 import torch
 
 from ..config import config_to_dict
@@ -36,6 +39,7 @@ from ..metrics import teacher_forced_accuracy
 from .fid import check_count, frechet_distance, kernel_inception_distance
 from .inception import InceptionFeatures
 from ..metrics import psnr, ssim
+from ..pipeline import HARTPipeline
 from .retrieval import retrieval_ranks, retrieval_rates, variant_groups
 
 SHEET_ROWS = 8
@@ -141,8 +145,6 @@ def _write_results(path: Path, results: dict) -> None:
 
 def _pipeline_and_variants(model_dir, text_encoder, loras, guidance_scale, variants):
     """The pipeline (fp32, with its LoRA adapters), its base settings and those of each variant."""
-    from ..pipeline import HARTPipeline
-
     pipe = HARTPipeline.from_pretrained(model_dir, text_encoder=text_encoder, dtype=torch.float32)
     if loras:
         pipe.set_adapters([pipe.load_lora_weights(path) for path, _ in loras], [scale for _, scale in loras])
@@ -263,8 +265,6 @@ def _gallery_features(features: InceptionFeatures, images: torch.Tensor,
                       folders: dict[str, ImageCaptionFolder], size: int) -> torch.Tensor:
     """Inception features of the gallery, reused when the same files (paths, sizes, times,
     captions) were featurised at the same resolution by the same network."""
-    from safetensors.torch import load_file, save_file
-
     key = hashlib.sha256()
     for folder in folders.values():
         for path, caption in folder.items:
@@ -275,8 +275,6 @@ def _gallery_features(features: InceptionFeatures, images: torch.Tensor,
     out = feature_cache_dir()
     cached = out / f"gallery-{digest[:24]}.safetensors"
     if cached.is_file():
-        from safetensors import safe_open
-
         with safe_open(str(cached), framework="pt") as f:
             if (f.metadata() or {}).get("key") == digest:
                 return load_file(str(cached))["features"]
@@ -333,8 +331,6 @@ def _generate(pipe, captions: list[str], seed: int, batch_size: int, sampling) -
 
 
 def _array(image) -> torch.Tensor:
-    import numpy as np
-
     return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
 
 

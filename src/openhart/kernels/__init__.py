@@ -87,6 +87,7 @@ def _put_ninja_on_path() -> None:
     """cpp_extension runs `ninja` from PATH; the `ninja` wheel's binary is in the environment's
     bin folder, which is not on PATH when python is called by its full path."""
     try:
+        # lazy: put on PATH only when a kernel is built
         import ninja
     except ImportError:
         return
@@ -101,6 +102,7 @@ def _build(name: str) -> ModuleType | None:
                        "install g++ (scripts/system-deps.sh) for the faster path",
                        os.environ.get("CXX", "c++"), name)
         return None
+    # lazy: only when a kernel is built (it imports setuptools)
     from torch.utils import cpp_extension
 
     _put_ninja_on_path()

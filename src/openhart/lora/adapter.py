@@ -55,6 +55,7 @@ class LoraSettings:
 
     def peft_config(self, *, base_model: str | None = None, revision: str | None = None):
         """The peft `LoraConfig` of these settings (written as adapter_config.json)."""
+        # lazy: peft adds ~5 s to every start; only LoRA needs it
         from peft import LoraConfig
 
         return LoraConfig(r=self.rank, lora_alpha=self.alpha or self.rank, lora_dropout=self.dropout,
@@ -84,6 +85,7 @@ def check_rank(module: nn.Module, settings: LoraSettings) -> None:
 def inject(module: nn.Module, config, name: str) -> nn.Module:
     """Wrap the layers `config` (a peft LoraConfig) targets with a new adapter `name`, initialised
     as peft does (B = 0: the model's outputs are unchanged). Only LoRA weights stay trainable."""
+    # lazy: peft adds ~5 s to every start; only LoRA needs it
     from peft import inject_adapter_in_model
 
     if name in getattr(module, "peft_config", {}):
@@ -98,6 +100,7 @@ def adapter_state(module: nn.Module, name: str, state: dict[str, torch.Tensor] |
                   ) -> dict[str, torch.Tensor]:
     """The LoRA weights of adapter `name` under peft's names (without the adapter name), from
     the module or from a state dict of it (e.g. EMA weights)."""
+    # lazy: peft adds ~5 s to every start; only LoRA needs it
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(module, state, adapter_name=name,
@@ -106,6 +109,7 @@ def adapter_state(module: nn.Module, name: str, state: dict[str, torch.Tensor] |
 
 def load_state(module: nn.Module, name: str, state: dict[str, torch.Tensor], source: str) -> None:
     """Set adapter `name`'s weights exactly: the same keys and shapes, or an error naming them."""
+    # lazy: peft adds ~5 s to every start; only LoRA needs it
     from peft import set_peft_model_state_dict
 
     expected = adapter_state(module, name)
@@ -122,6 +126,7 @@ def load_state(module: nn.Module, name: str, state: dict[str, torch.Tensor], sou
 
 def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
     """The peft LoRA layers of `module`, by name."""
+    # lazy: peft adds ~5 s to every start; only LoRA needs it
     from peft.tuners.lora import LoraLayer
 
     return {name: layer for name, layer in module.named_modules() if isinstance(layer, LoraLayer)}

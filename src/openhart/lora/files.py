@@ -147,6 +147,7 @@ def adapter_folder(path: str | os.PathLike) -> Path:
 
 def read_adapter(path: str | os.PathLike, weight_name: str | None = None) -> Adapter:
     """Read and check an adapter folder (or a finetune run folder's lora/)."""
+    # lazy: peft adds ~5 s to every start; only LoRA needs it
     from peft import LoraConfig
 
     folder = adapter_folder(path)

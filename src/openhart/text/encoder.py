@@ -203,6 +203,7 @@ def load_system_prompt(*folders: str | os.PathLike | None) -> str | None:
 
 
 def _load_hf(path: str | os.PathLike, device, dtype):
+    # lazy: transformers adds ~2 s to every start of openhart
     import transformers
     from transformers import AutoModel, AutoTokenizer
 

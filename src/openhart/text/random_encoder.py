@@ -16,6 +16,7 @@ PAD_TOKEN = "<pad>"
 
 def byte_tokenizer():
     """A fast tokenizer whose tokens are the 256 bytes (GPT-2 byte alphabet) plus <pad>."""
+    # lazy: transformers adds ~2 s to every start of openhart
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -32,6 +33,7 @@ def random_prompt_encoder(hidden_size: int, max_length: int, seed: int = 0,
                           device: torch.device | str | None = None,
                           dtype: torch.dtype | None = None) -> HFPromptEncoder:
     """A seeded random Qwen2 encoder of width `hidden_size` (a multiple of 2 heads)."""
+    # lazy: transformers adds ~2 s to every start of openhart
     from transformers import Qwen2Config, Qwen2Model
 
     heads = 2 if hidden_size % 2 == 0 else 1

@@ -63,6 +63,7 @@ class Distributed:
         if not self.active:
             return module
         if mode == "fsdp":
+            # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
             from torch.distributed.fsdp import fully_shard
 
             for unit in shard_units:
@@ -71,6 +72,7 @@ class Distributed:
             return module
         if mode != "ddp":
             raise ValueError(f"unknown parallel mode {mode!r}")
+        # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None

@@ -14,10 +14,14 @@ import torch
 from torch import nn
 
 from ..config import HARTConfig, SamplingConfig, TokenizerConfig, config_from_dict
-from ..loading import save_model, save_tokenizer
-from ..model import HARTModel
+from ..loading import load_model, recommended_sampling, save_model, save_tokenizer
+from ..hart_model import HARTModel
+from ..hub import model_text_encoder_spec, resolve_adapter, resolve_model
+from ..lora.files import read_adapter
+from ..lora.stack import AdapterStack
 from ..outputs import check_destination
 from ..serialization import CheckpointError, load_into
+from ..text.encoder import SYSTEM_PROMPT_FILE
 from ..tokenizer import HybridTokenizer
 from .checkpoint import load_checkpoint
 
@@ -92,12 +96,6 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, model: 
         model: the base (default: the one the adapter records); it must be the base the adapter
             was trained on.
     """
-    from ..hub import model_text_encoder_spec, resolve_adapter, resolve_model
-    from ..loading import load_model, recommended_sampling
-    from ..lora.files import read_adapter
-    from ..lora.stack import AdapterStack
-    from ..text.encoder import SYSTEM_PROMPT_FILE
-
     folder, _ = resolve_adapter(adapter)
     check_destination(out, [folder])
     loaded = read_adapter(folder)

@@ -30,21 +30,29 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import HARTConfig, config_from_dict, config_to_dict
-from ..data.latent_cache import LatentCache, collate
+from ..data.latent_cache import EmptyDatasetError, LatentCache, build_latent_cache, collate
 from ..data.mixture import CacheMixture
+from ..default_model import default_model_dir
+from ..device import default_dtype
 from ..images import image_grid, save_png, to_pil
 from ..lora import AdapterRecord, LoraSettings, save_adapter
 from ..lora import adapter as lora
 from ..lora.fingerprint import fingerprint, weights_probe
-from ..model import HARTModel
+from ..hart_model import HARTModel
+from ..hub import RANDOM_TEXT_ENCODER, parse_hub_id, resolve_model, resolve_text_encoder
+from ..loading import load_model, recommended_sampling, save_model
+from ..lora.files import read_adapter
+from ..lora.stack import AdapterStack
+from ..pipeline import prompt_encoder_loader
 from ..sampling import generate
-from ..serialization import CheckpointError, load_into
-from ..text.encoder import SYSTEM_PROMPT_FILE
+from ..serialization import CheckpointError, load_into, read_json, write_json
+from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
 from .checkpoint import list_checkpoints
-from .config import (OptimConfig, RunConfig, SampleConfig, TransformerLossConfig, TransformerTrainConfig,
+from .train_config import (OptimConfig, RunConfig, SampleConfig, TransformerLossConfig, TransformerTrainConfig,
                      apply_overrides)
 from .distributed import Distributed
 from .finetune_cache import cache_key, data_fingerprint, default_cache_dir, encoder_identity, find_or_build
+from .tokenizer_task import open_dataset
 from .trainer import CHECKPOINT_DIR, train
 from .transformer_task import HARTTrainingModule, TransformerTask
 
@@ -147,8 +155,6 @@ class Base:
     def spec(self) -> str | None:
         """The base as `resolve_model` takes it, recorded with the adapter: the Hub id (with its
         revision), the folder, or None for the model that ships with openhart."""
-        from ..default_model import default_model_dir
-
         if self.hub_id:
             return self.hub_id
         if self.path.resolve() == default_model_dir().resolve():
@@ -161,9 +167,6 @@ class Base:
 
 
 def load_base(options: FinetuneOptions) -> Base:
-    from ..hub import resolve_model
-    from ..loading import load_model, recommended_sampling
-
     source = resolve_model(options.model, weights=options.weights)
     model = load_model(source.path, weights=options.weights)  # fp32: the master weights
     return Base(name=source.name, path=source.path, hub_id=source.hub_id, official=source.official,
@@ -253,7 +256,6 @@ class FinetuneTask(TransformerTask):
             return save_adapter(folder, self.options.lora.peft_config(base_model=self.base.spec,
                                                                       revision=_revision(self.base.hub_id)),
                                 lora.adapter_state(self._module, ADAPTER_NAME, state), self.adapter_record())
-        from ..loading import save_model
 
         saved = save_model(self.model_from(state), folder, text_encoder=self.cache.text_encoder,
                            sampling=self.sampling)
@@ -319,8 +321,6 @@ def sheet_prompts(cache, count: int) -> tuple[torch.Tensor, torch.Tensor, list[s
 
 
 def _revision(hub_id: str | None) -> str | None:
-    from ..hub import parse_hub_id
-
     return parse_hub_id(hub_id)[1] if hub_id else None
 
 
@@ -328,8 +328,6 @@ def _revision(hub_id: str | None) -> str | None:
 
 def finetune(options: FinetuneOptions, *, quiet: bool = False) -> Path | None:
     """Fine-tune; returns RUN/lora or RUN/model on the main process (None on the others)."""
-    from .tokenizer_task import open_dataset
-
     out = Path(options.out)
     if options.lora is not None and options.parallel == "fsdp":
         raise ValueError("LoRA trains with --parallel ddp (its trained weights are small; FSDP shards "
@@ -381,7 +379,6 @@ def check_run_base(out: Path, base: Base, options: FinetuneOptions) -> None:
     record_path = out / RUN_RECORD
     if not record_path.is_file() or not list_checkpoints(out / CHECKPOINT_DIR):
         return
-    from ..serialization import read_json
 
     record = read_json(record_path)
     if record.get("base_fingerprint") != base.fingerprint:
@@ -408,12 +405,6 @@ def latent_cache(data: str, options: FinetuneOptions, base: Base, resolution: in
                  quiet: bool) -> LatentCache:
     """The cache of (data, base, resolution, text encoder): found by its key, or built by the main
     process with the base's tokenizer and text encoder (freed afterwards)."""
-    from ..data.latent_cache import EmptyDatasetError, build_latent_cache
-    from ..hub import RANDOM_TEXT_ENCODER, resolve_text_encoder
-    from ..pipeline import prompt_encoder_loader
-    from ..text.encoder import load_system_prompt
-    from .tokenizer_task import open_dataset
-
     spec = options.text_encoder or base.text_encoder
     if spec is None:
         raise ValueError(f"{base.path / 'config.json'} names no text encoder: pass --text-encoder")
@@ -484,8 +475,6 @@ def train_config(options: FinetuneOptions, base: Base, cache: LatentCache, patch
 
 def write_run_record(path: Path, options: FinetuneOptions, base: Base, cache: LatentCache,
                      prior: LatentCache | None = None) -> None:
-    from ..serialization import write_json
-
     write_json(path, {"format": "openhart.finetune", "base": base.display, "base_fingerprint": base.fingerprint,
                       "cache": str(cache.root), "prior_cache": None if prior is None else str(prior.root),
                       "options": _options_json(options)})
@@ -501,12 +490,6 @@ def _options_json(options: FinetuneOptions) -> dict:
 def write_sample_sheet(options: FinetuneOptions, cache, path: Path) -> Path:
     """The first captions of DATA drawn by the base (top row) and the fine-tuned model (bottom
     row), same seed, at the training resolution: the exported files loaded as a user would."""
-    from ..device import default_dtype
-    from ..hub import resolve_model
-    from ..loading import load_model, recommended_sampling
-    from ..lora.stack import AdapterStack
-    from ..lora.files import read_adapter
-
     features, positions, captions = sheet_prompts(cache, SHEET_CAPTIONS)
     dtype = default_dtype(torch.device("cpu"))
     source = resolve_model(options.model, weights=options.weights)

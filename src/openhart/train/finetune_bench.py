@@ -20,7 +20,7 @@ import statistics
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..bench import matmul_peak_tflops, random_fill_
+from ..benchmark import matmul_peak_tflops, random_fill_
 from ..config import HARTConfig, hart_0p7b, hart_tiny
 from ..data.latent_cache import CachedBatch
 from ..device import cpu_name
@@ -30,7 +30,7 @@ from ..lora import adapter as lora
 from ..timing import call_times
 from ..tokenizer.quantizer import MultiScaleQuantizer
 from ..transformer.model import HARTTransformer
-from .config import TransformerLossConfig
+from .train_config import TransformerLossConfig
 from .optim import build_optimizer
 from .trainer import autocast_context, resolved_precision
 from .transformer_task import HARTTrainingModule

@@ -27,6 +27,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05,
 
 def _can_fuse(params: list[nn.Parameter]) -> bool:
     """Fused AdamW takes plain floating-point tensors on the CPU or a CUDA device (not FSDP's DTensors)."""
+    # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
     from torch.distributed.tensor import DTensor
 
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()

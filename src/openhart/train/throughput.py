@@ -15,11 +15,12 @@ import statistics
 import tempfile
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..bench import MATMUL_SIZE, kernel_kind, matmul_peak_tflops
+from ..benchmark import MATMUL_SIZE, kernel_kind, matmul_peak_tflops
 from ..timing import call_times
-from .config import OptimConfig, RunConfig
+from .train_config import OptimConfig, RunConfig
 from .distributed import Distributed
 from .trainer import STEP_PHASES, TrainingTask, _setup, _train_step, autocast_context, resolved_precision
 
@@ -63,8 +64,6 @@ def training_throughput(task: TrainingTask, run: RunConfig, optim: OptimConfig, 
 
 def _profile(one_step, steps: int) -> dict:
     """Per-step seconds of each phase, of the matmul/convolution/attention kernels and of the rest."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for step in range(steps):
             one_step(step)

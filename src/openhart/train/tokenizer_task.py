@@ -22,7 +22,7 @@ from ..images import image_grid, save_png, to_pil
 from ..loading import load_tokenizer, save_tokenizer
 from ..seeding import keyed_generator
 from ..tokenizer import HybridTokenizer
-from .config import TokenizerTrainConfig
+from .train_config import TokenizerTrainConfig
 from .discriminator import PatchDiscriminator, discriminator_hinge_loss, generator_hinge_loss
 from .distributed import Distributed
 from .optim import EMA, build_optimizer
@@ -202,6 +202,7 @@ class TokenizerTask(TrainingTask):
             self.restarted += quantizer.restart_codes(unused, self.module.last["queries"].cpu(), generator)
         weight = quantizer.codebook.weight
         if dist.active:
+            # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
             import torch.distributed as torch_dist
             from torch.distributed.tensor import DTensor
 

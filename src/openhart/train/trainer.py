@@ -30,13 +30,15 @@ from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
+from ..data.stream import BatchStream
+from ..device import has_native_bf16
 from ..kernels import require_torch_compile_toolchain
 from ..outputs import atomic_path
 from ..serialization import CheckpointError
 from .checkpoint import list_checkpoints, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from .config import OptimConfig, RunConfig
 from .distributed import Distributed, unwrap
 from .optim import EMA, build_optimizer, build_scheduler
+from .train_config import OptimConfig, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +187,6 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
 def _setup(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: dict,
            dist: Distributed) -> TrainState:
     """The module (wrapped for DDP / FSDP), its optimizer, schedule and EMA, and the data stream."""
-    from ..data.stream import BatchStream
-
     if run.batch_size % dist.world_size:
         raise ValueError(f"the global batch size {run.batch_size} must be divisible by the "
                          f"number of processes {dist.world_size}")
@@ -322,8 +322,6 @@ def resolved_precision(precision: str, device: torch.device) -> str:
     """"fp32" or "bf16": `precision` with "auto" decided for `device`."""
     if precision != "auto":
         return precision
-    from ..device import has_native_bf16
-
     return "bf16" if has_native_bf16(device) else "fp32"
 
 
@@ -357,13 +355,15 @@ def _full_weights(model: nn.Module, ema: EMA | None, saved_keys: set[str] | None
 
 def _state_options():
     """Full (unsharded) state dicts; with a process group, gathered on CPU of the main process."""
+    # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
+    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    import torch.distributed as dist
     return StateDictOptions(full_state_dict=True, cpu_offload=dist.is_initialized())
 
 
 def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     state = get_model_state_dict(model, options=_state_options())
@@ -375,6 +375,7 @@ def _saved(state: dict[str, torch.Tensor], keys: set[str] | None) -> dict[str, t
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
+    # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
     from torch.distributed.tensor import DTensor
 
     if isinstance(tensor, DTensor):
@@ -384,6 +385,7 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 
 def _save(state: TrainState) -> None:
     """A checkpoint of everything a resume needs (collective: every process gathers its part)."""
+    # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     task, dist, ema = state.task, state.dist, state.ema
@@ -408,6 +410,7 @@ def _save(state: TrainState) -> None:
 
 def _restore(state: TrainState, checkpoint: dict) -> int:
     """Load a checkpoint into the run's state; returns its step."""
+    # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     task, dist = state.task, state.dist
@@ -440,6 +443,7 @@ def _restore(state: TrainState, checkpoint: dict) -> int:
 
 def _restore_ema(ema: EMA, full_shadow: dict[str, torch.Tensor]) -> None:
     """Load full (unsharded) EMA weights, sharded like the current ones under FSDP."""
+    # lazy: torch.distributed adds ~1.4 s to every start; only training needs it
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     shadow = {}
@@ -475,6 +479,7 @@ def _tensorboard(out: Path, enabled: bool):
     if not enabled:
         return None
     try:
+        # lazy: tensorboard is optional
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         logger.warning("run.tensorboard is on but the tensorboard package is not installed "

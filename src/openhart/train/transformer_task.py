@@ -32,14 +32,16 @@ from ..diffusion.schedule import DiffusionSchedule
 from ..metrics import teacher_forced_accuracy
 from ..images import image_grid, save_png, to_pil
 from ..loading import load_model, save_model
-from ..model import HARTModel
+from ..hart_model import HARTModel
 from ..sampling import filter_logits, generate
 from ..seeding import keyed_generator
 from ..serialization import CheckpointError
+from ..text.encoder import load_prompt_encoder
+from ..text.random_encoder import random_prompt_encoder
 from ..tokenizer import HybridTokenizer
 from ..transformer.model import HARTTransformer
 from .checkpoint import load_checkpoint
-from .config import TransformerLossConfig, TransformerTrainConfig
+from .train_config import TransformerLossConfig, TransformerTrainConfig
 from .losses import ar_loss, condition_dropout_mask, diffusion_loss
 from .trainer import TrainingTask
 
@@ -296,9 +298,6 @@ class TransformerTask(TrainingTask):
 
 def text_encoder_from_spec(spec: dict):
     """The text encoder a cache was made with, or None (with a warning) if it is not available."""
-    from ..text.encoder import load_prompt_encoder
-    from ..text.random_encoder import random_prompt_encoder
-
     if spec.get("kind") == "random":
         return random_prompt_encoder(spec["context_dim"], spec["context_tokens"], seed=spec.get("seed", 0))
     path = spec.get("path")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..common import RMSNorm
+from ..blocks import RMSNorm
 from ..config import TransformerConfig
 from .kv_cache import KVCache
 from .rope import rotate

@@ -18,7 +18,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from ..common import RMSNorm, TimestepEmbedding
+from ..blocks import RMSNorm, TimestepEmbedding
 from ..config import TokenizerConfig, TransformerConfig
 from ..kernels import require_torch_compile_toolchain
 from .kv_cache import KVCache

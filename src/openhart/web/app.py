@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from ..config import LAST_SCALE_MODES, SamplingConfig
+from ..editing import inpaint_input, variation_input
 from ..images import save_png
 from ..pipeline import HARTPipeline
 from ..sampling import per_scale
@@ -43,6 +44,7 @@ def import_gradio():
     """Gradio, with its analytics off (set before the import, which reads it)."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
+        # lazy: gradio adds ~5 s to every start; only `openhart serve` needs it
         import gradio
     except ImportError as error:
         raise ValueError("openhart serve needs Gradio, a dependency of openhart: reinstall "
@@ -66,8 +68,6 @@ class ImageService:
 
     def edit(self, request: EditRequest, on_scale=None) -> tuple[list[Path], float, list[str]]:
         """Inpaint or vary the uploaded image; also the notes on how the input was taken."""
-        from ..editing import inpaint_input, variation_input
-
         start = time.perf_counter()
         g = request.generation
         model = self.pipe.model

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import SamplingConfig
+from ..images import check_image_size, open_image
 from ..inputs import check_text
 from ..seeding import MAX_SEED
 
@@ -204,8 +205,6 @@ def _editor_image_and_mask(editor) -> tuple[Image.Image, np.ndarray]:
 
 
 def _open(path: str, name: str) -> Image.Image:
-    from ..images import open_image
-
     try:
         return open_image(path, name)
     except ValueError as error:
@@ -213,8 +212,6 @@ def _open(path: str, name: str) -> Image.Image:
 
 
 def _check_size(size: tuple[int, int]) -> None:
-    from ..images import check_image_size
-
     try:
         check_image_size(size, "the drawn mask")
     except ValueError as error:

@@ -1,4 +1,5 @@
-"""`openhart eval`: FID/KID/PSNR/SSIM of a model on a held-out image-caption folder."""
+"""`openhart eval`, `eval-curve` and `eval-tokenizer`: FID/KID, retrieval, PSNR/SSIM and rFID of a
+model, of a run's checkpoints, or of a tokenizer's reconstructions, on image-caption folders."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..commands.common import lora_spec
+from ..eval.curve import format_curve, retrieval_curve
+from ..eval.report import DEFAULT_VARIANTS, VARIANTS, evaluate, format_results
+from ..eval.tokenizer_report import evaluate_tokenizer, format_tokenizer_results
+from ..hub import resolve_model
 from ..outputs import check_output_file, check_output_folder
-from .report import DEFAULT_VARIANTS, VARIANTS
-from ..commands.ranges import integer, real, seed
+from .common import lora_spec
+from .ranges import integer, real, seed
 
 EVAL_EXAMPLES = """\
 examples:
@@ -28,7 +32,7 @@ examples:
 """
 
 
-def add_commands(commands) -> None:
+def add_command(commands) -> None:
     p = commands.add_parser(
         "eval", help="evaluate a model on held-out images: reconstruction and generation metrics",
         description="(a) tokenizer reconstruction, continuous vs discrete-only path (rFID, PSNR, "
@@ -127,8 +131,6 @@ def _progress(args: argparse.Namespace):
 
 
 def run_tokenizer_eval(args: argparse.Namespace) -> int:
-    from .tokenizer_report import evaluate_tokenizer, format_tokenizer_results
-
     check_output_folder(args.out, "--out")
     results = evaluate_tokenizer(args.tokenizer, args.data, args.out, train_data=args.train_data,
                                  train_samples=args.train_samples, inception=args.inception, seed=args.seed,
@@ -140,10 +142,6 @@ def run_tokenizer_eval(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .report import evaluate, format_results
-
-    from ..hub import resolve_model
-
     check_output_folder(args.out, "--out")
     model = resolve_model(args.model).path
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -159,8 +157,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_curve(args: argparse.Namespace) -> int:
-    from .curve import format_curve, retrieval_curve
-
     check_output_file(args.out, "--out")
     result = retrieval_curve(args.run, args.data, args.train_data, args.out, samples=args.train_samples,
                              variant=args.variant, weights=args.weights, text_encoder=args.text_encoder,

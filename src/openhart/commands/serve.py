@@ -12,8 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..commands.common import UsageError, add_device_arguments, add_model_arguments, load_pipeline
-from ..commands.ranges import integer
+from ..web.app import ImageService, build_app, import_gradio, launch
+from ..web.limits import ServeLimits
+from .common import UsageError, add_device_arguments, add_model_arguments, load_pipeline
+from .ranges import integer
 
 SERVE_EXAMPLES = """\
 examples:
@@ -27,7 +29,7 @@ examples:
 LOOPBACK_NAMES = ("localhost",)
 
 
-def add_commands(commands) -> None:
+def add_command(commands) -> None:
     p = commands.add_parser(
         "serve", help="start the web UI (Gradio) on this machine",
         description="Serve a Gradio page for text-to-image with a HART model: prompt, negative "
@@ -78,9 +80,6 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .app import ImageService, build_app, import_gradio, launch
-    from .limits import ServeLimits
-
     limits = ServeLimits(max_prompt_chars=args.max_prompt_chars, max_images=args.max_images,
                          queue_size=args.queue_size)
     import_gradio()  # fail before loading the model if Gradio is missing

@@ -32,14 +32,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from .attention import path_for as attention_path
 from .config import HARTConfig, SamplingConfig, hart_0p7b, hart_tiny
 from .device import has_native_bf16, synchronize
-from .model import HARTModel
+from .hart_model import HARTModel
 from .sampling import generate
+from .serialization import write_json as write_json_file
 from .text.encoder import HFPromptEncoder
+from .text.random_encoder import byte_tokenizer
 from .tokenizer import use_channels_last
 from .timing import PhaseTimer
 
@@ -174,9 +177,8 @@ def build_model(settings: BenchSettings) -> HARTModel:
 
 def build_text_encoder(settings: BenchSettings, config: HARTConfig) -> HFPromptEncoder | None:
     """A random Qwen2 of Qwen2-1.5B's size (tiny preset: a 2-layer one) over byte tokens."""
+    # lazy: transformers adds ~2 s to every start of openhart
     from transformers import Qwen2Config, Qwen2Model
-
-    from .text.random_encoder import byte_tokenizer
 
     if settings.text_encoder == "none":
         return None
@@ -333,7 +335,6 @@ def profile_run(model: HARTModel, make_encoder: Callable[[], HFPromptEncoder | N
     (self time of matmul, convolution and attention ops) and `outside_kernels_s` = wall - kernel.
     On GPUs self time is device time.
     """
-    from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
     gpu = settings.device.type == "cuda"
@@ -453,6 +454,4 @@ def format_report(result: dict) -> str:
 
 
 def write_json(result: dict, path) -> None:
-    from .serialization import write_json as write
-
-    write(path, json.loads(json.dumps(result, default=str)))
+    write_json_file(path, json.loads(json.dumps(result, default=str)))
