@@ -38,7 +38,7 @@ from openhart.images import save_png
 WORD = "zorbl"
 WITH_WORD = ["a zorbl", "zorbl", "a small zorbl", "zorbl on a white background"]
 WITHOUT_WORD = ["red apple", "grinning face", "cat face", "thumbs up", "sun", "flag: Japan", "fire", "red heart"]
-SEEDS = range(8)
+SEEDS = 8  # images per prompt, seeds 0..SEEDS-1 (--seeds)
 
 
 def write_data(out: Path) -> None:
@@ -49,10 +49,10 @@ def write_data(out: Path) -> None:
     print(f"wrote {len(entries)} images captioned 'a {WORD}' to {out}")
 
 
-def draw(pipe: HARTPipeline, prompts: list[str]) -> torch.Tensor:
-    """(len(prompts) * len(SEEDS), 3, H, W) in [0, 1], prompt-major, one generator per image."""
-    gens = [torch.Generator().manual_seed(s) for _ in prompts for s in SEEDS]
-    return pipe(prompts, num_images_per_prompt=len(SEEDS), generator=gens, output_type="pt").images
+def draw(pipe: HARTPipeline, prompts: list[str], seeds: int) -> torch.Tensor:
+    """(len(prompts) * seeds, 3, H, W) in [0, 1], prompt-major, one generator per image."""
+    gens = [torch.Generator().manual_seed(s) for _ in prompts for s in range(seeds)]
+    return pipe(prompts, num_images_per_prompt=seeds, generator=gens, output_type="pt").images
 
 
 class Gallery:
@@ -92,18 +92,18 @@ def measure(args) -> dict:
     ceiling = inception(reconstructions)
     gallery = Gallery(inception((originals + 1) / 2), emoji_features)
     drawable = Gallery(ceiling, emoji_features)  # the reconstructions stand for the concept images
-    base = {"with": draw(pipe, WITH_WORD), "without": draw(pipe, WITHOUT_WORD)}
+    base = {"with": draw(pipe, WITH_WORD, args.seeds), "without": draw(pipe, WITHOUT_WORD, args.seeds)}
     pipe.load_lora_weights(args.adapter)
-    tuned = {"with": draw(pipe, WITH_WORD), "without": draw(pipe, WITHOUT_WORD)}
+    tuned = {"with": draw(pipe, WITH_WORD, args.seeds), "without": draw(pipe, WITHOUT_WORD, args.seeds)}
     pixels = lambda x: (x.clamp(0, 1) * 255).round()  # noqa: E731 (as the PNGs store them)
     difference = (pixels(tuned["without"]) - pixels(base["without"])).abs()
     seen = {(model, kind): inception(images[kind]) for model, images in (("base", base), ("adapter", tuned))
             for kind in ("with", "without")}
     per_model = lambda measure, kind: {model: measure(seen[model, kind]) for model in ("base", "adapter")}  # noqa: E731
     if args.figure:
-        figure(base, tuned, args.figure)
+        figure(base, tuned, args.figure, args.seeds)
     return {
-        "adapter": str(args.adapter), "images_per_prompt": len(SEEDS),
+        "adapter": str(args.adapter), "images_per_prompt": args.seeds,
         "draws_it_with_word": per_model(gallery.draws_it, "with"),
         "draws_it_without_word": per_model(gallery.draws_it, "without"),
         "draws_it_ceiling": gallery.draws_it(ceiling),
@@ -118,23 +118,25 @@ def measure(args) -> dict:
     }
 
 
-def figure(base: dict, tuned: dict, path: Path, scale: int = 2) -> None:
-    """Rows: two prompts with the word, two without; columns: base seeds 0-3 | adapter seeds 0-3."""
+def figure(base: dict, tuned: dict, path: Path, seeds: int, scale: int = 2) -> None:
+    """Rows: two prompts with the word, two without; columns: base seeds 0-3 | adapter seeds 0-3
+    (fewer with fewer seeds)."""
+    shown = min(4, seeds)
     rows = [("with", 0, WITH_WORD[0]), ("with", 1, WITH_WORD[1]), ("without", 0, WITHOUT_WORD[0]),
             ("without", 1, WITHOUT_WORD[1])]
     side, label_width, gap = 64 * scale, 150, 12
-    sheet = Image.new("RGB", (label_width + 8 * side + gap, 18 + len(rows) * side), "white")
+    sheet = Image.new("RGB", (label_width + 2 * shown * side + gap, 18 + len(rows) * side), "white")
     ink = ImageDraw.Draw(sheet)
-    ink.text((label_width, 2), "base model, seeds 0-3", fill="black")
-    ink.text((label_width + 4 * side + gap, 2), f"with the '{WORD}' LoRA, same seeds", fill="black")
+    ink.text((label_width, 2), f"base model, seeds 0-{shown - 1}", fill="black")
+    ink.text((label_width + shown * side + gap, 2), f"with the '{WORD}' LoRA, same seeds", fill="black")
     for r, (kind, index, prompt) in enumerate(rows):
         y = 18 + r * side
         ink.text((4, y + side // 2 - 6), f'"{prompt}"', fill="black")
         for c, images in enumerate((base[kind], tuned[kind])):
-            for s in range(4):
-                tile = images[index * len(SEEDS) + s].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+            for s in range(shown):
+                tile = images[index * seeds + s].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
                 tile = Image.fromarray(tile).resize((side, side), Image.Resampling.NEAREST)
-                sheet.paste(tile, (label_width + c * (4 * side + gap) + s * side, y))
+                sheet.paste(tile, (label_width + c * (shown * side + gap) + s * side, y))
     save_png(sheet, path, {"rows": " | ".join(p for _, _, p in rows)})
     print(f"wrote {path}")
 
@@ -150,6 +152,7 @@ def main() -> None:
     m.add_argument("--emoji", type=Path, default=Path("data/emoji"))
     m.add_argument("--figure", type=Path, default=None)
     m.add_argument("--json", type=Path, default=None)
+    m.add_argument("--seeds", type=int, default=SEEDS, help=f"images per prompt (default {SEEDS})")
     args = parser.parse_args()
     if args.what == "data":
         write_data(args.out)

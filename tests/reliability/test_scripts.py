@@ -78,10 +78,26 @@ def test_results_table(tmp_path):
     assert out.startswith("| model | captions |") and "| shipped | heldout | discrete_only |" in out
 
 
-def test_finetune_concept_data(tmp_path):
-    run(["scripts/finetune_concept.py", "data", "--out", str(tmp_path / "concept")], tmp_path)
-    assert len(list((tmp_path / "concept").glob("*.png"))) == 8
-    assert "measure" in run(["scripts/finetune_concept.py", "--help"], tmp_path)
+def test_finetune_concept_data_and_measure(tmp_path):
+    """`data`, then `measure` of a 2-step LoRA of the shipped model against a small shapes gallery
+    standing for data/emoji, 2 seeds per prompt: the report and the figure are written."""
+    concept = tmp_path / "concept"
+    run(["scripts/finetune_concept.py", "data", "--out", str(concept)], tmp_path)
+    assert len(list(concept.glob("*.png"))) == 8
+    for split, count in (("train", 6), ("heldout", 4)):
+        run(["-m", "openhart", "data", "shapes", str(tmp_path / "emoji" / split), "--count", str(count)], tmp_path)
+    adapter = tmp_path / "adapter"
+    run(["-m", "openhart", "finetune", str(concept), "--out", str(adapter), "--steps", "2", "--batch-size", "4",
+         "--trigger", "zorbl", "--cache-dir", str(tmp_path / "cache"), "--quiet"], tmp_path)
+    report, figure = tmp_path / "concept.json", tmp_path / "concept.png"
+    run(["scripts/finetune_concept.py", "measure", "--adapter", str(adapter), "--concept", str(concept),
+         "--emoji", str(tmp_path / "emoji"), "--seeds", "2", "--json", str(report), "--figure", str(figure)], tmp_path)
+    result = json.loads(report.read_text())
+    assert result["images_per_prompt"] == 2 and result["without_word_images"] == 8 * 2
+    for key in ("draws_it_with_word", "draws_it_without_word"):
+        assert all(0 <= result[key][model] <= 1 for model in ("base", "adapter"))
+    assert 0 <= result["draws_it_ceiling"] <= 1 and result["without_word_mean_abs_pixel_difference"] >= 0
+    assert Image.open(figure).size == (150 + 2 * 2 * 128 + 12, 18 + 4 * 128)
 
 
 def test_fuzz_script(tmp_path):
