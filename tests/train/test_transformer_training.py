@@ -204,13 +204,13 @@ def test_a_compiled_run_learns_the_same_steps_and_saves_plain_names(latent_cache
 
 
 def test_precision_auto_is_bf16_exactly_where_bf16_is_native(monkeypatch):
-    from openhart import device as device_module
+    from openhart.train import trainer
     from openhart.train.trainer import autocast_context, resolved_precision
 
     cpu = torch.device("cpu")
     assert resolved_precision("fp32", cpu) == "fp32" and resolved_precision("bf16", cpu) == "bf16"
     for native in (True, False):
-        monkeypatch.setattr(device_module, "has_native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(trainer, "has_native_bf16", lambda device, native=native: native)
         assert resolved_precision("auto", cpu) == ("bf16" if native else "fp32")
         with autocast_context("auto", cpu):
             dtype = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
