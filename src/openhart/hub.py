@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import constants, snapshot_download
+from huggingface_hub import constants
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                     RepositoryNotFoundError, RevisionNotFoundError)
 
@@ -225,6 +225,9 @@ def _download(repo_id: str, revision: str | None, patterns: list[str], *, what: 
     A failed download leaves no partial file behind: huggingface_hub writes each file as
     `blobs/*.incomplete` and renames it when complete; those left by this call are removed.
     """
+    # lazy: huggingface_hub's download API adds ~0.5 s to every start of openhart
+    from huggingface_hub import snapshot_download
+
     label = repo_id if revision is None else f"{repo_id}@{revision}"
     fix = f"run `openhart download {label}` where the Hub can be reached"
     cache = Path(constants.HF_HUB_CACHE)
