@@ -9,8 +9,8 @@ from .config import (
 )
 from .convert.checkpoint import convert_official_checkpoint
 from .diffusion import DiffusionHead
-from .loading import load_model, load_tokenizer, save_model, save_tokenizer
 from .hart_model import HARTModel
+from .loading import load_model, load_tokenizer, save_model, save_tokenizer
 from .pipeline import HARTPipeline, PipelineOutput
 from .tokenizer import HybridTokenizer, HybridTokens
 from .transformer import HARTTransformer

@@ -43,8 +43,8 @@ from .sampling import generate
 from .serialization import write_json as write_json_file
 from .text.encoder import HFPromptEncoder
 from .text.random_encoder import byte_tokenizer
-from .tokenizer import use_channels_last
 from .timing import PhaseTimer
+from .tokenizer import use_channels_last
 
 # Qwen2-1.5B's architecture (the text encoder of HART-0.7B), built with random weights.
 QWEN2_1P5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .images import center_crop, check_image_size, open_image, pil_to_tensor
 from .hart_model import HARTModel
+from .images import center_crop, check_image_size, open_image, pil_to_tensor
 from .sampling import KnownTokens
 
 logger = logging.getLogger(__name__)

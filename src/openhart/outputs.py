@@ -28,6 +28,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -140,12 +141,36 @@ def check_destination(dst: str | os.PathLike, sources: Iterable[str | os.PathLik
 
 # ----- locks ---------------------------------------------------------------------------------------
 
+# The destinations this process holds, by (path, thread): taking one again from the same thread
+# (a fine-tuning run around its training loop) nests instead of refusing itself.
+_held: dict[tuple[Path, int], int] = {}
+
+
 @contextlib.contextmanager
 def destination_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold `.NAME.lock` next to `path` for the block; a second writer of the same destination is
     refused with an OutputError. The lock file is removed on release; a lock left by a killed
-    process is not held (the kernel releases it) and is taken over."""
+    process is not held (the kernel releases it) and is taken over. The thread that holds it may
+    take it again (nested blocks)."""
     path = _absolute(path)
+    key = (path, threading.get_ident())
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    with _flock(path):
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            del _held[key]
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
     lock = path.parent / ("." + short_name(path.name, extra=len("..lock")) + ".lock")
     try:
         # lazy: POSIX only

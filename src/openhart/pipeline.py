@@ -23,15 +23,15 @@ from .allocator import keep_large_blocks
 from .config import SamplingConfig
 from .device import default_dtype
 from .editing import blend, inpaint_input, log_notes, outpaint_input, variation_input
-from .images import to_pil
-from .loading import load_model, recommended_sampling
-from .metadata import generation_metadata
 from .hart_model import HARTModel
 from .hub import RANDOM_TEXT_ENCODER, resolve_adapter, resolve_model, resolve_text_encoder
-from .sampling import NonFiniteOutput, ScaleRecord, generate
+from .images import to_pil
 from .inputs import check_text
+from .loading import load_model, recommended_sampling
 from .lora import read_adapter
 from .lora.stack import AdapterStack
+from .metadata import generation_metadata
+from .sampling import NonFiniteOutput, ScaleRecord, generate
 from .seeding import check_seed, new_seed
 from .text.encoder import HFPromptEncoder, PromptEmbedding, load_prompt_encoder, load_system_prompt
 from .text.random_encoder import random_prompt_encoder

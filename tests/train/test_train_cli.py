@@ -1,10 +1,12 @@
 """`openhart train / cache / export` as a user meets them: bad input stops early with a clear message."""
 
 import json
+import threading
 
 import pytest
 
 from openhart.cli import main
+from openhart.outputs import destination_lock
 
 from .conftest import REPO, tokenizer_config, transformer_config, write_config
 
@@ -107,3 +109,30 @@ def test_shipped_configs_are_valid(path):
     cls = TokenizerTrainConfig if "tokenizer" in path.name else TransformerTrainConfig
     config = load_train_config(cls, path)
     assert config.run.output_dir.startswith("runs/")
+
+
+def test_a_second_run_into_a_busy_run_folder_is_refused(shapes_dir, tmp_path, capsys):
+    """One writer per run folder: while another run holds it, `openhart train` into it stops at
+    once with a one-line error and writes nothing there."""
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.json", tokenizer_config(run, shapes_dir))
+    held, release = threading.Event(), threading.Event()
+
+    def other_run():
+        with destination_lock(run):
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert held.wait(30)
+        code, err = _run(capsys, "train", "tokenizer", "--config", str(config), "--quiet")
+    finally:
+        release.set()
+        thread.join(30)
+    assert code == 2 and "another openhart process is writing" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    code, err = _run(capsys, "train", "tokenizer", "--config", str(config), "--quiet")
+    assert code == 0, err
+    assert (run / "checkpoints").is_dir() and not (tmp_path / ".run.lock").exists()

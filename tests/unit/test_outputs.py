@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -112,13 +113,41 @@ def test_stale_staging_of_a_killed_run_is_removed_and_others_are_not(tmp_path):
     assert leftovers(tmp_path) == sorted(p.name for p in others)
 
 
+def _write_in_thread(dst) -> BaseException | None:
+    """staged_folder(dst) from another thread; what it raised."""
+    raised = []
+
+    def write():
+        try:
+            with staged_folder(dst) as staging:
+                (staging / "config.json").write_text("{}")
+        except BaseException as error:  # noqa: BLE001 (handed back to the test)
+            raised.append(error)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    thread.join(30)
+    return raised[0] if raised else None
+
+
 def test_a_second_writer_of_one_destination_is_refused(tmp_path):
     dst = tmp_path / "dst"
     with destination_lock(dst):
-        with pytest.raises(OutputError, match="another openhart process is writing"), staged_folder(dst):
-            pass
+        error = _write_in_thread(dst)
+    assert isinstance(error, OutputError) and "another openhart process is writing" in str(error)
     assert not dst.exists()
     assert leftovers(tmp_path) == []  # the lock file is removed on release
+
+
+def test_the_holder_of_a_lock_may_take_it_again(tmp_path):
+    """A fine-tuning run holds its folder's lock around the training loop, which takes it too."""
+    dst = tmp_path / "dst"
+    with destination_lock(dst):
+        with destination_lock(dst):
+            pass
+        assert (tmp_path / ".dst.lock").exists()  # still held after the inner block
+        assert isinstance(_write_in_thread(dst), OutputError)
+    assert leftovers(tmp_path) == [] and _write_in_thread(dst) is None and (dst / "config.json").exists()
 
 
 def _hold_lock(path, ready, release):

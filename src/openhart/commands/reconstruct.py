@@ -10,9 +10,9 @@ import torch
 from ..config import tokenizer_small
 from ..device import resolve_device
 from ..hub import resolve_tokenizer
-from ..metrics import psnr
 from ..images import load_image, save_png, to_pil
 from ..loading import load_tokenizer
+from ..metrics import psnr
 from ..outputs import check_output_file
 from ..tokenizer import HybridTokenizer
 from .common import UsageError

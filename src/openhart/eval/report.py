@@ -34,12 +34,12 @@ import torch
 from ..config import config_to_dict
 from ..data.datasets import ImageCaptionFolder
 from ..images import image_grid, save_png, to_pil
-from ..outputs import atomic_path
 from ..metrics import teacher_forced_accuracy
+from ..metrics import psnr, ssim
+from ..outputs import atomic_path
+from ..pipeline import HARTPipeline
 from .fid import check_count, frechet_distance, kernel_inception_distance
 from .inception import InceptionFeatures
-from ..metrics import psnr, ssim
-from ..pipeline import HARTPipeline
 from .retrieval import retrieval_ranks, retrieval_rates, variant_groups
 
 SHEET_ROWS = 8

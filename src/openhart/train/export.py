@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..config import HARTConfig, SamplingConfig, TokenizerConfig, config_from_dict
-from ..loading import load_model, recommended_sampling, save_model, save_tokenizer
 from ..hart_model import HARTModel
 from ..hub import model_text_encoder_spec, resolve_adapter, resolve_model
+from ..loading import load_model, recommended_sampling, save_model, save_tokenizer
 from ..lora.files import read_adapter
 from ..lora.stack import AdapterStack
 from ..outputs import check_destination

@@ -34,26 +34,26 @@ from ..data.latent_cache import EmptyDatasetError, LatentCache, build_latent_cac
 from ..data.mixture import CacheMixture
 from ..default_model import default_model_dir
 from ..device import default_dtype
-from ..images import image_grid, save_png, to_pil
-from ..lora import AdapterRecord, LoraSettings, save_adapter
-from ..lora import adapter as lora
-from ..lora.fingerprint import fingerprint, weights_probe
 from ..hart_model import HARTModel
 from ..hub import RANDOM_TEXT_ENCODER, parse_hub_id, resolve_model, resolve_text_encoder
+from ..images import image_grid, save_png, to_pil
 from ..loading import load_model, recommended_sampling, save_model
+from ..lora import AdapterRecord, LoraSettings, save_adapter
+from ..lora import adapter as lora
 from ..lora.files import read_adapter
+from ..lora.fingerprint import fingerprint, weights_probe
 from ..lora.stack import AdapterStack
 from ..pipeline import prompt_encoder_loader
 from ..sampling import generate
 from ..serialization import CheckpointError, load_into, read_json, write_json
 from ..text.encoder import SYSTEM_PROMPT_FILE, load_system_prompt
 from .checkpoint import list_checkpoints
-from .train_config import (OptimConfig, RunConfig, SampleConfig, TransformerLossConfig, TransformerTrainConfig,
-                     apply_overrides)
 from .distributed import Distributed
 from .finetune_cache import cache_key, data_fingerprint, default_cache_dir, encoder_identity, find_or_build
 from .tokenizer_task import open_dataset
-from .trainer import CHECKPOINT_DIR, train
+from .train_config import (OptimConfig, RunConfig, SampleConfig, TransformerLossConfig, TransformerTrainConfig,
+                           apply_overrides)
+from .trainer import CHECKPOINT_DIR, run_folder_lock, train
 from .transformer_task import HARTTrainingModule, TransformerTask
 
 logger = logging.getLogger(__name__)
@@ -337,6 +337,11 @@ def finetune(options: FinetuneOptions, *, quiet: bool = False) -> Path | None:
         if data is not None:
             open_dataset(data, options.resolution or 1, random_crop=False)
     dist = Distributed.from_env(options.device)  # joins torchrun's group: one process builds the cache
+    with run_folder_lock(out, dist.is_main):  # the run record and the training loop: one writer
+        return _finetune(options, out, dist, quiet)
+
+
+def _finetune(options: FinetuneOptions, out: Path, dist: Distributed, quiet: bool) -> Path | None:
     base = load_base(options)
     resolution = options.resolution or base.config.tokenizer.image_size
     patch_nums = base.config.tokenizer.scales_for_size(resolution)

@@ -30,8 +30,8 @@ from ..lora import adapter as lora
 from ..timing import call_times
 from ..tokenizer.quantizer import MultiScaleQuantizer
 from ..transformer.model import HARTTransformer
-from .train_config import TransformerLossConfig
 from .optim import build_optimizer
+from .train_config import TransformerLossConfig
 from .trainer import autocast_context, resolved_precision
 from .transformer_task import HARTTrainingModule
 

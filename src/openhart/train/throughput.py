@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..benchmark import MATMUL_SIZE, kernel_kind, matmul_peak_tflops
 from ..timing import call_times
-from .train_config import OptimConfig, RunConfig
 from .distributed import Distributed
+from .train_config import OptimConfig, RunConfig
 from .trainer import STEP_PHASES, TrainingTask, _setup, _train_step, autocast_context, resolved_precision
 
 PROFILE_TOP = 15

@@ -17,16 +17,16 @@ from torch import nn
 
 from ..config import TOKENIZER_PRESETS, TokenizerConfig, config_from_dict, config_to_dict
 from ..data.datasets import ImageCaptionFolder, TarShards
-from ..metrics import psnr
 from ..images import image_grid, save_png, to_pil
 from ..loading import load_tokenizer, save_tokenizer
+from ..metrics import psnr
 from ..seeding import keyed_generator
 from ..tokenizer import HybridTokenizer
-from .train_config import TokenizerTrainConfig
 from .discriminator import PatchDiscriminator, discriminator_hinge_loss, generator_hinge_loss
 from .distributed import Distributed
 from .optim import EMA, build_optimizer
 from .perceptual import PerceptualLoss
+from .train_config import TokenizerTrainConfig
 from .trainer import TrainingTask
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,10 @@ step, example) inside the task, so a resumed run repeats the uninterrupted one e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -33,7 +35,7 @@ from tqdm import tqdm
 from ..data.stream import BatchStream
 from ..device import has_native_bf16
 from ..kernels import require_torch_compile_toolchain
-from ..outputs import atomic_path
+from ..outputs import atomic_path, destination_lock
 from ..serialization import CheckpointError
 from .checkpoint import list_checkpoints, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from .distributed import Distributed, unwrap
@@ -145,7 +147,9 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
     resume_from = _resume_source(resume, Path(run.output_dir) / CHECKPOINT_DIR)
     resumed = load_checkpoint(resume_from, task.architecture(), resume=True) if resume_from else None
     dist = Distributed.from_env(run.device)
+    held = contextlib.ExitStack()
     try:
+        held.enter_context(run_folder_lock(run.output_dir, dist.is_main))
         state = _setup(task, run, optim, train_config, dist)
         if resumed is not None:
             state.step = _restore(state, resumed)
@@ -181,7 +185,18 @@ def train(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: 
             writer.close()
         return exported
     finally:
+        held.close()
         dist.close()
+
+
+def run_folder_lock(folder: str | os.PathLike, main: bool = True) -> contextlib.AbstractContextManager:
+    """One writer per run folder: the main process holds `outputs.destination_lock` on it for the
+    whole run, so that a second run into the same folder is refused at once instead of mixing its
+    checkpoints and metrics into this one's (the other processes of a run take none)."""
+    if not main:
+        return nullcontext()
+    Path(folder).parent.mkdir(parents=True, exist_ok=True)
+    return destination_lock(folder)
 
 
 def _setup(task: TrainingTask, run: RunConfig, optim: OptimConfig, train_config: dict,

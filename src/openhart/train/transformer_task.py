@@ -29,10 +29,10 @@ from ..config import MODEL_PRESETS, HARTConfig, config_to_dict
 from ..data.latent_cache import CachedBatch, LatentCache, collate
 from ..diffusion.head import DiffusionHead
 from ..diffusion.schedule import DiffusionSchedule
-from ..metrics import teacher_forced_accuracy
+from ..hart_model import HARTModel
 from ..images import image_grid, save_png, to_pil
 from ..loading import load_model, save_model
-from ..hart_model import HARTModel
+from ..metrics import teacher_forced_accuracy
 from ..sampling import filter_logits, generate
 from ..seeding import keyed_generator
 from ..serialization import CheckpointError
@@ -41,8 +41,8 @@ from ..text.random_encoder import random_prompt_encoder
 from ..tokenizer import HybridTokenizer
 from ..transformer.model import HARTTransformer
 from .checkpoint import load_checkpoint
-from .train_config import TransformerLossConfig, TransformerTrainConfig
 from .losses import ar_loss, condition_dropout_mask, diffusion_loss
+from .train_config import TransformerLossConfig, TransformerTrainConfig
 from .trainer import TrainingTask
 
 logger = logging.getLogger(__name__)
