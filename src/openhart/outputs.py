@@ -143,7 +143,7 @@ def check_destination(dst: str | os.PathLike, sources: Iterable[str | os.PathLik
 
 # The destinations this process holds, by (path, thread): taking one again from the same thread
 # (a fine-tuning run around its training loop) nests instead of refusing itself.
-_held: dict[tuple[Path, int], int] = {}
+_held: set[tuple[Path, int]] = set()
 
 
 @contextlib.contextmanager
@@ -154,19 +154,15 @@ def destination_lock(path: str | os.PathLike) -> Iterator[None]:
     take it again (nested blocks)."""
     path = _absolute(path)
     key = (path, threading.get_ident())
-    if key in _held:
-        _held[key] += 1
-        try:
-            yield
-        finally:
-            _held[key] -= 1
+    if key in _held:  # an inner block: the outer one releases the lock
+        yield
         return
     with _flock(path):
-        _held[key] = 1
+        _held.add(key)
         try:
             yield
         finally:
-            del _held[key]
+            _held.discard(key)
 
 
 @contextlib.contextmanager
