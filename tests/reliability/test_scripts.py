@@ -115,11 +115,11 @@ def test_web_ui_screenshot(tmp_path):
     assert Image.open(tmp_path / "w.png").size[0] > 300
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.sh"))
-                         + sorted(p.name for p in (ROOT / "scripts").glob("*.sh")))
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(ROOT)) for folder in ("benchmarks", "scripts", "configs")
+                                           for p in (ROOT / folder).glob("*.sh")))
 def test_shell_scripts_parse(script):
-    path = ROOT / ("benchmarks" if (ROOT / "benchmarks" / script).exists() else "scripts") / script
-    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_every_script_has_a_smoke_test():

@@ -111,6 +111,24 @@ def test_shipped_configs_are_valid(path):
     assert config.run.output_dir.startswith("runs/")
 
 
+def test_progressive_recipe_chains_its_stages():
+    """configs/emoji16-recipe.sh: the 64-px stage starts from the 32-px stage's last checkpoint,
+    the stages read the caches the recipe builds, and the recipe skips a stage by the file that
+    stage writes last (a typo would retrain or start from nothing)."""
+    from openhart.train.checkpoint import checkpoint_path
+    from openhart.train.train_config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
+    recipe = (REPO / "configs" / "emoji16-recipe.sh").read_text()
+    tokenizer = load_train_config(TokenizerTrainConfig, REPO / "configs" / "emoji16-tokenizer.json")
+    low, high = (load_train_config(TransformerTrainConfig, REPO / "configs" / f"emoji16-stage{r}.json")
+                 for r in (32, 64))
+    assert high.init_from == str(checkpoint_path(f"{low.run.output_dir}/checkpoints", low.run.steps))
+    for stage in (low, high):
+        assert str(checkpoint_path(f"{stage.run.output_dir}/checkpoints", stage.run.steps)) in recipe
+        assert stage.cache in recipe and (stage.heldout_cache is None or stage.heldout_cache in recipe)
+    assert f"{tokenizer.run.output_dir}/model" in recipe and f"export {high.run.output_dir} " in recipe
+    assert tuple(tokenizer.model["patch_nums"][:6]) == (1, 2, 3, 4, 6, 8)  # a 32-px image's 8x8 latent
+
+
 def test_a_second_run_into_a_busy_run_folder_is_refused(shapes_dir, tmp_path, capsys):
     """One writer per run folder: while another run holds it, `openhart train` into it stops at
     once with a one-line error and writes nothing there."""
