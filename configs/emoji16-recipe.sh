@@ -24,5 +24,5 @@ done
 [ -f runs/emoji16-stage64/checkpoints/ckpt-00000900.pt ] ||
   time $bin/openhart train transformer --config configs/emoji16-stage64.json
 $bin/openhart export runs/emoji16-stage64 "$out_model" --dtype fp16 --overwrite
-$bin/openhart eval --model "$out_model" --data data/emoji/heldout --train-data data/emoji/train --out eval/emoji16 \
+$bin/openhart eval --model "$out_model" --data data/emoji/heldout --train-data data/emoji/train --out "eval/$(basename "$out_model")" \
     --variants discrete_only,hybrid_consistent_temp0,hybrid_consistent

@@ -189,7 +189,10 @@ def test_activation_checkpointing_and_bf16_autocast_run(latent_cache, tmp_path):
 def test_a_compiled_run_learns_the_same_steps_and_saves_plain_names(latent_cache, tmp_path):
     from openhart.train.checkpoint import list_checkpoints, load_checkpoint
 
+    from torch._dynamo.utils import counters
+
     runs = {}
+    counters.clear()
     for compiled in (False, True):
         out = tmp_path / f"run-{compiled}"
         # every last-scale token kept: one shape, so one compilation
@@ -201,6 +204,9 @@ def test_a_compiled_run_learns_the_same_steps_and_saves_plain_names(latent_cache
     assert [m["loss"] for m in compiled] == pytest.approx([m["loss"] for m in eager], rel=1e-3)
     assert set(compiled_ckpt["model"]) == set(eager_ckpt["model"])
     assert not any("_orig_mod" in k for k in compiled_ckpt["model"])
+    # the seeded generators stay out of the traced code (their draws run eagerly)
+    breaks = [reason for reason in counters["graph_break"] if "Generator" in reason or "manual_seed" in reason]
+    assert counters["graph_break"] and not breaks, breaks
 
 
 def test_precision_auto_is_bf16_exactly_where_bf16_is_native(monkeypatch):

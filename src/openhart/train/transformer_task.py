@@ -100,22 +100,14 @@ class HARTTrainingModule(nn.Module):
 
     def forward(self, batch: CachedBatch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, patch_nums = self.losses, self.patch_nums
-        device = batch.context.device
         l = patch_nums[-1] ** 2
-        generators = [keyed_generator("example", self.seed, step, int(i), device=device)
-                      for i in batch.indices]
 
-        # 1. condition dropout: zero features and zero positions, the unconditional branch
-        dropped = condition_dropout_mask(generators, cfg.cond_drop_rate, device)
+        # 1-2. condition dropout (zero features and zero positions: the unconditional branch) and
+        # which last-scale tokens stay in the sequence
+        generators, dropped, keep = self._draw_inputs(batch, step, l)
+        kept = l if keep is None else keep.shape[1]
         context = batch.context.masked_fill(dropped[:, None, None], 0.0)
         position_ids = batch.position_ids.masked_fill(dropped[:, None], 0)
-
-        # 2. which last-scale tokens stay in the sequence
-        kept = kept_token_count(l, cfg, keyed_generator("mask-rate", self.seed, step))
-        keep = None
-        if kept < l:
-            keep = torch.stack([torch.randperm(l, generator=g, device=device)[:kept].sort().values
-                                for g in generators])
 
         # 3. teacher forcing and cross-entropy
         with torch.no_grad():
@@ -130,9 +122,7 @@ class HARTTrainingModule(nn.Module):
         hidden_last, logits_last = out.hidden[:, -kept:], out.logits[:, -kept:].detach()
         with torch.no_grad():
             if cfg.diffusion_code == "sampled":
-                filtered = filter_logits(logits_last.float(), cfg.diffusion_top_k, cfg.diffusion_top_p)
-                codes = torch.stack([torch.multinomial(filtered[b].softmax(-1), 1, generator=g)[:, 0]
-                                     for b, g in enumerate(generators)])
+                codes = self._sample_codes(logits_last, generators)
             else:
                 codes = last_codes
             code_vectors = self.quantizer.codebook(codes).float()
@@ -141,11 +131,7 @@ class HARTTrainingModule(nn.Module):
             target = (last_input - code_vectors).repeat_interleave(cfg.diffusion_batch_mul, dim=1)
         condition = self.transformer.diffusion_condition(hidden_last, code_vectors)
         condition = condition.repeat_interleave(cfg.diffusion_batch_mul, dim=1)
-        rows = kept * cfg.diffusion_batch_mul
-        t = torch.cat([torch.randint(0, self.schedule.num_steps, (rows,), generator=g, device=device)
-                       for g in generators])
-        noise = torch.cat([torch.randn(rows, target.shape[-1], generator=g, device=device)
-                           for g in generators])
+        t, noise = self._draw_noise(generators, kept * cfg.diffusion_batch_mul, target.shape[-1])
         diff = diffusion_loss(self.head, self.schedule, target.flatten(0, 1), condition.flatten(0, 1),
                               t_N=t, noise_NC=noise)
 
@@ -157,6 +143,43 @@ class HARTTrainingModule(nn.Module):
                    "last_scale_accuracy": last_accuracy,
                    "kept_tokens": torch.tensor(float(kept)), "dropped_text": dropped.float().mean()}
         return loss, metrics
+
+    # The random draws run eagerly (torch.compile cannot trace a seeded torch.Generator); each
+    # example draws, in this order, from its own generator keyed by (seed, step, example index):
+    # its condition dropout, its kept tokens, its sampled codes, its timesteps and noise.
+
+    @torch.compiler.disable
+    def _draw_inputs(self, batch: CachedBatch, step: int, l: int
+                     ) -> tuple[list[torch.Generator], torch.Tensor, torch.Tensor | None]:
+        """The step's generators, the (B,) mask of dropped text and the (B, kept) sorted indices
+        of the kept last-scale tokens (None when all are kept)."""
+        device = batch.context.device
+        generators = [keyed_generator("example", self.seed, step, int(i), device=device)
+                      for i in batch.indices]
+        dropped = condition_dropout_mask(generators, self.losses.cond_drop_rate, device)
+        kept = kept_token_count(l, self.losses, keyed_generator("mask-rate", self.seed, step))
+        keep = None
+        if kept < l:
+            keep = torch.stack([torch.randperm(l, generator=g, device=device)[:kept].sort().values
+                                for g in generators])
+        return generators, dropped, keep
+
+    @torch.compiler.disable
+    def _sample_codes(self, logits_BnV: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """Codes drawn from the model's own filtered distribution (diffusion_code "sampled")."""
+        filtered = filter_logits(logits_BnV.float(), self.losses.diffusion_top_k, self.losses.diffusion_top_p)
+        return torch.stack([torch.multinomial(filtered[b].softmax(-1), 1, generator=g)[:, 0]
+                            for b, g in enumerate(generators)])
+
+    @torch.compiler.disable
+    def _draw_noise(self, generators: list[torch.Generator], rows: int, channels: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each example's `rows` diffusion timesteps and (rows, channels) noise, concatenated."""
+        device = generators[0].device
+        t = torch.cat([torch.randint(0, self.schedule.num_steps, (rows,), generator=g, device=device)
+                       for g in generators])
+        noise = torch.cat([torch.randn(rows, channels, generator=g, device=device) for g in generators])
+        return t, noise
 
 
 def kept_token_count(l: int, cfg: TransformerLossConfig, generator: torch.Generator) -> int:
