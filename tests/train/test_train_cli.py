@@ -129,6 +129,33 @@ def test_progressive_recipe_chains_its_stages():
     assert tuple(tokenizer.model["patch_nums"][:6]) == (1, 2, 3, 4, 6, 8)  # a 32-px image's 8x8 latent
 
 
+def test_codebook_recipe_overrides_the_shipped_configs():
+    """configs/emoji-v2048-recipe.sh: its --set overrides of the shipped configs are valid keys,
+    its transformer reads the caches it builds from its own tokenizer, and it skips training by
+    the last checkpoint that run writes."""
+    import re
+    import shlex
+
+    from openhart.train.checkpoint import checkpoint_path
+    from openhart.train.train_config import TokenizerTrainConfig, TransformerTrainConfig, load_train_config
+    recipe = (REPO / "configs" / "emoji-v2048-recipe.sh").read_text()
+    variables = dict(re.findall(r"^(\w+)=([\w/.-]+)$", recipe, flags=re.M))
+    commands = recipe.replace("\\\n", " ")  # one line per command
+    configs = {}
+    for kind, cls in (("tokenizer", TokenizerTrainConfig), ("transformer", TransformerTrainConfig)):
+        words = shlex.split(re.search(rf"openhart train {kind} (.*)$", commands, flags=re.M).group(1))
+        words = [re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], w) for w in words]
+        overrides = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        configs[kind] = load_train_config(cls, REPO / words[words.index("--config") + 1], overrides)
+    tokenizer, transformer = configs["tokenizer"], configs["transformer"]
+    assert tokenizer.model["vocab_size"] == 2048 and transformer.run.compile
+    assert f"--tokenizer {tokenizer.run.output_dir}/model" in commands.replace("$tokenizer", variables["tokenizer"])
+    built = re.search(r"^\s*cache=(cache/[\w.-]+)\$\(\[ \$split = heldout \] && echo -heldout", recipe, flags=re.M)
+    assert (transformer.cache, transformer.heldout_cache) == (built.group(1), built.group(1) + "-heldout")
+    assert str(checkpoint_path(f"{transformer.run.output_dir}/checkpoints", transformer.run.steps)) in recipe
+    assert f"export {transformer.run.output_dir} " in recipe
+
+
 def test_a_second_run_into_a_busy_run_folder_is_refused(shapes_dir, tmp_path, capsys):
     """One writer per run folder: while another run holds it, `openhart train` into it stops at
     once with a one-line error and writes nothing there."""
