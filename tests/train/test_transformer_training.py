@@ -187,9 +187,9 @@ def test_activation_checkpointing_and_bf16_autocast_run(latent_cache, tmp_path):
 
 
 def test_a_compiled_run_learns_the_same_steps_and_saves_plain_names(latent_cache, tmp_path):
-    from openhart.train.checkpoint import list_checkpoints, load_checkpoint
-
     from torch._dynamo.utils import counters
+
+    from openhart.train.checkpoint import list_checkpoints, load_checkpoint
 
     runs = {}
     counters.clear()
